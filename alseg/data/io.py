@@ -1,0 +1,123 @@
+"""Image I/O through SimpleITK, in nnU-Net's array convention.
+
+Arrays are numpy in SimpleITK order: ``(z, y, x)`` per channel, images stacked to
+``(C, z, y, x)``; spacing, origin and direction are given in the same axis order, so
+``spacing[0]`` belongs to ``array.shape[1]``. nnU-Net v2's SimpleITKIO uses the same
+convention, which keeps alseg's plans comparable with nnU-Net's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from alseg.errors import AlsegError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid lies in the world, axes in array order (z, y, x)."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major matrix in array axis order
+
+    def matches(self, other: "Geometry", tol: float = 1e-3) -> str | None:
+        """The first field in which two grids differ, or None when they agree."""
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            if a.shape != b.shape or not np.allclose(a, b, atol=tol, rtol=tol):
+                return name
+        return None
+
+    def to_json(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Geometry":
+        return cls(tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+
+
+def _geometry_of(img: sitk.Image | sitk.ImageFileReader) -> Geometry:
+    dim = img.GetDimension()
+    direction = np.asarray(img.GetDirection()).reshape(dim, dim)
+    # SimpleITK reports (x, y, z); reverse every axis to match the numpy array order.
+    direction = direction[::-1, ::-1]
+    return Geometry(
+        spacing=tuple(float(s) for s in img.GetSpacing()[::-1]),
+        origin=tuple(float(o) for o in img.GetOrigin()[::-1]),
+        direction=tuple(float(d) for d in direction.ravel()),
+    )
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """One file as an array in (z, y, x) order (4D files come back as (t, z, y, x)).
+
+    NIfTI voxels are read with nibabel because ITK silently turns NaN into 0 and zero-fills
+    truncated files; the geometry always comes from SimpleITK, in its (LPS) convention.
+    A missing, truncated or otherwise unreadable file is a user error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AlsegError("file not found — add it or remove it from dataset.json", path)
+    corrupt = AlsegError("cannot be read (truncated or corrupt image file) — re-export or re-download it", path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        if path.name.endswith((".nii", ".nii.gz")):
+            reader.ReadImageInformation()
+            img = reader
+            import nibabel as nib
+
+            arr = np.asanyarray(nib.load(str(path)).dataobj).T
+        else:
+            img = reader.Execute()
+            arr = sitk.GetArrayFromImage(img)
+    except Exception:
+        raise corrupt from None
+    geom = _geometry_of(img)
+    dim = img.GetDimension()
+    if arr.ndim != dim:  # nibabel drops trailing singleton axes that the header declares
+        arr = arr.reshape((1,) * (dim - arr.ndim) + arr.shape)
+    if dim == 4:
+        # channels/time last in the file, first in the array: keep the spatial geometry only.
+        geom = Geometry(geom.spacing[1:], geom.origin[1:], tuple(np.asarray(geom.direction).reshape(4, 4)[1:, 1:].ravel()))
+    elif dim == 2:
+        # A 2D image becomes one slice; 999 marks the fake axis, as nnU-Net does.
+        arr = arr[None]
+        direction = np.eye(3)
+        direction[1:, 1:] = np.asarray(geom.direction).reshape(2, 2)
+        geom = Geometry((999.0,) + geom.spacing, (0.0,) + geom.origin, tuple(direction.ravel()))
+    return np.ascontiguousarray(arr), geom
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A (z, y, x) array on a given grid as a SimpleITK image."""
+    img = sitk.GetImageFromArray(array)
+    dim = img.GetDimension()
+    img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
+    img.SetOrigin(tuple(float(o) for o in geometry.origin[::-1]))
+    img.SetDirection(tuple(np.asarray(geometry.direction).reshape(dim, dim)[::-1, ::-1].ravel()))
+    return img
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        sitk.WriteImage(to_sitk(array, geometry), tmp, useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
