@@ -1,0 +1,136 @@
+"""The pool of annotation items: what active learning selects and an annotator labels.
+
+An item is a patch of a preprocessed training case (spec §1.3): for the 2D configuration a
+window of one slice along axis 0 of the (transposed) volume, for 3D a box. Windows have the
+plan's patch size and overlap by half a patch where a case is larger than the patch; where
+it is smaller the item is the whole extent (training pads it). Ids are stable strings:
+``case:2d:slice:y0:x0`` / ``case:3d:z0:y0:x0``, so a run directory stays readable and
+resumable whatever order items are enumerated in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def window_starts(size: int, patch: int) -> list[int]:
+    """Starts of windows of length ``patch`` covering ``size``, stride at most patch // 2.
+
+    Spread evenly between 0 and size - patch, as nnU-Net's sliding-window steps are.
+    """
+    if size <= patch:
+        return [0]
+    stride = max(patch // 2, 1)
+    n = -(-(size - patch) // stride) + 1
+    step = (size - patch) / (n - 1)
+    return [int(round(i * step)) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    case_id: str
+    box: tuple[tuple[int, int], ...]  # (start, stop) per axis of the preprocessed volume
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod([b - a for a, b in self.box]))
+
+
+class Pool:
+    """All items of the training cases, in a fixed order (case, then position)."""
+
+    def __init__(self, items: list[Item], config_name: str, patch_size: tuple[int, ...]):
+        self.items = items
+        self.config_name = config_name
+        self.patch_size = tuple(patch_size)
+        self.index = {it.id: i for i, it in enumerate(items)}
+        if len(self.index) != len(items):
+            raise ValueError("pool item ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Item:
+        return self.items[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id for it in self.items]
+
+    def indices(self, ids: list[str]) -> np.ndarray:
+        try:
+            return np.array([self.index[i] for i in ids], dtype=np.int64)
+        except KeyError as e:
+            raise KeyError(f"item {e.args[0]} is not in the pool") from None
+
+    def mask(self, ids: list[str]) -> np.ndarray:
+        m = np.zeros(len(self), dtype=bool)
+        m[self.indices(ids)] = True
+        return m
+
+    @property
+    def case_ids(self) -> list[str]:
+        return sorted({it.case_id for it in self.items})
+
+    def voxels(self, indices: np.ndarray | list[int]) -> int:
+        return int(sum(self.items[i].n_voxels for i in indices))
+
+    def items_per_case(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for it in self.items:
+            out[it.case_id] = out.get(it.case_id, 0) + 1
+        return out
+
+    def fingerprint(self) -> str:
+        """A short hash of the item ids: a run directory refuses a pool that differs."""
+        h = hashlib.sha256("\n".join(self.ids).encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def build(cls, case_shapes: dict[str, tuple[int, ...]], config_name: str, patch_size: tuple[int, ...]) -> "Pool":
+        """Items for the given cases; ``case_shapes`` are preprocessed (z, y, x) shapes, transposed."""
+        items: list[Item] = []
+        for case_id in sorted(case_shapes):
+            shape = tuple(int(s) for s in case_shapes[case_id])
+            if config_name == "2d":
+                if len(patch_size) != 2:
+                    raise ValueError("a 2d pool needs a 2D patch size")
+                ys = window_starts(shape[1], patch_size[0])
+                xs = window_starts(shape[2], patch_size[1])
+                for z in range(shape[0]):
+                    for y0 in ys:
+                        for x0 in xs:
+                            box = ((z, z + 1), (y0, min(y0 + patch_size[0], shape[1])), (x0, min(x0 + patch_size[1], shape[2])))
+                            items.append(Item(f"{case_id}:2d:{z}:{y0}:{x0}", case_id, box))
+            else:
+                starts = [window_starts(s, p) for s, p in zip(shape, patch_size)]
+                for z0 in starts[0]:
+                    for y0 in starts[1]:
+                        for x0 in starts[2]:
+                            box = tuple((a, min(a + p, s)) for a, p, s in zip((z0, y0, x0), patch_size, shape))
+                            items.append(Item(f"{case_id}:3d:{z0}:{y0}:{x0}", case_id, box))
+        return cls(items, config_name, patch_size)
+
+    @classmethod
+    def from_cache(cls, cache_dir: Path, case_ids: list[str], config_name: str, patch_size: tuple[int, ...]) -> "Pool":
+        shapes = {}
+        for c in case_ids:
+            data = np.load(Path(cache_dir) / f"{c}.npy", mmap_mode="r")
+            shapes[c] = tuple(data.shape[1:])
+        return cls.build(shapes, config_name, patch_size)
+
+    def patch(self, volume: np.ndarray, i: int) -> np.ndarray:
+        """The item's voxels of a (C, z, y, x) or (z, y, x) array, as (C?, *patch) for 2D/3D."""
+        box = self.items[i].box
+        sl = tuple(slice(a, b) for a, b in box)
+        if volume.ndim == 4:
+            sl = (slice(None),) + sl
+        out = volume[sl]
+        if self.config_name == "2d":
+            out = out[:, 0] if volume.ndim == 4 else out[0]
+        return out

@@ -1,0 +1,55 @@
+"""Random baselines: uniform (the paper's) and foreground-aware (nnActive's strongest baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alseg.strategies.base import Selection, SelectionContext
+from alseg.strategies.registry import register
+
+
+@register("random")
+class RandomStrategy:
+    """B items uniformly from the unlabelled pool."""
+
+    name = "random"
+    simulation_only = False
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        idx = ctx.rng.choice(ctx.unlabelled, size=min(ctx.budget, len(ctx.unlabelled)), replace=False)
+        return Selection(np.sort(idx), [None] * len(idx))
+
+
+@register("random-fg")
+class ForegroundRandomStrategy:
+    """A share of the budget (default 2/3) among items containing foreground, the rest uniform.
+
+    nnActive (DKFZ, 2025) found no uncertainty method reliably beats it. It reads the ground
+    truth to know which items hold foreground, so it only exists in simulation.
+    """
+
+    name = "random-fg"
+    simulation_only = True
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        if ctx.ground_truth is None:
+            raise RuntimeError("random-fg needs the ground truth (simulated oracle)")
+        share = float(ctx.options.get("fg_share", 2 / 3))
+        unl = ctx.unlabelled
+        budget = min(ctx.budget, len(unl))
+        has_fg = np.zeros(len(unl), dtype=bool)
+        by_case: dict[str, list[int]] = {}
+        for j, i in enumerate(unl):
+            by_case.setdefault(ctx.pool[i].case_id, []).append(j)
+        for case_id, js in by_case.items():
+            seg = ctx.ground_truth(case_id)
+            for j in js:
+                has_fg[j] = bool((ctx.pool.patch(seg, int(unl[j])) > 0).any())
+        fg = unl[has_fg]
+        n_fg = min(int(round(share * budget)), len(fg))
+        chosen = ctx.rng.choice(fg, size=n_fg, replace=False) if n_fg else np.array([], dtype=np.int64)
+        rest = np.setdiff1d(unl, chosen)
+        more = ctx.rng.choice(rest, size=budget - n_fg, replace=False)
+        idx = np.sort(np.concatenate([chosen, more]).astype(np.int64))
+        fg_set = set(fg.tolist())
+        return Selection(idx, [1.0 if i in fg_set else 0.0 for i in idx], {"n_foreground_draws": n_fg})
