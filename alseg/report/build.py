@@ -1,0 +1,333 @@
+"""Assemble the experiment report: PNG figures, ``summary.json`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from alseg.errors import AlsegError
+from alseg.report import figures
+from alseg.report.curves import Curve, common_rounds, full_data_dice, items_to_reach, learning_curves, normalised_auc
+from alseg.report.penalty import column_phi, penalty_matrix
+from alseg.report.runs import RunRecord, load_runs
+
+TARGET_FRACTION = 0.95
+"""Items-to-reach target: this fraction of the full-data Dice (the paper's 'near full performance')."""
+
+
+class StrategySummary(BaseModel):
+    """One strategy on one setting, over the rounds every strategy of that setting reached."""
+
+    seeds: list[int]
+    auc_mean: float
+    auc_std: float
+    items_to_target: float | None
+    final_n_items: float
+    final_dice_mean: float
+    final_dice_std: float
+    final_dice_per_class: dict[str, float]
+    phi: float
+    mean_seconds_per_round: dict[str, float | None]
+
+
+class PenaltySummary(BaseModel):
+    """P[i][j] in percent (row i beats column j) and Φ_j = column mean, lower is better."""
+
+    strategies: list[str]
+    matrix: list[list[float]]
+    phi: list[float]
+    settings: list[str]
+    rounds: dict[str, list[int]]
+    seeds: dict[str, list[int]]
+
+
+class SettingSummary(BaseModel):
+    dataset: str
+    config: str
+    full_dice: float | None
+    target_dice: float | None
+    rounds: list[int]
+    strategies: dict[str, StrategySummary]
+    penalty: PenaltySummary
+
+
+class ReportSummary(BaseModel):
+    """Everything ``summary.json`` holds; ``overall_penalty`` pools all settings (paper Fig. 2D)."""
+
+    settings: dict[str, SettingSummary]
+    overall_penalty: PenaltySummary | None
+    figures: list[str]
+    notes: list[str]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def _penalty_inputs(curves: dict[str, Curve], strategies: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
+    """(strategies, paired seeds, rounds) Dice for the t-tests of one setting.
+
+    Round 0 is left out when later rounds exist: its labelled set is the same seeded random draw
+    for every strategy, so it cannot separate them and would only cap every entry below 100%.
+    """
+    rounds = common_rounds(curves[s].rounds for s in strategies)
+    if (rounds >= 1).any():
+        rounds = rounds[rounds >= 1]
+    seeds = sorted(set.intersection(*(set(curves[s].seeds) for s in strategies)))
+    scores = np.stack([curves[s].restricted(rounds).seed_rows(seeds) for s in strategies])
+    return scores, seeds, rounds.tolist()
+
+
+def _penalty(setting_curves: dict[str, dict[str, Curve]], strategies: list[str]) -> PenaltySummary:
+    inputs = {setting: _penalty_inputs(curves, strategies) for setting, curves in setting_curves.items()}
+    matrix = penalty_matrix([scores for scores, _, _ in inputs.values()])
+    return PenaltySummary(
+        strategies=strategies,
+        matrix=matrix.tolist(),
+        phi=column_phi(matrix).tolist(),
+        settings=list(inputs),
+        rounds={setting: rounds for setting, (_, _, rounds) in inputs.items()},
+        seeds={setting: seeds for setting, (_, seeds, _) in inputs.items()},
+    )
+
+
+def _strategy_summary(
+    curve: Curve, target: float | None, phi: float, run_seconds: dict[str, float | None]
+) -> StrategySummary:
+    aucs = np.array([normalised_auc(curve.n_items[k], curve.dice[k]) for k in range(len(curve.seeds))])
+    mean_dice = curve.dice.mean(axis=0)
+    return StrategySummary(
+        seeds=list(curve.seeds),
+        auc_mean=float(aucs.mean()),
+        auc_std=_std(aucs),
+        items_to_target=None if target is None else items_to_reach(curve.x, mean_dice, target),
+        final_n_items=float(curve.x[-1]),
+        final_dice_mean=float(mean_dice[-1]),
+        final_dice_std=_std(curve.dice[:, -1]),
+        final_dice_per_class={name: float(v[:, -1].mean()) for name, v in curve.dice_per_class.items()},
+        phi=phi,
+        mean_seconds_per_round=run_seconds,
+    )
+
+
+def _mean_seconds(runs: list[RunRecord]) -> dict[str, float | None]:
+    """Mean seconds per round and phase over the given runs (None where never recorded)."""
+    out: dict[str, float | None] = {}
+    for phase in ("train", "score", "select"):
+        values = np.concatenate([r.seconds[phase] for r in runs])
+        values = values[np.isfinite(values)]
+        out[phase] = float(values.mean()) if values.size else None
+    return out
+
+
+def _tsne_figures(runs: list[RunRecord], setting: str, out: Path) -> list[Path]:
+    """One t-SNE map per strategy with embeddings: lowest seed, last round saved (paper Fig. 3)."""
+    paths = []
+    with_embeddings = sorted((r for r in runs if r.setting == setting and r.embeddings),
+                             key=lambda r: (r.strategy, r.seed))
+    chosen: dict[str, RunRecord] = {}
+    for run in with_embeddings:
+        chosen.setdefault(run.strategy, run)
+    for strategy, run in chosen.items():
+        round_k = max(run.embeddings)
+        npz_path = run.embeddings[round_k]
+        try:
+            with np.load(npz_path, allow_pickle=False) as data:
+                embeddings, role = data["embeddings"], data["role"]
+        except (OSError, ValueError, KeyError) as err:
+            raise AlsegError(f"cannot read embeddings and role arrays ({err})", npz_path) from None
+        title = f"{setting}: {strategy}, seed {run.seed}, round {round_k}"
+        paths.append(figures.plot_embeddings_tsne(
+            embeddings, role, out / f"tsne_{_slug(setting)}_{_slug(strategy)}.png", title, seed=run.seed or 0))
+    return paths
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _img(path: Path) -> str:
+    """Inline the PNG so the report is one file that can be mailed or archived."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _strategy_table(setting: SettingSummary) -> str:
+    target = "" if setting.target_dice is None else f" (Dice ≥ {setting.target_dice:.3f})"
+    head = ("<tr><th>strategy</th><th>seeds</th><th>normalised AUC (mean ± std)</th>"
+            f"<th>items to {TARGET_FRACTION:.0%} of full-data Dice{target}</th><th>final items</th>"
+            "<th>final Dice (mean ± std)</th>"
+            "<th>Φ (lower is better)</th></tr>")
+    best_auc = max(s.auc_mean for s in setting.strategies.values())
+    rows = []
+    for name, s in setting.strategies.items():
+        items = "not reached" if s.items_to_target is None else f"{s.items_to_target:.0f}"
+        if setting.target_dice is None:
+            items = "no full-data run"
+        cls = ' class="best"' if s.auc_mean == best_auc else ""
+        rows.append(
+            f"<tr{cls}><td>{html.escape(name)}</td><td>{len(s.seeds)}</td>"
+            f"<td>{_fmt(s.auc_mean)} ± {_fmt(s.auc_std)}</td><td>{items}</td><td>{s.final_n_items:.0f}</td>"
+            f"<td>{_fmt(s.final_dice_mean)} ± {_fmt(s.final_dice_std)}</td><td>{_fmt(s.phi, 1)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _penalty_table(penalty: PenaltySummary) -> str:
+    names = [html.escape(s) for s in penalty.strategies]
+    head = "<tr><th>i beats j (%)</th>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
+    rows = [
+        f"<tr><th>{names[i]}</th>" + "".join(f"<td>{v:.1f}</td>" for v in row) + "</tr>"
+        for i, row in enumerate(penalty.matrix)
+    ]
+    rows.append("<tr class=\"phi\"><th>Φ</th>" + "".join(f"<td>{v:.1f}</td>" for v in penalty.phi) + "</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.best td{font-weight:bold} tr.phi td{font-weight:bold;background:#f6f6f6}
+figure{margin:1em 0} img{max-width:100%} .notes li{margin:.3em 0}
+"""
+
+
+def _html(summary: ReportSummary, figure_paths: dict[str, list[Path]]) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>alseg report</title>",
+             f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>"]
+    if summary.overall_penalty is not None:
+        parts += ["<h2>All settings: pairwise penalty matrix</h2>",
+                  f"<p>Settings pooled: {html.escape(', '.join(summary.overall_penalty.settings))}.</p>",
+                  _penalty_table(summary.overall_penalty),
+                  *(_img(p) for p in figure_paths["overall"])]
+    for key, setting in summary.settings.items():
+        full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
+        parts += [f"<h2>{html.escape(key)}</h2>",
+                  f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
+                  _strategy_table(setting), "<h3>Pairwise penalty matrix</h3>", _penalty_table(setting.penalty),
+                  *(_img(p) for p in figure_paths[key])]
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in summary.notes)
+    parts.append(f"<h2>Notes</h2><ul class=\"notes\">{items}</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+_METHOD_NOTES = [
+    "Normalised AUC: trapezoid area under Dice vs labelled items divided by the item range "
+    "(per seed, then mean ± std).",
+    f"Items to target: first labelled-item count at which the seed-mean Dice reaches {TARGET_FRACTION:.0%} "
+    "of the full-data Dice, interpolated linearly between rounds.",
+    "Penalty matrix (Ash et al. 2020): per setting and round, a two-sided paired t-test over seeds; "
+    "a win (p < 0.05, higher mean) adds 1/L; sums are divided by the number of settings and given in %. "
+    "Φ_j is the mean of column j over all strategies (diagonal included). Round 0, the shared random "
+    "initial set, is excluded.",
+    "Per-setting numbers use the rounds every strategy of that setting reached; curves show each strategy's own.",
+]
+
+
+def _setting_summary(
+    key: str, by_strategy: dict[str, Curve], runs: list[RunRecord], full: float | None, notes: list[str]
+) -> SettingSummary:
+    """Numbers for one setting on the rounds all its strategies reached; caveats go to ``notes``."""
+    strategies = sorted(by_strategy)
+    group = [r for r in runs if r.setting == key and not r.is_full]
+    rounds = common_rounds(c.rounds for c in by_strategy.values())
+    if rounds.size == 0:
+        raise AlsegError(f"the runs of {key} share no round; check that every run logged round 0", group[0].path)
+    target = None if full is None else TARGET_FRACTION * full
+    penalty = _penalty({key: by_strategy}, strategies)
+    if len(penalty.seeds[key]) < 2:
+        notes.append(f"{key}: fewer than 2 seeds shared by all strategies, so no t-test can be significant.")
+    if full is None:
+        notes.append(f"{key}: no full-data run, so no reference line and no items-to-target.")
+    return SettingSummary(
+        dataset=group[0].dataset,
+        config=group[0].config,
+        full_dice=full,
+        target_dice=target,
+        rounds=rounds.tolist(),
+        strategies={
+            s: _strategy_summary(by_strategy[s].restricted(rounds), target, penalty.phi[k],
+                                 _mean_seconds([r for r in group if r.strategy == s]))
+            for k, s in enumerate(strategies)
+        },
+        penalty=penalty,
+    )
+
+
+def _setting_figures(
+    key: str, setting: SettingSummary, by_strategy: dict[str, Curve], runs: list[RunRecord], out: Path,
+    colours: dict[str, tuple[float, ...]],
+) -> list[Path]:
+    slug = _slug(key)
+    penalty = setting.penalty
+    paths = [
+        figures.plot_learning_curves(by_strategy, out / f"learning_curve_{slug}.png", f"{key}: learning curves",
+                                     full_dice=setting.full_dice, x_unit=figures.X_UNITS[setting.config],
+                                     colours=colours),
+        figures.plot_penalty_matrix(np.array(penalty.matrix), np.array(penalty.phi), penalty.strategies,
+                                    out / f"penalty_{slug}.png", f"{key}: pairwise penalty matrix"),
+    ]
+    if any(np.isfinite(c.batch_uncertainty).any() for c in by_strategy.values()):
+        paths.append(figures.plot_batch_uncertainty(by_strategy, out / f"batch_uncertainty_{slug}.png",
+                                                    f"{key}: batch uncertainty per round", colours=colours))
+    return paths + _tsne_figures(runs, key, out)
+
+
+def build_report(exp_dirs: list[Path], out: Path) -> dict:
+    """Read every run below ``exp_dirs`` and write figures, ``summary.json`` and ``report.html`` to ``out``.
+
+    Returns the summary as a JSON-compatible dict (the content of ``summary.json``).
+    """
+    runs = load_runs(exp_dirs)
+    curves = learning_curves(runs)
+    if not curves:
+        raise AlsegError("only full-data runs found; the report needs active-learning runs", exp_dirs[0])
+    references = full_data_dice(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_strategies = sorted({s for by_strategy in curves.values() for s in by_strategy})
+    colours = figures.strategy_colours(all_strategies)
+    notes = list(_METHOD_NOTES)
+    notes += [f"{s}: full-data run without active-learning runs, ignored."
+              for s in sorted(set(references) - set(curves))]
+
+    settings: dict[str, SettingSummary] = {}
+    figure_paths: dict[str, list[Path]] = {}
+    for key, by_strategy in curves.items():
+        settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes)
+        figure_paths[key] = _setting_figures(key, settings[key], by_strategy, runs, out, colours)
+
+    overall = None
+    if len(curves) > 1:
+        shared = sorted(set.intersection(*(set(by_strategy) for by_strategy in curves.values())))
+        dropped = sorted(set(all_strategies) - set(shared))
+        if dropped:
+            notes.append("Overall penalty matrix leaves out strategies missing from some setting: "
+                         f"{', '.join(dropped)}.")
+        if shared:
+            overall = _penalty(curves, shared)
+            figure_paths["overall"] = [figures.plot_penalty_matrix(
+                np.array(overall.matrix), np.array(overall.phi), shared, out / "penalty_overall.png",
+                f"All settings ({len(curves)}): pairwise penalty matrix")]
+
+    summary = ReportSummary(
+        settings=settings,
+        overall_penalty=overall,
+        figures=sorted(p.name for paths in figure_paths.values() for p in paths),
+        notes=notes,
+    )
+    (out / "summary.json").write_text(summary.model_dump_json(indent=2))
+    (out / "report.html").write_text(_html(summary, figure_paths), encoding="utf-8")
+    return summary.model_dump(mode="json")
