@@ -1,0 +1,120 @@
+"""Export an alseg plan as nnU-Net v2's ``nnUNetPlans.json``.
+
+The dict has the keys and value formats that nnU-Net v2 (2.x, checked against 2.8.1) writes
+from ``ExperimentPlanner.plan_experiment`` and reads with ``PlansManager``: dotted class names
+for the network, conv, norm and nonlinearity, resampling functions by name with their kwargs,
+normalisation classes by name. Drop it into ``nnUNet_preprocessed/<Dataset>/nnUNetPlans.json``
+(next to nnU-Net's ``dataset.json`` and ``dataset_fingerprint.json``) to train nnU-Net with
+alseg's configuration.
+
+Not exported: ``3d_lowres`` / ``3d_cascade_fullres`` (alseg does not plan them), and alseg's
+own additions (dropout for MC passes, the trainer recipe), which nnU-Net has no place for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alseg.plans.models import Configuration, Fingerprint, Plans
+
+NNUNET_PLANS_NAME = "nnUNetPlans"
+NETWORK_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+KW_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+RESAMPLING_FN = "resample_data_or_seg_to_shape"
+PROBABILITIES_ORDER = 1  # nnU-Net's determine_segmentation_softmax_export_fn
+NORMALIZATION_CLASS = {"zscore": "ZScoreNormalization", "ct": "CTNormalization", "none": "NoNormalization"}
+NONLIN = {"leakyrelu": "torch.nn.LeakyReLU"}
+
+
+def _resampling_kwargs(is_seg: bool, order: int, order_z: int) -> dict[str, Any]:
+    return {"is_seg": is_seg, "order": order, "order_z": order_z, "force_separate_z": None}
+
+
+def _architecture(conf: Configuration) -> dict[str, Any]:
+    net = conf.network
+    dim = net.dims
+    n = net.n_stages
+    return {
+        "network_class_name": NETWORK_CLASS,
+        "arch_kwargs": {
+            "n_stages": n,
+            "features_per_stage": list(net.features_per_stage),
+            "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+            "kernel_sizes": [list(k) for k in net.kernel_sizes],
+            "strides": [list(s) for s in net.strides],
+            "n_conv_per_stage": [net.n_conv_per_stage] * n,
+            "n_conv_per_stage_decoder": [net.n_conv_per_stage] * (n - 1),
+            "conv_bias": net.conv_bias,
+            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+            "norm_op_kwargs": {"eps": net.norm_eps, "affine": net.norm_affine},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": NONLIN[net.nonlin],
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": list(KW_REQUIRES_IMPORT),
+    }
+
+
+def _configuration(conf: Configuration, batch_dice: bool, plans_name: str) -> dict[str, Any]:
+    rs = conf.resampling
+    return {
+        "data_identifier": f"{plans_name}_{conf.name}",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": conf.batch_size,
+        "patch_size": list(conf.patch_size),
+        "median_image_size_in_voxels": [float(m) for m in conf.median_shape],
+        "spacing": list(conf.spacing),
+        "normalization_schemes": [NORMALIZATION_CLASS[n.scheme] for n in conf.normalization],
+        "use_mask_for_norm": [n.use_mask_for_norm for n in conf.normalization],
+        "resampling_fn_data": RESAMPLING_FN,
+        "resampling_fn_seg": RESAMPLING_FN,
+        "resampling_fn_data_kwargs": _resampling_kwargs(False, rs.image_order, rs.order_z),
+        "resampling_fn_seg_kwargs": _resampling_kwargs(True, rs.label_order, rs.order_z),
+        "resampling_fn_probabilities": RESAMPLING_FN,
+        "resampling_fn_probabilities_kwargs": _resampling_kwargs(False, PROBABILITIES_ORDER, rs.order_z),
+        "architecture": _architecture(conf),
+        "batch_dice": batch_dice,
+    }
+
+
+def to_nnunet_plans(plans: Plans, fingerprint: Fingerprint, plans_name: str = NNUNET_PLANS_NAME) -> dict[str, Any]:
+    """``nnUNetPlans.json`` content for ``plans``; ``fingerprint`` supplies the intensity statistics.
+
+    ``batch_dice`` follows nnU-Net: True for ``2d``; for ``3d_fullres`` True only when nnU-Net
+    would also have planned a ``3d_lowres`` configuration.
+    """
+    from alseg.plans.planner import nnunet_would_plan_lowres
+
+    configurations: dict[str, Any] = {}
+    if "2d" in plans.configurations:
+        configurations["2d"] = _configuration(plans.configurations["2d"], True, plans_name)
+    if "3d_fullres" in plans.configurations:
+        full = plans.configurations["3d_fullres"]
+        lowres = nnunet_would_plan_lowres(full, full.median_shape, len(plans.labels))
+        configurations["3d_fullres"] = _configuration(full, lowres, plans_name)
+    stats = {
+        str(c): {
+            "mean": s.mean,
+            "median": s.median,
+            "std": s.std,
+            "min": s.min,
+            "max": s.max,
+            "percentile_99_5": s.percentile_99_5,
+            "percentile_00_5": s.percentile_00_5,
+        }
+        for c, s in sorted(fingerprint.foreground_intensity_properties_per_channel.items())
+    }
+    return {
+        "dataset_name": plans.dataset_name,
+        "plans_name": plans_name,
+        "original_median_spacing_after_transp": list(plans.original_median_spacing_after_transp),
+        "original_median_shape_after_transp": list(plans.original_median_shape_after_transp),
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": list(plans.transpose_forward),
+        "transpose_backward": list(plans.transpose_backward),
+        "configurations": configurations,
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": stats,
+    }

@@ -1,0 +1,412 @@
+"""The experiment planner: nnU-Net v2's ``ExperimentPlanner`` rules as a pipeline of small steps.
+
+``plan_experiment(fingerprint)`` runs, in order:
+
+1. :func:`check_fingerprint`: refuse what cannot be planned (one line, :class:`AlsegError`);
+2. :func:`determine_fullres_target_spacing`: median spacing + the anisotropy rule;
+3. :func:`determine_transpose`: the lowest-resolution axis goes first;
+4. :func:`median_shape_after_resampling`: the median case shape at the target spacing;
+5. :func:`determine_normalization`: per channel name (CT vs z-score) and ``use_mask_for_norm``;
+6. :func:`plan_configuration` for ``3d_fullres`` (3D data only) and ``2d`` (always): initial
+   patch from the 1/spacing aspect ratio, topology, shrink while the memory estimate is too
+   high, batch size from the reference with the 5 %-of-dataset cap.
+
+Every number is a named constant below, with nnU-Net's name for it. Per-axis lists are in the
+transposed order. The result is a validated :class:`~alseg.plans.models.Plans`.
+
+nnU-Net also plans ``3d_lowres`` (and the cascade) when the full-resolution patch covers less
+than 25 % of the median image; alseg does not train a cascade, so that configuration is not
+written, but :func:`nnunet_would_plan_lowres` reproduces the decision for the nnU-Net export
+(it sets ``batch_dice`` of ``3d_fullres``).
+
+:func:`plan_dataset` (fingerprint + plan + files) and :func:`summarize_plans` (a rich table) are
+the entry points of ``alseg plan``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from alseg.data.preprocess import compute_new_shape
+from alseg.errors import AlsegError
+from alseg.plans.models import (
+    Configuration,
+    Fingerprint,
+    Network,
+    Normalization,
+    Plans,
+    Resampling,
+    save_model,
+)
+from alseg.plans.topology import (
+    MIN_FEATURE_MAP_SIZE,
+    conv_feature_map_size,
+    features_per_stage,
+    get_pool_and_conv_props,
+)
+
+# -- nnU-Net v2 constants (default_experiment_planner.py, configuration.py) -----------------
+ANISOTROPY_THRESHOLD = 3.0  # ANISO_THRESHOLD
+ANISOTROPIC_AXIS_PERCENTILE = 10  # target spacing of an anisotropic axis: its 10th percentile
+ANISOTROPIC_SPACING_MARGIN = 1e-5  # added when the anisotropic axis is raised to the others
+BASE_FEATURES = 32  # UNet_base_num_features
+MAX_FEATURES_3D = 320  # UNet_max_features_3d
+MAX_FEATURES_2D = 512  # UNet_max_features_2d
+N_CONV_PER_STAGE = 2  # UNet_blocks_per_stage_encoder / _decoder
+INITIAL_PATCH_EDGE_3D = 256  # initial patch volume 256^3 ...
+INITIAL_PATCH_EDGE_2D = 2048  # ... or 2048^2, before clipping to the median shape
+REFERENCE_VRAM_3D = 560_000_000  # UNet_reference_val_3d (conv feature-map voxels)
+REFERENCE_VRAM_2D = 85_000_000  # UNet_reference_val_2d
+REFERENCE_GPU_GB = 8.0  # UNet_reference_val_corresp_GB
+REFERENCE_BATCH_3D = 2  # UNet_reference_val_corresp_bs_3d
+REFERENCE_BATCH_2D = 12  # UNet_reference_val_corresp_bs_2d
+MIN_BATCH_SIZE = 2  # UNet_min_batch_size
+MAX_DATASET_COVERED = 0.05  # one batch covers at most 5 % of the dataset's voxels
+MASK_FOR_NORM_RELATIVE_SIZE = 0.75  # use_mask_for_norm when cropping kept < 3/4 of the image
+LOWRES_CREATION_THRESHOLD = 0.25  # 3d_lowres when the fullres patch covers < 25 % of the median image
+LOWRES_SPACING_INCREASE = 1.03  # spacing_increase_factor of the lowres search
+DEFAULT_GPU_MEMORY_GB = 8.0
+
+# -- sanity limits of alseg (not nnU-Net's) ----------------------------------------------------
+MAX_SPACING_MM = 1e3  # nnU-Net's fake 999 mm slice spacing of 2D data is below this
+MIN_CASES = 2
+PLANS_NAME = "alsegPlans"
+
+CT_CHANNEL_NAMES = ("ct",)
+NO_NORM_CHANNEL_NAMES = ("nonorm",)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_fingerprint(fp: Fingerprint) -> None:
+    """Refuse a fingerprint that cannot be planned, with one line naming the problem and the fix."""
+    where = Path(fp.dataset_root) / "dataset.json"
+    n = len(fp.case_ids)
+    if n < MIN_CASES:
+        raise AlsegError(f"only {n} training case(s) — planning (and a train/test split) needs at least {MIN_CASES}", where)
+    if not any(v > 0 for k, v in fp.voxels_per_class.items() if k != 0):
+        raise AlsegError("every label map is all background (0) — check that labelsTr holds the annotations", where)
+    dims = {len(s) for s in fp.spacings} | {len(s) for s in fp.shapes_after_crop}
+    if dims != {3}:
+        raise AlsegError(f"cases must be 3D arrays (2D images as one slice), found {sorted(dims)} axes", where)
+    for cid, spacing in zip(fp.case_ids, fp.spacings):
+        if not all(np.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
+            raise AlsegError(
+                f"case {cid} has spacing {spacing} mm — every spacing must be > 0 and <= {MAX_SPACING_MM:g}; fix the image header",
+                where,
+            )
+    for cid, shape in zip(fp.case_ids, fp.shapes_after_crop):
+        if any(s < 1 for s in shape):
+            raise AlsegError(f"case {cid} is empty after cropping to its non-zero region (shape {shape}) — the image is all zeros", where)
+    for c, st in fp.foreground_intensity_properties_per_channel.items():
+        if not all(np.isfinite(v) for v in st.model_dump().values()):
+            raise AlsegError(f"channel {c} has non-finite foreground intensity statistics — re-run 'alseg check' on the images", where)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def determine_fullres_target_spacing(
+    spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]], threshold: float = ANISOTROPY_THRESHOLD
+) -> np.ndarray:
+    """Median spacing per axis, with nnU-Net's anisotropy rule (file axis order).
+
+    If the coarsest axis' median spacing is > ``threshold`` x the largest other spacing *and*
+    its median size x ``threshold`` is < the smallest other median size, its target spacing
+    becomes the 10th percentile of that axis' spacings, raised (plus 1e-5) to the largest other
+    spacing if it would fall below it.
+    """
+    spacings = np.asarray(spacings, dtype=np.float64)
+    target = np.percentile(spacings, 50, axis=0)
+    target_size = np.percentile(np.asarray(shapes, dtype=np.float64), 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(len(target)) if i != worst]
+    other_spacings = [target[i] for i in others]
+    other_sizes = [target_size[i] for i in others]
+    aniso_spacing = target[worst] > threshold * max(other_spacings)
+    aniso_voxels = target_size[worst] * threshold < min(other_sizes)
+    if aniso_spacing and aniso_voxels:
+        t = np.percentile(spacings[:, worst], ANISOTROPIC_AXIS_PERCENTILE)
+        if t < max(other_spacings):
+            t = max(max(other_spacings), t) + ANISOTROPIC_SPACING_MARGIN
+        target[worst] = t
+    return target
+
+
+def determine_transpose(target_spacing: Sequence[float]) -> tuple[list[int], list[int]]:
+    """``transpose_forward`` puts the axis with the largest target spacing first (others keep order)."""
+    first = int(np.argmax(target_spacing))
+    forward = [first] + [i for i in range(3) if i != first]
+    backward = [forward.index(i) for i in range(3)]
+    return forward, backward
+
+
+def median_shape_after_resampling(fp: Fingerprint, target_spacing: Sequence[float]) -> np.ndarray:
+    """Median over cases of the cropped shape resampled to ``target_spacing`` (file order, float)."""
+    shapes = [compute_new_shape(sh, sp, target_spacing) for sh, sp in zip(fp.shapes_after_crop, fp.spacings)]
+    return np.median(np.asarray(shapes, dtype=np.float64), axis=0)
+
+
+def normalization_scheme(channel_name: str) -> str:
+    """nnU-Net's ``get_normalization_scheme``: 'CT' → ct, 'noNorm' → none, anything else → z-score."""
+    name = channel_name.casefold()
+    if name in CT_CHANNEL_NAMES:
+        return "ct"
+    if name in NO_NORM_CHANNEL_NAMES:
+        return "none"
+    return "zscore"
+
+
+def determine_normalization(fp: Fingerprint) -> list[Normalization]:
+    """One :class:`Normalization` per channel (channel order of ``fp.channel_names``).
+
+    CT channels are clipped to the fingerprint's foreground 0.5/99.5 percentiles and standardised
+    with its foreground mean/std. ``use_mask_for_norm`` holds for z-score channels only, when the
+    median relative size after cropping is < 3/4 (cropping removed a large zero background).
+    """
+    use_mask = fp.median_relative_size_after_cropping < MASK_FOR_NORM_RELATIVE_SIZE
+    out = []
+    for c in sorted(fp.channel_names):
+        scheme = normalization_scheme(fp.channel_names[c])
+        if scheme == "ct":
+            st = fp.foreground_intensity_properties_per_channel[c]
+            out.append(
+                Normalization(
+                    scheme="ct",
+                    clip_lower=st.percentile_00_5,
+                    clip_upper=st.percentile_99_5,
+                    mean=st.mean,
+                    std=st.std if st.std > 0 else 1.0,
+                )
+            )
+        else:
+            out.append(Normalization(scheme=scheme, use_mask_for_norm=use_mask and scheme == "zscore"))
+    return out
+
+
+def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) -> np.ndarray:
+    """Aspect ratio of 1/spacing scaled to 256^3 (3D) or 2048^2 (2D) voxels, clipped to the median shape."""
+    inv = 1.0 / np.asarray(spacing, dtype=np.float64)
+    dim = len(spacing)
+    edge = INITIAL_PATCH_EDGE_3D if dim == 3 else INITIAL_PATCH_EDGE_2D
+    patch = [round(i) for i in inv * (edge**dim / np.prod(inv)) ** (1 / dim)]
+    return np.array([min(p, m) for p, m in zip(patch, median_shape)], dtype=np.float64)
+
+
+def estimate_vram(patch_size: Sequence[int], strides, n_classes: int, max_features: int) -> int:
+    """The planner's memory proxy for one patch (see :func:`~alseg.plans.topology.conv_feature_map_size`)."""
+    feats = features_per_stage(len(strides), max_features, BASE_FEATURES)
+    return conv_feature_map_size(patch_size, strides, feats, n_classes, N_CONV_PER_STAGE, N_CONV_PER_STAGE)
+
+
+def _patch_and_topology(spacing, median_shape, n_classes: int, gpu_memory_gb: float):
+    """The patch-size search shared by every configuration; returns (topology, estimate, reference, ref_bs)."""
+    dim = len(spacing)
+    max_features = MAX_FEATURES_3D if dim == 3 else MAX_FEATURES_2D
+    reference = (REFERENCE_VRAM_3D if dim == 3 else REFERENCE_VRAM_2D) * gpu_memory_gb / REFERENCE_GPU_GB
+    ref_bs = REFERENCE_BATCH_3D if dim == 3 else REFERENCE_BATCH_2D
+
+    topo = get_pool_and_conv_props(spacing, initial_patch_size(spacing, median_shape), MIN_FEATURE_MAP_SIZE)
+    estimate = estimate_vram(topo.patch_size, topo.strides, n_classes, max_features)
+    # nnU-Net enforces room for batch 2 (the references were measured at ref_bs).
+    while estimate / ref_bs * 2 > reference:
+        patch = list(topo.patch_size)
+        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
+        # Subtract the current divisor, recompute the divisor of the smaller patch and subtract
+        # that instead, so that valid sizes between two multiples are not skipped.
+        trial = list(patch)
+        trial[axis] -= topo.divisible_by[axis]
+        step = get_pool_and_conv_props(spacing, trial, MIN_FEATURE_MAP_SIZE).divisible_by[axis]
+        patch[axis] -= step
+        topo = get_pool_and_conv_props(spacing, patch, MIN_FEATURE_MAP_SIZE)
+        estimate = estimate_vram(topo.patch_size, topo.strides, n_classes, max_features)
+    return topo, estimate, reference, ref_bs
+
+
+def determine_batch_size(estimate: int, reference: float, ref_bs: int, n_voxels_dataset: float, patch_size: Sequence[int]) -> int:
+    """``round(reference / estimate * ref_bs)``, capped at 5 % of the dataset's voxels, at least 2."""
+    batch = round(reference / estimate * ref_bs)
+    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch_size, dtype=np.float64))
+    return int(max(min(batch, cap), MIN_BATCH_SIZE))
+
+
+def plan_configuration(
+    name: str,
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    n_classes: int,
+    n_voxels_dataset: float,
+    normalization: list[Normalization],
+    data_identifier: str,
+    gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+) -> Configuration:
+    """nnU-Net's ``get_plans_for_configuration`` for one configuration (transposed axes).
+
+    ``median_shape`` is the median image size at ``spacing``; ``n_voxels_dataset`` is that
+    median volume times the number of cases (the 5 % cap uses it).
+    """
+    if not all(s > 0 for s in spacing):
+        raise AlsegError(f"configuration {name}: spacing must be > 0, got {list(spacing)}")
+    dim = len(spacing)
+    topo, estimate, reference, ref_bs = _patch_and_topology(spacing, median_shape, n_classes, gpu_memory_gb)
+    batch = determine_batch_size(estimate, reference, ref_bs, n_voxels_dataset, topo.patch_size)
+    network = Network(
+        n_stages=topo.n_stages,
+        features_per_stage=list(features_per_stage(topo.n_stages, MAX_FEATURES_3D if dim == 3 else MAX_FEATURES_2D, BASE_FEATURES)),
+        kernel_sizes=[list(k) for k in topo.kernel_sizes],
+        strides=[list(s) for s in topo.strides],
+        n_conv_per_stage=N_CONV_PER_STAGE,
+    )
+    return Configuration(
+        name=name,
+        data_identifier=data_identifier,
+        spacing=[float(s) for s in spacing],
+        median_shape=[int(round(m)) for m in median_shape],
+        patch_size=[int(p) for p in topo.patch_size],
+        batch_size=batch,
+        normalization=normalization,
+        resampling=Resampling(separate_z_anisotropy_threshold=ANISOTROPY_THRESHOLD),
+        network=network,
+    )
+
+
+def nnunet_would_plan_lowres(
+    fullres: Configuration, median_shape: Sequence[float], n_classes: int, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
+) -> bool:
+    """Whether nnU-Net v2 would add ``3d_lowres`` next to this ``3d_fullres`` (it then sets batch_dice).
+
+    While the patch covers < 25 % of the median image, the spacing grows by 3 % (the anisotropic
+    axes first) and the patch is re-planned; the lowres configuration is dropped again when the
+    median image shrank by less than 2x.
+    """
+    base = np.asarray(fullres.spacing, dtype=np.float64)
+    shape = np.asarray(median_shape, dtype=np.float64)
+    median_voxels = float(np.prod(shape))
+    patch_voxels = float(np.prod(fullres.patch_size, dtype=np.float64))
+    spacing = base.copy()
+    planned = False
+    while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
+        ratio = spacing.max() / spacing
+        if np.any(ratio > 2):
+            spacing[ratio > 2] *= LOWRES_SPACING_INCREASE
+        else:
+            spacing *= LOWRES_SPACING_INCREASE
+        median_voxels = float(np.prod(base / spacing * shape))
+        lowres_shape = [round(i) for i in base / spacing * shape]
+        topo, _, _, _ = _patch_and_topology(spacing, lowres_shape, n_classes, gpu_memory_gb)
+        patch_voxels = float(np.prod(topo.patch_size, dtype=np.float64))
+        planned = True
+    return planned and float(np.prod(shape)) / median_voxels >= 2
+
+
+def plan_experiment(
+    fingerprint: Fingerprint, plans_name: str = PLANS_NAME, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
+) -> Plans:
+    """nnU-Net v2's ``plan_experiment``: ``2d`` always, ``3d_fullres`` when the data is 3D."""
+    fp = fingerprint
+    check_fingerprint(fp)
+    target = determine_fullres_target_spacing(fp.spacings, fp.shapes_after_crop)
+    forward, backward = determine_transpose(target)
+    target_t = target[forward]
+    median_t = median_shape_after_resampling(fp, target)[forward]
+    n_voxels_dataset = float(np.prod(median_t, dtype=np.float64) * len(fp.case_ids))
+    normalization = determine_normalization(fp)
+    n_classes = len(fp.labels)
+
+    configurations: dict[str, Configuration] = {}
+    if median_t[0] != 1:  # a single-slice (2D) dataset has no 3D configuration
+        configurations["3d_fullres"] = plan_configuration(
+            "3d_fullres", target_t, median_t, n_classes, n_voxels_dataset, normalization, f"{plans_name}_3d_fullres", gpu_memory_gb
+        )
+    configurations["2d"] = plan_configuration(
+        "2d", target_t[1:], median_t[1:], n_classes, n_voxels_dataset, normalization, f"{plans_name}_2d", gpu_memory_gb
+    )
+    return Plans(
+        dataset_name=fp.dataset_name,
+        dataset_root=fp.dataset_root,
+        plans_name=plans_name,
+        channel_names=dict(fp.channel_names),
+        labels=dict(fp.labels),
+        transpose_forward=forward,
+        transpose_backward=backward,
+        original_median_spacing_after_transp=[float(s) for s in np.median(np.asarray(fp.spacings), 0)[forward]],
+        original_median_shape_after_transp=[int(round(s)) for s in np.median(np.asarray(fp.shapes_after_crop), 0)[forward]],
+        configurations=dict(sorted(configurations.items())),
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan_dataset(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    export_nnunet: bool = False,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> Plans:
+    """Fingerprint and plan a dataset; writes ``fingerprint.json``, ``plans.json`` (and ``nnUNetPlans.json``).
+
+    All files are written atomically into ``out_dir``; bad input is an :class:`AlsegError`.
+    """
+    from alseg.atomic import atomic_write_json
+    from alseg.data.dataset import read_dataset
+    from alseg.plans.fingerprint import extract_fingerprint
+
+    info = read_dataset(dataset_dir)
+    fingerprint = extract_fingerprint(info, workers=workers, show_progress=show_progress)
+    plans = plan_experiment(fingerprint)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(fingerprint, out_dir / "fingerprint.json")
+    save_model(plans, out_dir / "plans.json")
+    if export_nnunet:
+        from alseg.plans.nnunet_export import to_nnunet_plans
+
+        atomic_write_json(out_dir / "nnUNetPlans.json", to_nnunet_plans(plans, fingerprint))
+    return plans
+
+
+def summarize_plans(plans: Plans):
+    """A rich table of the plan, one column per configuration (for ``alseg plan``)."""
+    from rich.table import Table
+
+    fmt = lambda xs: " x ".join(f"{x:g}" for x in xs)  # noqa: E731
+    names = list(plans.configurations)
+    table = Table(title=f"{plans.dataset_name}: {plans.plans_name} (axes in transposed order {plans.transpose_forward})")
+    table.add_column("")
+    for n in names:
+        table.add_column(n, justify="right")
+    confs = [plans.configurations[n] for n in names]
+
+    def row(label: str, fn) -> None:
+        table.add_row(label, *[fn(c) for c in confs])
+
+    row("spacing (mm)", lambda c: fmt(c.spacing))
+    row("median shape", lambda c: fmt(c.median_shape))
+    row("patch size", lambda c: fmt(c.patch_size))
+    row("batch size", lambda c: str(c.batch_size))
+    row("stages", lambda c: str(c.network.n_stages))
+    row("features", lambda c: ", ".join(map(str, c.network.features_per_stage)))
+    row("strides", lambda c: " ".join("".join(map(str, s)) for s in c.network.strides))
+    row("kernels", lambda c: " ".join("".join(map(str, k)) for k in c.network.kernel_sizes))
+    row("normalisation", lambda c: ", ".join(n.scheme + ("+mask" if n.use_mask_for_norm else "") for n in c.normalization))
+    return table
+
+
+__all__ = [
+    "check_fingerprint",
+    "determine_fullres_target_spacing",
+    "determine_transpose",
+    "determine_normalization",
+    "initial_patch_size",
+    "plan_configuration",
+    "plan_experiment",
+    "plan_dataset",
+    "summarize_plans",
+    "nnunet_would_plan_lowres",
+]
