@@ -1,0 +1,229 @@
+"""The LightningModule: network, loss, optimiser and evaluation of one plan configuration.
+
+Thin on purpose (Lightning style): the Trainer owns devices, precision and DDP; the
+callbacks at the end of this file own the output files (:func:`alseg.model.train.fit` uses
+them). The module is rebuilt from its hyperparameters (the plan as a dict, the configuration
+name and the overrides), so ``load_from_checkpoint`` needs nothing else.
+
+Optimisation is nnU-Net v2's (spec §5), read from the plan's ``Trainer`` and overridable:
+SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5) with poly decay
+``lr_t = lr * (1 - t / T) ** 0.9`` stepped every iteration; ``T`` is the number of optimiser
+steps the Trainer will take (``epochs * iterations_per_epoch`` on one device; under DDP each
+process takes ``iterations_per_epoch / world_size`` steps of its own batch per epoch, and
+``T`` follows). Gradients are clipped to norm 12 by the Trainer, as nnU-Net does.
+
+Validation and test take one whole preprocessed case per batch, predict it with
+:func:`alseg.model.inference.predict_volume` and log ``dice_mean`` and ``dice_<label name>``
+(per case, averaged over cases by Lightning; empty classes see :mod:`alseg.model.metrics`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule
+from pydantic import ValidationError
+
+from alseg.atomic import atomic_write_text
+from alseg.errors import AlsegError
+from alseg.model.inference import predict_volume
+from alseg.model.loss import SegLoss
+from alseg.model.metrics import dice_per_class, mean_dice
+from alseg.model.network import SegNetwork, build_network
+from alseg.plans.models import Configuration, Network, Plans, Trainer
+
+__all__ = ["FinalCheckpoint", "MetricsCSV", "SegmentationModule", "apply_overrides", "metric_names", "metrics_columns"]
+
+_CONFIG_FIELDS = ("batch_size", "patch_size")
+
+
+def apply_overrides(config: Configuration, overrides: dict[str, Any] | None) -> Configuration:
+    """A validated copy of ``config`` with ``overrides`` applied.
+
+    Keys are fields of the plan's ``Trainer`` (``lr``, ``epochs``, ``iterations_per_epoch``,
+    ...), of its ``Network`` (``dropout_train``, ...), or ``batch_size`` / ``patch_size``.
+    ``None`` values are ignored.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not overrides:
+        return config
+    data = config.model_dump(mode="json")
+    for key, value in overrides.items():
+        if key in Trainer.model_fields:
+            data["trainer"][key] = value
+        elif key in Network.model_fields:
+            data["network"][key] = value
+        elif key in _CONFIG_FIELDS:
+            data[key] = value
+        else:
+            valid = sorted([*Trainer.model_fields, *Network.model_fields, *_CONFIG_FIELDS])
+            raise AlsegError(f"unknown training setting '{key}' — choose from {', '.join(valid)}")
+    try:
+        return Configuration.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise AlsegError(f"invalid override {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def metric_names(labels: dict[int, str]) -> dict[int, str]:
+    """``{class index: "dice_<name>"}`` for the foreground classes (spaces become underscores)."""
+    return {int(c): "dice_" + str(name).replace(" ", "_") for c, name in sorted(labels.items()) if int(c) != 0}
+
+
+class SegmentationModule(LightningModule):
+    """Training and evaluation of one plan configuration (see the module docstring).
+
+    Args:
+        plans: the plan (a :class:`~alseg.plans.models.Plans` or its dict).
+        config_name: ``"2d"`` or ``"3d_fullres"``.
+        overrides: settings replacing the plan's (see :func:`apply_overrides`); keyword
+            arguments are merged into them, e.g. ``SegmentationModule(plans, "2d", lr=1e-3)``.
+    """
+
+    def __init__(self, plans: Plans | dict, config_name: str, overrides: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__()
+        plans_dict = plans.model_dump(mode="json") if isinstance(plans, Plans) else dict(plans)
+        merged = {**(overrides or {}), **kwargs}
+        self.save_hyperparameters({"plans": plans_dict, "config_name": config_name, "overrides": merged})
+        self.plans = Plans.model_validate(plans_dict)
+        self.config = apply_overrides(self.plans.configuration(config_name), merged)
+        self.net: SegNetwork = build_network(self.config, len(self.plans.channel_names), self.plans.n_classes)
+        n_outputs = 1 + (len(self.net.deep_supervision_heads) if self.net.deep_supervision else 0)
+        self.loss = SegLoss(n_outputs=n_outputs)
+        self.metric_names = metric_names(self.plans.labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.net(x)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self.net(batch["image"]), batch["label"])
+        n = len(batch["image"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole schedule (``T`` of the poly decay)."""
+        t = self.config.trainer
+        total = t.epochs * t.iterations_per_epoch
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer
+            trainer = None
+        if trainer is not None:
+            est = trainer.estimated_stepping_batches
+            if est != float("inf") and est > 0:
+                total = int(est)
+        return max(total, 1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.config.trainer
+        optimizer = torch.optim.SGD(
+            self.net.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        )
+        total, exponent = self.total_steps(), t.poly_exponent
+
+        def poly(step: int) -> float:
+            return (1 - min(step, total) / total) ** exponent
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_case(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+        """Dice of one case: ``image (C, z, y, x)``, ``label (1, z, y, x)`` or ``(z, y, x)``."""
+        pred = predict_volume(self.net, image, self.config, output="labels")
+        gt = label[0] if label.ndim == image.ndim else label
+        per_class = dice_per_class(pred, gt, self.plans.n_classes)
+        out = {"dice_mean": mean_dice(per_class)}
+        out.update({self.metric_names[c]: v for c, v in per_class.items()})
+        return out
+
+    def _eval_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        metrics = self.evaluate_case(batch["image"][0], batch["label"][0])
+        for name, value in metrics.items():
+            bar = name == "dice_mean"
+            self.log(name, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, prog_bar=bar)
+        return metrics
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._eval_step(batch)
+
+
+# ---------------------------------------------------------------------------- callbacks
+def metrics_columns(labels: dict[int, str]) -> list[str]:
+    """Columns of ``metrics.csv``: epoch, train_loss, dice_mean, dice_<label>..."""
+    return ["epoch", "train_loss", "dice_mean", *metric_names(labels).values()]
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+class MetricsCSV(Callback):
+    """One row per training epoch in ``path`` (``metrics_columns``), rewritten atomically on
+    global rank 0. Rows of later epochs are dropped, so a resumed run continues the file; a
+    ``trainer.validate`` after fit fills the last epoch's Dice. Epochs without validation
+    leave the Dice cells empty."""
+
+    def __init__(self, path: str | Path, columns: list[str]):
+        self.path = Path(path)
+        self.columns = columns
+        self.dice: dict[str, float] = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        self.dice = {k: float(m[k]) for k in self.columns[2:] if k in m}
+        if trainer.state.fn != "fit":  # trainer.validate() after fit
+            self._write(trainer, trainer.current_epoch - 1, None)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after that epoch's validation
+        loss = trainer.callback_metrics.get("train_loss_epoch")
+        self._write(trainer, trainer.current_epoch, None if loss is None else float(loss))
+        self.dice = {}
+
+    def _write(self, trainer, epoch: int, loss: float | None) -> None:
+        if not trainer.is_global_zero:
+            return
+        from alseg.model.train import read_metrics
+
+        rows = {r["epoch"]: r for r in read_metrics(self.path) if r["epoch"] <= epoch}
+        row = rows.get(epoch, {"epoch": epoch})
+        if loss is not None:
+            row["train_loss"] = loss
+        row.update(self.dice)
+        rows[epoch] = row
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for e in sorted(rows):
+            writer.writerow({c: _fmt(rows[e].get(c)) for c in self.columns})
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class FinalCheckpoint(Callback):
+    """``path`` once fit ends: weights and hyperparameters, enough for ``load_from_checkpoint``
+    and ``init_checkpoint`` (no optimiser state; resuming uses ``checkpoints/last.ckpt``).
+    Every rank calls ``save_checkpoint`` (a collective), rank 0 writes and renames."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=True)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)

@@ -1,0 +1,230 @@
+"""``alseg train``: train one configuration on one fold of the preprocessed cache.
+
+Output directory::
+
+    OUT/metrics.csv            one row per epoch: epoch, train_loss, dice_mean, dice_<label>...
+    OUT/model.ckpt             the final Lightning checkpoint (SegmentationModule.load_from_checkpoint)
+    OUT/checkpoints/last.ckpt  written every epoch; ``resume=True`` continues from it
+    OUT/logs/, OUT/tensorboard/  Lightning's CSV and TensorBoard logs
+
+The fold split is nnU-Net v2's (:func:`make_split`); the training cases are whole-case
+regions and the held-out cases are predicted in full for the Dice every validation epoch.
+:func:`fit` is the part the active loop reuses with its own data module (labelled items,
+oracle labels). Files are written by callbacks on global rank 0; the Trainer owns devices
+(``accelerator="auto"``: a GPU when present), precision and DDP.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alseg.errors import AlsegError
+from alseg.plans.models import Plans, load_plans
+
+__all__ = ["make_split", "fit", "train", "read_metrics"]
+
+SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
+GRADIENT_CLIP = 12.0  # nnU-Net v2 clips the gradient norm at 12
+
+
+def make_split(
+    case_ids: Sequence[str], fold: int, n_folds: int = 5, seed: int = SPLIT_SEED
+) -> tuple[list[str], list[str]]:
+    """nnU-Net v2's cross-validation split: ``KFold(n_folds, shuffle=True, random_state=seed)``
+    over the sorted case ids; returns ``(train_ids, test_ids)`` of fold ``fold``."""
+    from sklearn.model_selection import KFold
+
+    ids = sorted(case_ids)
+    if not 0 <= fold < n_folds:
+        raise AlsegError(f"fold {fold} does not exist — choose 0..{n_folds - 1}")
+    if len(ids) < n_folds:
+        raise AlsegError(f"{len(ids)} cases cannot be split into {n_folds} folds — use fewer folds")
+    splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(ids))
+    train_idx, test_idx = splits[fold]
+    return [ids[i] for i in train_idx], [ids[i] for i in test_idx]
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` (empty cells are NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: (int(v) if k == "epoch" else float(v) if v != "" else math.nan) for k, v in row.items()})
+    return rows
+
+
+def fit(
+    module,
+    datamodule,
+    out_dir: str | Path,
+    *,
+    devices: int | str | Sequence[int] = "auto",
+    strategy: str = "auto",
+    precision: str | int | None = None,
+    resume: bool = False,
+    val_every: int = 1,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train ``module`` (a :class:`~alseg.model.module.SegmentationModule`) for its configured
+    epochs on ``datamodule`` (a :class:`~alseg.data.datamodule.SegDataModule`), validating every
+    ``val_every`` epochs and after the last one; writes ``out_dir`` (see the module docstring)
+    and returns the last row of ``metrics.csv``.
+
+    ``precision=None``: ``"16-mixed"`` on a GPU (nnU-Net trains with AMP), else 32-bit.
+    """
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from alseg.model.module import FinalCheckpoint, MetricsCSV, metrics_columns
+
+    out_dir = Path(out_dir)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise AlsegError("no checkpoint to resume from — train without --resume first", last)
+    if not resume and last.exists():
+        raise AlsegError("holds a previous run — pass --resume to continue it or choose another output directory", out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if precision is None:
+        precision = "16-mixed" if torch.cuda.is_available() else "32-true"
+    pl.seed_everything(seed, workers=False, verbose=False)
+    epochs = module.config.trainer.epochs
+    iters = module.config.trainer.iterations_per_epoch
+    callbacks = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
+                        save_top_k=1, monitor=None, save_last="link"),
+        MetricsCSV(out_dir / "metrics.csv", metrics_columns(module.plans.labels)),
+        FinalCheckpoint(out_dir / "model.ckpt"),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=[CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")],
+        default_root_dir=out_dir,
+        check_val_every_n_epoch=val_every,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, iters)),
+        gradient_clip_val=GRADIENT_CLIP,
+        gradient_clip_algorithm="norm",
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    rows = read_metrics(out_dir / "metrics.csv")
+    if getattr(datamodule, "val_cases", None) and rows and math.isnan(rows[-1].get("dice_mean", math.nan)):
+        # the last epoch was not a validation epoch: validate the final weights once
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        rows = read_metrics(out_dir / "metrics.csv")
+    return rows[-1] if rows else {}
+
+
+def train(
+    plans: str | Path | Plans,
+    config_name: str,
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    fold: int = 0,
+    epochs: int | None = None,
+    iters_per_epoch: int | None = None,
+    devices: int | str | Sequence[int] = "auto",
+    strategy: str = "auto",
+    precision: str | int | None = None,
+    resume: bool = False,
+    init_checkpoint: str | Path | None = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    *,
+    n_folds: int = 5,
+    val_every: int = 1,
+    num_workers: int | None = None,
+    augment: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``config_name`` on the training cases of ``fold`` and evaluate on its held-out cases.
+
+    Args:
+        plans: ``plans.json`` path or a loaded :class:`Plans`.
+        config_name: ``"2d"`` or ``"3d_fullres"``.
+        cache_dir: the configuration's preprocessed cache.
+        out_dir: output directory (see the module docstring).
+        fold: nnU-Net fold (0..n_folds-1) held out for evaluation.
+        epochs, iters_per_epoch: override the plan's trainer settings.
+        devices, strategy, precision: passed to Lightning's Trainer (``accelerator="auto"``).
+        resume: continue from ``out_dir/checkpoints/last.ckpt``.
+        init_checkpoint: start from these weights (weights only; fresh optimiser and schedule).
+        seed: seeds Lightning, the patch sampler and the augmentation.
+        overrides: other settings (:func:`alseg.model.module.apply_overrides`: trainer and
+            network fields, ``batch_size``, ``patch_size``).
+        val_every: validate every this many epochs (and after the last).
+        num_workers: data loader processes (default min(2, CPUs), 8 with a GPU).
+        augment: nnU-Net-style augmentation (:mod:`alseg.transforms`).
+        progress: show Rich progress bars.
+
+    Returns:
+        The last row of ``metrics.csv``: ``epoch``, ``train_loss``, ``dice_mean``, ``dice_<label>``.
+    """
+    from alseg.data.datamodule import SegDataModule, list_cases, whole_case_region
+    from alseg.model.module import SegmentationModule
+
+    import lightning.pytorch as pl
+
+    plans = plans if isinstance(plans, Plans) else load_plans(plans)
+    pl.seed_everything(seed, workers=False, verbose=False)  # the network's initial weights
+    all_overrides = {**(overrides or {}), "epochs": epochs, "iterations_per_epoch": iters_per_epoch}
+    module = SegmentationModule(plans, config_name, overrides={k: v for k, v in all_overrides.items() if v is not None})
+    if init_checkpoint is not None:
+        load_weights(module, init_checkpoint)
+    train_ids, test_ids = make_split(list_cases(cache_dir), fold, n_folds)
+    datamodule = SegDataModule(
+        cache_dir,
+        module.config,
+        [whole_case_region(cache_dir, c) for c in train_ids],
+        val_cases=test_ids,
+        num_workers=num_workers,
+        augment=augment,
+        seed=seed,
+    )
+    return fit(
+        module,
+        datamodule,
+        out_dir,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        resume=resume,
+        val_every=val_every,
+        progress=progress,
+        seed=seed,
+    )
+
+
+def load_weights(module, checkpoint: str | Path) -> None:
+    """Copy the network weights of a checkpoint (Lightning ``.ckpt`` or a bare state dict) into
+    ``module``: fine-tuning keeps nothing else (fresh optimiser and schedule)."""
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise AlsegError("checkpoint not found", path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise AlsegError(f"does not match this plan's network ({first}) — use a checkpoint of the same plan", path) from None
