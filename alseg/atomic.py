@@ -48,3 +48,9 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(f, **arrays)
 
     _atomic(path, write)
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
+    _atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -91,17 +92,191 @@ def check(
 
 
 @app.command()
+def plan(
+    dataset: Path = typer.Argument(..., help="Dataset folder (MSD or nnU-Net v2 raw layout)."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Folder for fingerprint.json and plans.json."),
+    export_nnunet: bool = typer.Option(False, "--export-nnunet", help="Also write an nnU-Net v2 nnUNetPlans.json."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes for the fingerprint (default: all cores)."),
+) -> None:
+    """Fingerprint a dataset and configure it as nnU-Net v2 would; write the plan files."""
+    from alseg.plans.planner import plan_dataset, summarize_plans
+
+    _check(dataset, quiet=True)
+    plans = plan_dataset(dataset, out_dir, export_nnunet=export_nnunet, workers=workers)
+    out.print(summarize_plans(plans))
+    written = ["fingerprint.json", "plans.json"] + (["nnUNetPlans.json"] if export_nnunet else [])
+    out.print(f"wrote {', '.join(str(out_dir / w) for w in written)}")
+
+
+@app.command()
+def preprocess(
+    plan_dir: Path = typer.Argument(..., help="Folder written by 'alseg plan'."),
+    config: list[str] = typer.Option(["2d"], "--config", "-c", help="Configuration(s) to preprocess: 2d, 3d_fullres."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: all cores)."),
+) -> None:
+    """Crop, resample and normalise every case into the plan folder's cache (idempotent, resumable)."""
+    from alseg.data.preprocess import preprocess_dataset
+    from alseg.plans.models import load_plans
+
+    plans = load_plans(plan_dir / "plans.json")
+    for name in config:
+        cache = preprocess_dataset(plans, name, plan_dir, workers=workers)
+        out.print(f"{name}: cache complete in {cache}")
+
+
+def _int_or_auto(value: str, flag: str) -> int | str:
+    if value == "auto" or value.isdigit():
+        return int(value) if value.isdigit() else value
+    raise AlsegError(f"{flag} must be a number or 'auto', got '{value}'")
+
+
+@app.command()
+def train(
+    plan_dir: Path = typer.Argument(..., help="Folder written by 'alseg plan' (preprocessed on the fly if needed)."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Output folder: metrics.csv, model.ckpt, logs."),
+    config: str = typer.Option("2d", "--config", "-c", help="2d or 3d_fullres."),
+    fold: int = typer.Option(0, "--fold", help="Held-out fold of nnU-Net's 5-fold split."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (plan default: 1000)."),
+    iters_per_epoch: Optional[int] = typer.Option(None, "--iters-per-epoch", help="Iterations per epoch (plan: 250)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the initial learning rate."),
+    devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
+    init_checkpoint: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
+) -> None:
+    """Train on all training cases of a fold and evaluate on the held-out fold (the full-data reference)."""
+    from alseg.data.preprocess import preprocess_dataset
+    from alseg.model.train import train as run_training
+    from alseg.plans.models import load_plans
+
+    plans = load_plans(plan_dir / "plans.json")
+    cache = preprocess_dataset(plans, config, plan_dir)
+    final = run_training(
+        plans, config, cache, out_dir, fold=fold, epochs=epochs, iters_per_epoch=iters_per_epoch,
+        devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision, resume=resume,
+        init_checkpoint=init_checkpoint, seed=seed, overrides={"batch_size": batch_size, "lr": lr}, num_workers=workers,
+    )
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k.startswith("dice"))
+    out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
+
+
+def _parse_strategy_options(items: list[str]) -> dict:
+    opts: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise AlsegError(f"--option expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+@app.command()
+def loop(
+    target: Path = typer.Argument(..., metavar="DATASET_OR_PLANDIR", help="A dataset (planned on the fly) or a plan folder."),
+    run_dir: Path = typer.Option(..., "-o", "--out", help="Run directory."),
+    strategy: str = typer.Option("random", "--strategy", "-s", help="Selection strategy (see 'alseg strategies')."),
+    rounds: int = typer.Option(3, "--rounds", help="Selection rounds after the initial round 0."),
+    budget: int = typer.Option(100, "--budget", help="Items selected per round."),
+    initial: int = typer.Option(100, "--initial", help="Random items labelled in round 0."),
+    seed: int = typer.Option(0, "--seed"),
+    config: str = typer.Option("2d", "--config", "-c", help="2d or 3d_fullres."),
+    fold: int = typer.Option(0, "--fold", help="Fold of nnU-Net's 5-fold split held out as the test set."),
+    epochs: int = typer.Option(1, "--epochs", help="Epochs per round."),
+    iters_per_epoch: int = typer.Option(50, "--iters-per-epoch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
+    mc_passes: int = typer.Option(10, "--mc-passes", help="Monte-Carlo dropout passes for uncertainty."),
+    oracle: str = typer.Option("simulated", "--oracle", help="simulated (ground truth) or files (a person annotates)."),
+    devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
+    option: list[str] = typer.Option([], "--option", help="Strategy option key=value (repeatable), e.g. query_size=500."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o exactly where it stopped."),
+) -> None:
+    """Run active learning: train, score the pool, select, annotate, fine-tune — resumable."""
+    from alseg.loop import AnnotationIncomplete, LoopDriver, LoopOptions
+
+    if oracle not in ("simulated", "files"):
+        raise AlsegError(f"--oracle must be 'simulated' or 'files', got '{oracle}'")
+    if config not in ("2d", "3d_fullres"):
+        raise AlsegError(f"--config must be '2d' or '3d_fullres', got '{config}'")
+    for name, value in (("--rounds", rounds), ("--budget", budget), ("--initial", initial), ("--epochs", epochs),
+                        ("--iters-per-epoch", iters_per_epoch), ("--mc-passes", mc_passes)):
+        if value < (0 if name == "--rounds" else 1):
+            raise AlsegError(f"{name} must be positive, got {value}")
+    _int_or_auto(devices, "--devices")
+    options = LoopOptions(
+        strategy=strategy, rounds=rounds, budget=budget, initial=initial, seed=seed, config=config, fold=fold,
+        epochs=epochs, iters_per_epoch=iters_per_epoch, mc_passes=mc_passes, batch_size=batch_size, oracle=oracle,
+        devices=devices, workers=workers, strategy_options=_parse_strategy_options(option),
+    )
+    driver = LoopDriver(target, run_dir, options, resume=resume)
+    try:
+        state = driver.run_all()
+    except AnnotationIncomplete as e:
+        for p in e.problems:
+            err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"round {e.round}: {len(e.accepted)} mask(s) accepted, {e.n_waiting} still missing, {len(e.problems)} rejected. "
+            f"Annotate the items in {e.folder} (see manifest.json), then run the same command with --resume."
+        )
+        raise typer.Exit(2 if e.problems else 0)
+    out.print(f"finished {state.round} round(s): {len(state.labelled)} items labelled; see {run_dir / 'metrics.csv'}")
+
+
+@app.command()
+def strategies() -> None:
+    """List the selection strategies."""
+    from alseg.strategies import available
+
+    for name in available():
+        out.print(name)
+
+
+@app.command()
+def report(
+    exp_dirs: list[Path] = typer.Argument(..., help="Run or experiment directories (searched recursively)."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Report folder: report.html, summary.json, PNGs."),
+) -> None:
+    """Learning curves, AUC, pairwise penalty matrix and figures from finished runs."""
+    from alseg.report import build_report
+
+    build_report(list(exp_dirs), out_dir)
+    out.print(f"wrote {out_dir / 'report.html'} and {out_dir / 'summary.json'}")
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(DEFAULT_DEMO_DIR, "-o", "--out", help="Where the demo writes its data and results."),
+    strategy: str = typer.Option("random", "--strategy", "-s", help="Selection strategy of the demo loop."),
+    rounds: int = typer.Option(3, "--rounds"),
 ) -> None:
-    """The main job on the built-in synthetic data: generate it, then check it."""
+    """The main job on built-in data: synthetic dataset → check → plan → active loop → report."""
     from alseg.data.synthetic import generate_dataset
+    from alseg.loop import LoopDriver, LoopOptions
+    from alseg.plans.planner import plan_dataset, summarize_plans
+    from alseg.report import build_report
 
     data = out_dir / "data"
     generate_dataset(data)
-    out.print(f"[bold]1/2[/bold] synthetic dataset in {data}")
-    _check(data)
-    out.print("[bold]2/2[/bold] dataset checked")
+    out.print(f"[bold]1/4[/bold] synthetic dataset in {data}")
+    _check(data, quiet=True)
+    plans = plan_dataset(data, out_dir / "plan", show_progress=False)
+    out.print(summarize_plans(plans))
+    out.print(f"[bold]2/4[/bold] dataset checked and planned in {out_dir / 'plan'}")
+    run_dir = out_dir / "runs" / f"{strategy}_seed0"
+    options = LoopOptions(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2, iters_per_epoch=20,
+                          batch_size=16, mc_passes=4, workers=0)
+    driver = LoopDriver(out_dir / "plan", run_dir, options, resume=(run_dir / "config.json").is_file())
+    state = driver.run_all()
+    out.print(f"[bold]3/4[/bold] active loop: {state.round} rounds, {len(state.labelled)} items labelled ({run_dir})")
+    build_report([out_dir / "runs"], out_dir / "report")
+    out.print(f"[bold]4/4[/bold] report: {out_dir / 'report' / 'report.html'}")
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ class RunConfig(BaseModel):
     devices: str = "auto"
     fine_tune: bool = True
     strategy_options: dict = Field(default_factory=dict)
-    labels: dict[int, str]
+    labels: dict[int, str] = Field(description="foreground labels: index -> name")
 
 
 class Pending(BaseModel):

@@ -1,0 +1,181 @@
+"""The active loop end to end on tiny synthetic data: records, resume after SIGKILL, files oracle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alseg.data.io import read_volume, write_volume
+from alseg.errors import AlsegError
+from alseg.loop import LoopDriver, LoopOptions
+from alseg.oracles import manifest_items
+
+TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2, workers=0, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def plan_dir(tmp_path_factory) -> Path:
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    root = tmp_path_factory.mktemp("loop")
+    data = generate_dataset(root / "data", cases=5, test_cases=0)
+    plan_dataset(data, root / "plan", show_progress=False)
+    return root / "plan"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from alseg.cli import main; main()", *args]
+
+
+def _loop_args(plan_dir: Path, run: Path, *extra: str) -> list[str]:
+    return _cli("loop", str(plan_dir), "-o", str(run), "--strategy", "random", "--rounds", "2", "--budget", "4",
+                "--initial", "8", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "4", "--workers", "0",
+                "--seed", "3", *extra)
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_loop_records_every_round(plan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    state = LoopDriver(plan_dir, run, LoopOptions(**TINY, seed=1)).run_all()
+    assert state.finished and state.round == 2
+    assert len(state.labelled) == 8 + 2 * 4 and len(set(state.labelled)) == 16
+    rows = _rows(run)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert [int(r["n_labelled_items"]) for r in rows] == [8, 12, 16]
+    for r in rows:
+        assert 0.0 <= float(r["dice_mean"]) <= 1.0
+        assert {"dice_Anterior", "dice_Posterior", "seconds_train", "seconds_select", "n_labelled_voxels"} <= set(r)
+    # voxels: each 2D item is one slice of the preprocessed case
+    assert int(rows[1]["n_labelled_voxels"]) > int(rows[0]["n_labelled_voxels"])
+    for k in (1, 2):
+        rec = json.loads((run / "rounds" / f"round_{k:03d}.json").read_text())
+        assert rec["round"] == k and len(rec["selected"]) == 4
+        assert not set(rec["selected"]) & set(json.loads((run / "rounds" / "round_000.json").read_text())["selected"])
+        assert (run / "checkpoints" / f"round_{k:03d}.ckpt").is_file()
+    # labels on disk: annotated voxels exist exactly for labelled items
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"] == "random" and config["labels"] == {"1": "Anterior", "2": "Posterior"}
+    # a finished run refuses to start again without --resume
+    with pytest.raises(AlsegError, match="already holds a run"):
+        LoopDriver(plan_dir, run, LoopOptions(**TINY, seed=1))
+
+
+def test_bad_sizes_and_strategy_are_one_line_errors(plan_dir: Path, tmp_path: Path):
+    with pytest.raises(AlsegError, match="--initial 100000 is larger than the pool"):
+        LoopDriver(plan_dir, tmp_path / "a", LoopOptions(**{**TINY, "initial": 100000}))
+    with pytest.raises(AlsegError, match="--budget 100000 is larger"):
+        LoopDriver(plan_dir, tmp_path / "b", LoopOptions(**{**TINY, "budget": 100000}))
+    with pytest.raises(AlsegError, match="unknown strategy 'magic' — choose one of"):
+        LoopDriver(plan_dir, tmp_path / "c", LoopOptions(**{**TINY, "strategy": "magic"}))
+    with pytest.raises(AlsegError, match="only runs with --oracle simulated"):
+        LoopDriver(plan_dir, tmp_path / "d", LoopOptions(**{**TINY, "strategy": "random-fg", "oracle": "files"}))
+
+
+def test_corrupt_state_is_a_one_line_error(plan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    LoopDriver(plan_dir, run, LoopOptions(**{**TINY, "rounds": 0})).run_all()
+    (run / "state.json").write_text("{not json")
+    proc = subprocess.run(_loop_args(plan_dir, run, "--resume"), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "state.json: is corrupt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigkill_mid_round_then_resume_matches_uninterrupted(plan_dir: Path, tmp_path: Path):
+    reference = tmp_path / "reference"
+    subprocess.run(_loop_args(plan_dir, reference), check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_loop_args(plan_dir, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # round 1's batch is annotated and its training has started: kill it there
+    while time.time() < deadline and not (run / "logs" / "round_001").exists():
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((run / "state.json").read_text())
+    assert state["round"] == 0 and not state["finished"]  # round 1 was lost, round 0 was not
+    assert len(state["labelled"]) == 12  # round 1's batch was already annotated: not lost either
+
+    resumed = subprocess.run(_loop_args(plan_dir, run, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = json.loads((reference / "state.json").read_text()), json.loads((run / "state.json").read_text())
+    assert a["labelled"] == b["labelled"] and b["finished"]
+    ra, rb = _rows(reference), _rows(run)
+    assert [r["dice_mean"] for r in ra] == [r["dice_mean"] for r in rb]
+    assert [r["n_labelled_voxels"] for r in ra] == [r["n_labelled_voxels"] for r in rb]
+
+
+def _annotate_from_truth(folder: Path, plan_dir: Path, skip: int | None = None, wrong_shape: int | None = None) -> None:
+    """The 'person': writes each item's mask, taken from the ground truth, on the exported grid."""
+    from alseg.data.preprocess import cache_dir_for
+    from alseg.plans.models import load_plans
+
+    plans = load_plans(plan_dir / "plans.json")
+    cache = cache_dir_for(plan_dir, plans.configuration("2d"))
+    for n, item in enumerate(manifest_items(folder)):
+        if n == skip:
+            continue
+        image, geom = read_volume(folder / item["image"])
+        case, _, z, y0, x0 = item["id"].split(":")
+        seg = np.load(cache / f"{case}_seg.npy")[0]
+        z, y0, x0 = int(z), int(y0), int(x0)
+        patch = seg[z : z + 1, y0 : y0 + image.shape[1], x0 : x0 + image.shape[2]]  # transpose is identity here
+        mask = patch.astype(np.uint8)
+        if n == wrong_shape:
+            mask = mask[:, :-1]
+        write_volume(mask, geom, folder / item["mask"])
+
+
+def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = _loop_args(plan_dir, run, "--oracle", "files", "--rounds", "1")
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    folder = run / "annotate" / "round_000"
+    items = manifest_items(folder)
+    assert len(items) == 8 and all((folder / it["image"]).is_file() for it in items)
+    assert "Annotate the items in" in first.stdout
+
+    # one mask has the wrong shape, one is missing: the rest are kept, a one-line error names the bad one
+    _annotate_from_truth(folder, plan_dir, skip=0, wrong_shape=1)
+    second = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert second.returncode == 2
+    bad = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(bad) == 1 and items[1]["mask"].split("/")[-1] in bad[0] and "differs from its image" in bad[0]
+    assert "6 mask(s) accepted, 1 still missing, 1 rejected" in " ".join(second.stdout.split())
+
+    _annotate_from_truth(folder, plan_dir)  # the person fixes both
+    third = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert (run / "annotate" / "round_001" / "manifest.json").is_file()  # now waiting for round 1
+    _annotate_from_truth(run / "annotate" / "round_001", plan_dir)
+    fourth = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert fourth.returncode == 0, fourth.stderr
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] and len(state["labelled"]) == 12
+    # the imported masks equal the ground truth of the items
+    labels = {p.stem: np.load(p) for p in (run / "labels").glob("*.npy")}
+    from alseg.data.preprocess import cache_dir_for
+    from alseg.plans.models import load_plans
+
+    cache = cache_dir_for(plan_dir, load_plans(plan_dir / "plans.json").configuration("2d"))
+    for item_id in state["labelled"]:
+        case, _, z, y0, x0 = item_id.split(":")
+        gt = np.load(cache / f"{case}_seg.npy")[0][int(z)]
+        np.testing.assert_array_equal(labels[case][int(z)], gt)  # a slice fits the patch: item = slice
