@@ -230,6 +230,39 @@ def loop(
 
 
 @app.command()
+def compare(
+    target: Path = typer.Argument(..., metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder."),
+    exp_dir: Path = typer.Option(..., "-o", "--out", help="Experiment folder: one run directory per strategy and seed."),
+    strategies_: str = typer.Option("all", "--strategies", help="'all' or a comma-separated list."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per strategy (0..N-1)."),
+    rounds: int = typer.Option(3, "--rounds"),
+    budget: int = typer.Option(100, "--budget"),
+    initial: int = typer.Option(100, "--initial"),
+    config: str = typer.Option("2d", "--config", "-c"),
+    fold: int = typer.Option(0, "--fold"),
+    epochs: int = typer.Option(1, "--epochs"),
+    iters_per_epoch: int = typer.Option(50, "--iters-per-epoch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    mc_passes: int = typer.Option(10, "--mc-passes"),
+    devices: str = typer.Option("auto", "--devices"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    option: list[str] = typer.Option([], "--option", help="Strategy option key=value (repeatable)."),
+    jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (one GPU each when there are GPUs)."),
+    full: bool = typer.Option(True, "--full/--no-full", help="Also train the full-data reference."),
+) -> None:
+    """Run strategies x seeds (resumable: finished runs are skipped) plus the full-data reference."""
+    from alseg.compare import parse_strategies, run_compare
+    from alseg.loop import LoopOptions
+
+    names = parse_strategies(strategies_)
+    options = LoopOptions(rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
+                          iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
+                          workers=workers, strategy_options=_parse_strategy_options(option))
+    cells = run_compare(target, exp_dir, names, seeds, options, jobs=jobs, full_reference=full)
+    out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
+
+
+@app.command()
 def strategies() -> None:
     """List the selection strategies."""
     from alseg.strategies import available

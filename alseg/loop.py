@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from alseg.atomic import atomic_torch_save, atomic_write_json
+from alseg.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
 from alseg.data.io import Geometry
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
@@ -243,6 +243,11 @@ class LoopDriver:
             if round_ > 0 and module is None:
                 module = self.load_module(round_ - 1)
             record = self.select(round_, module)
+            embeddings = record.pop("embeddings", None)
+            if embeddings is not None:  # for the report's t-SNE map (paper Fig. 3)
+                atomic_save_npz(self.run.round_path(round_).with_name(f"round_{round_:03d}_embeddings.npz"),
+                                embeddings=np.asarray(embeddings["embeddings"], np.float32),
+                                role=np.asarray(embeddings["role"]).astype(str))
             self.run.save_round(round_, record)
         selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
         if not selected:
