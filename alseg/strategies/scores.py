@@ -4,6 +4,10 @@ All functions take probabilities shaped ``(N, C, *spatial)`` (2D or 3D items) an
 value per item: the mean over the item's pixels (voxels), as the paper ranks items by it.
 MC dropout passes are streamed through :class:`MCDropoutAccumulator` so that the T passes never
 sit in memory together (T x a batch of 512 x 512 items would not fit on a GPU).
+
+Items smaller than the patch are zero-padded to it before the forward pass; an optional boolean
+``mask`` ``(N, *spatial)`` (True = the item's own pixels) keeps the padding out of every
+per-item mean and sum. Without a mask every pixel counts, as before.
 """
 
 from __future__ import annotations
@@ -23,14 +27,29 @@ def entropy_map(p: Tensor) -> Tensor:
     return torch.special.entr(p).sum(dim=1)
 
 
-def _pixel_mean(x: Tensor) -> Tensor:
-    """Mean over every axis but the first: one value per item."""
-    return x.reshape(x.shape[0], -1).mean(dim=1)
+def _pixel_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over every axis but the first (over the ``mask``'s pixels when given): one value per item.
+
+    An item whose mask is empty gets 0 (not NaN): it has no pixels to be uncertain about.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    if mask is None:
+        return flat.mean(dim=1)
+    m = _flat_mask(mask, x)
+    return (flat * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
-def item_entropy(p: Tensor) -> Tensor:
-    """Max Entropy score of the deterministic pass: mean pixel entropy per item, shape ``(N,)``."""
-    return _pixel_mean(entropy_map(p))
+def _flat_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask`` ``(N, *spatial)`` flattened to ``(N, P)`` in ``like``'s dtype and device."""
+    if mask.shape[0] != like.shape[0] or mask[0].numel() != like[0].numel():
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the pixel map {tuple(like.shape)}")
+    return mask.reshape(mask.shape[0], -1).to(device=like.device, dtype=like.dtype)
+
+
+def item_entropy(p: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Max Entropy score of the deterministic pass: mean pixel entropy per item, shape ``(N,)``;
+    only the pixels where ``mask`` (``(N, *spatial)`` bool) is True count when it is given."""
+    return _pixel_mean(entropy_map(p), mask)
 
 
 @dataclass(frozen=True)
@@ -83,9 +102,12 @@ class MCDropoutAccumulator:
             self._sum_entropy += entropy_map(p64)
         self.n_passes += 1
 
-    def finalize(self) -> MCScores:
+    def finalize(self, mask: Tensor | None = None) -> MCScores:
         """Per-item scores from the passes seen so far. Float error can make a variance or a BALD
-        value slightly negative; both are clamped to 0, their true lower bound."""
+        value slightly negative; both are clamped to 0, their true lower bound.
+
+        ``mask`` (``(N, *spatial)`` bool, optional): the item's own pixels; padding outside it
+        counts neither in the means nor in ``classwise_std_sum``."""
         if self._sum_p is None or self._sum_p2 is None or self._sum_entropy is None:
             raise ValueError("MCDropoutAccumulator.finalize() called before any update(); run at least one pass")
         t = float(self.n_passes)
@@ -93,9 +115,12 @@ class MCDropoutAccumulator:
         std = (self._sum_p2 / t - mean_p * mean_p).clamp_(min=0.0).sqrt_()
         entropy_of_mean = entropy_map(mean_p)
         bald = (entropy_of_mean - self._sum_entropy / t).clamp_(min=0.0)
+        std_flat = std.reshape(*std.shape[:2], -1)
+        if mask is not None:
+            std_flat = std_flat * _flat_mask(mask, bald).unsqueeze(1)
         return MCScores(
-            mean_std=_pixel_mean(std.mean(dim=1)).to(self._dtype),
-            bald=_pixel_mean(bald).to(self._dtype),
-            entropy_of_mean=_pixel_mean(entropy_of_mean).to(self._dtype),
-            classwise_std_sum=std.reshape(*std.shape[:2], -1).sum(dim=2).to(self._dtype),
+            mean_std=_pixel_mean(std.mean(dim=1), mask).to(self._dtype),
+            bald=_pixel_mean(bald, mask).to(self._dtype),
+            entropy_of_mean=_pixel_mean(entropy_of_mean, mask).to(self._dtype),
+            classwise_std_sum=std_flat.sum(dim=2).to(self._dtype),
         )
