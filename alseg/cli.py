@@ -312,11 +312,24 @@ def demo(
     out.print(f"[bold]4/4[/bold] report: {out_dir / 'report' / 'report.html'}")
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for alseg's own progress: Lightning's banners and tips are noise here."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr and exit code 2 (``--debug``: traceback)."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    else:
+        _quiet_libraries()
     try:
         app()
     except AlsegError as e:
