@@ -1,0 +1,325 @@
+"""The pool scoring engine: one streaming pass of the network over pool items (spec §2).
+
+Every uncertainty strategy (Max Entropy, Mean STD, BALD, Stochastic Batches, USIM) needs the
+same thing: per-item aggregates of the network's softmax over many items, with and without MC
+dropout. :func:`score_pool` computes them all in one pass over the items and keeps only the
+per-item numbers — never the pool's probability maps (104k items x 3 classes x 512 x 512
+floats would be 300 GB).
+
+How the pass is organised:
+
+* **Items are read case by case** (:func:`item_batches`): the requested indices are grouped
+  by case, so each case's preprocessed image (a memmap) is opened once; chunks of
+  ``batch_size`` items may span two cases so every forward is full. A background thread
+  prepares the next chunk (memmap reads, padding, pinned host memory) while the current one
+  runs on the device.
+* **Padding**: an item smaller than the plan's patch (a slice smaller than the patch) is
+  zero-padded to the patch, centred as training pads it (``datamodule._axis_start``), so the
+  network always sees patch-sized inputs whose sizes the strides divide. A ``valid`` mask
+  marks the item's own pixels; every score is a mean (or sum) over those only.
+* **One deterministic pass** (eval mode, dropout off) gives Max Entropy.
+* **T MC dropout passes** (:func:`alseg.model.network.mc_dropout` at ``ctx.dropout_mc``) are
+  streamed through :class:`alseg.strategies.scores.MCDropoutAccumulator`. Several passes run
+  in one forward by repeating the chunk (``passes_per_forward``, see
+  :func:`passes_per_forward`); the accumulator still sees one pass at a time.
+* **Randomness**: the dropout masks come from torch's generator, seeded from ``ctx.rng`` inside
+  a forked RNG state, so a strategy is deterministic under the round's seed and leaves
+  torch's global state untouched.
+
+Multi-GPU: the loop calls strategies on rank 0 only, so scoring runs on rank 0's device
+(``ctx.device``); the other ranks wait. Splitting the pool across ranks is not implemented.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from alseg.model.network import mc_dropout
+from alseg.progress import console, make_progress
+from alseg.strategies.base import SelectionContext
+from alseg.strategies.scores import MCDropoutAccumulator, item_entropy
+
+__all__ = [
+    "PoolScores",
+    "batch_uncertainty",
+    "item_batches",
+    "passes_per_forward",
+    "score_pool",
+    "seeded_torch",
+    "selected_batch_uncertainty",
+]
+
+#: Most samples (items x passes) in one forward, as a multiple of ``ctx.batch_size``: T passes
+#: over a chunk run as ``ceil(T / g)`` forwards of ``g`` repeated copies. Measured in
+#: ``benchmarks/scoring.py``; see :func:`passes_per_forward`.
+DEFAULT_PASSES_PER_FORWARD = 1
+
+#: Chunks prepared ahead of the device by the loader thread.
+PREFETCH_CHUNKS = 2
+
+
+@dataclass
+class PoolScores:
+    """Per-item aggregates of one scoring pass, aligned with ``indices``."""
+
+    indices: np.ndarray
+    """Pool indices scored, in the order given."""
+    entropy: np.ndarray | None
+    """(N,) deterministic (dropout off) mean pixel entropy (spec §2 Max Entropy); None unless
+    ``deterministic``."""
+    mean_std: np.ndarray | None
+    """(N,) MC: mean over valid pixels of ``mean_c std_t p_t(c)``; None unless ``mc``."""
+    bald: np.ndarray | None
+    """(N,) MC: ``H(p̄) - mean_t H(p_t)``, mean over valid pixels; None unless ``mc``."""
+    classwise_std: np.ndarray | None
+    """(N, C) MC: ``Σ_valid pixels std_t p_t(c)`` for every class, background in column 0
+    (spec §2, USIM uses the foreground columns); None unless ``mc``."""
+    seconds: float
+    """Wall time of the pass."""
+
+
+# ----------------------------------------------------------------------------- reading items
+def _place(item_shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where an item of ``item_shape`` sits in a ``patch``-sized canvas: centred, as training pads."""
+    if len(item_shape) != len(patch):
+        raise ValueError(f"item of shape {item_shape} does not match the {len(patch)}D patch size {patch}")
+    out = []
+    for s, p in zip(item_shape, patch):
+        if s > p:
+            raise ValueError(f"item of shape {item_shape} is larger than the patch size {patch}")
+        lo = (p - s) // 2
+        out.append(slice(lo, lo + s))
+    return tuple(out)
+
+
+def _host_chunks(ctx: SelectionContext, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Padded numpy chunks ``(indices, images (n, C, *patch) float32, valid (n, *patch) bool)``,
+    reading each case's image once (``order`` is grouped by case)."""
+    pool = ctx.pool
+    patch = tuple(pool.patch_size)
+    case_id, volume = None, None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        images: np.ndarray | None = None
+        valid = np.zeros((len(idx), *patch), dtype=bool)
+        for j, i in enumerate(idx):
+            item = pool[int(i)]
+            if item.case_id != case_id:
+                case_id, volume = item.case_id, ctx.load_image(item.case_id)
+            x = np.asarray(pool.patch(volume, int(i)))
+            if images is None:
+                images = np.zeros((len(idx), x.shape[0], *patch), dtype=np.float32)
+            sl = _place(tuple(x.shape[1:]), patch)
+            images[(j, slice(None), *sl)] = x
+            valid[(j, *sl)] = True
+        assert images is not None
+        yield idx, images, valid
+
+
+def _prefetch(it: Iterator, depth: int) -> Iterator:
+    """Run ``it`` in a background thread, ``depth`` results ahead (memmap reads release the GIL)."""
+    if depth <= 0:
+        yield from it
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put(x, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, name="alseg-item-loader", daemon=True)
+    t.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+
+
+def _group_by_case(ctx: SelectionContext, indices: np.ndarray) -> np.ndarray:
+    """``indices`` reordered so each case's items are contiguous (stable within a case)."""
+    if len(indices) == 0:
+        return indices
+    case_rank: dict[str, int] = {}
+    keys = np.empty(len(indices), dtype=np.int64)
+    for j, i in enumerate(indices):
+        keys[j] = case_rank.setdefault(ctx.pool[int(i)].case_id, len(case_rank))
+    return indices[np.argsort(keys, kind="stable")]
+
+
+def item_batches(
+    ctx: SelectionContext, indices: np.ndarray, batch_size: int | None = None
+) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
+    """Chunks of pool items ready for the network.
+
+    Yields ``(pool indices of the chunk, images (n, C, *patch) float32 on ctx.device
+    zero-padded (centred) to ctx.pool.patch_size, valid (n, *patch) bool)``. Items are grouped
+    by case (each case's image is loaded once), so the chunks' order may differ from
+    ``indices``; use the yielded indices to put results back. ``batch_size`` defaults to
+    ``ctx.batch_size``.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    bs = int(batch_size or ctx.batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {bs}")
+    device = torch.device(ctx.device)
+    pin = device.type == "cuda"
+    for idx, images, valid in _prefetch(_host_chunks(ctx, _group_by_case(ctx, indices), bs), PREFETCH_CHUNKS):
+        x, v = torch.from_numpy(images), torch.from_numpy(valid)
+        if pin:
+            x, v = x.pin_memory(), v.pin_memory()
+        yield idx, x.to(device, non_blocking=pin), v.to(device, non_blocking=pin)
+
+
+# ----------------------------------------------------------------------------- network passes
+def _logits(out: Tensor | list[Tensor]) -> Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[None]:
+    """The network in eval mode (no dropout, running norms); every module's mode restored on exit."""
+    modes = {m: m.training for m in net.modules()}
+    try:
+        net.eval()
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextmanager
+def seeded_torch(ctx: SelectionContext) -> Iterator[None]:
+    """Torch's generators (CPU and ``ctx.device``) seeded from ``ctx.rng`` and restored on exit."""
+    device = torch.device(ctx.device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    seed = int(ctx.rng.integers(2**62))
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def passes_per_forward(ctx: SelectionContext) -> int:
+    """How many MC passes run in one forward (the chunk repeated that many times).
+
+    ``ctx.options["mc_passes_per_forward"]`` overrides the default
+    (:data:`DEFAULT_PASSES_PER_FORWARD`); clipped to ``[1, T]``.
+    """
+    g = int(ctx.options.get("mc_passes_per_forward", DEFAULT_PASSES_PER_FORWARD))
+    return max(1, min(g, max(int(ctx.mc_passes), 1)))
+
+
+def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """T MC passes over one chunk (dropout already on): per-item mean_std, bald, classwise std."""
+    acc = MCDropoutAccumulator()
+    n = x.shape[0]
+    done = 0
+    while done < passes:
+        g = min(group, passes - done)
+        xg = x if g == 1 else x.repeat(g, *([1] * (x.ndim - 1)))
+        p = _logits(net(xg)).float().softmax(1)
+        for t in range(g):
+            acc.update(p[t * n : (t + 1) * n])
+        done += g
+    s = acc.finalize(valid)
+    return s.mean_std, s.bald, s.classwise_std_sum
+
+
+def score_pool(
+    ctx: SelectionContext, indices: np.ndarray | None = None, mc: bool = True, deterministic: bool = True
+) -> PoolScores:
+    """Score pool items in one pass (see the module docstring).
+
+    Args:
+        ctx: the selection context (model, pool, device, ``mc_passes`` T, ``dropout_mc``,
+            ``batch_size``, ``rng`` for the dropout masks, ``show_progress``).
+        indices: pool indices to score; default the unlabelled items.
+        mc: run the T MC dropout passes (mean STD, BALD, class-wise STD).
+        deterministic: run the dropout-off pass (Max Entropy).
+
+    Returns per-item aggregates aligned with ``indices`` (fields not computed are None).
+    """
+    t0 = time.perf_counter()
+    idx = ctx.unlabelled if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    n = len(idx)
+    if mc and ctx.mc_passes < 1:
+        raise ValueError(f"MC scores need at least one pass, got mc_passes={ctx.mc_passes}")
+    pos = {int(i): j for j, i in enumerate(idx)}
+    if len(pos) != n:
+        raise ValueError("score_pool indices must be distinct")
+    entropy = np.zeros(n, np.float32) if deterministic else None
+    mean_std = np.zeros(n, np.float32) if mc else None
+    bald = np.zeros(n, np.float32) if mc else None
+    classwise = np.zeros((n, ctx.n_classes), np.float32) if mc else None  # resized to the net's K below
+    net = ctx.model
+    group = passes_per_forward(ctx)
+    show = bool(ctx.show_progress and console.is_terminal and n)
+    what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
+    with make_progress() if show else nullcontext() as bar, torch.inference_mode(), eval_mode(net), seeded_torch(ctx):
+        task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
+        for chunk, x, valid in item_batches(ctx, idx):
+            rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))
+            if deterministic:
+                net.eval()
+                p = _logits(net(x)).float().softmax(1)
+                entropy[rows] = item_entropy(p, valid).cpu().numpy()
+                del p
+            if mc:
+                with mc_dropout(net, ctx.dropout_mc):
+                    ms, bd, cw = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
+                if classwise.shape[1] != cw.shape[1]:
+                    classwise = np.zeros((n, cw.shape[1]), np.float32)
+                mean_std[rows] = ms.cpu().numpy()
+                bald[rows] = bd.cpu().numpy()
+                classwise[rows] = cw.cpu().numpy()
+            if show:
+                bar.advance(task, len(chunk))
+    return PoolScores(idx, entropy, mean_std, bald, classwise, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- batch uncertainty
+def batch_uncertainty(classwise_std: np.ndarray) -> float:
+    """The paper's Figure 5 measure of a selected batch (Appendix D):
+    ``Uncert(X_B) = Σ_{x∈B} Σ_{c foreground} Σ_pixels std_t p_t(c)``, i.e. the foreground
+    columns of :attr:`PoolScores.classwise_std` summed over the batch's rows."""
+    cw = np.asarray(classwise_std, dtype=np.float64)
+    return float(cw[:, 1:].sum()) if cw.size else 0.0
+
+
+def selected_batch_uncertainty(ctx: SelectionContext, indices: np.ndarray) -> float | None:
+    """:func:`batch_uncertainty` of ``indices`` from T MC passes over those items only (B x T
+    forwards, negligible next to scoring the pool), for strategies that have no MC scores of
+    their own. ``--option batch_uncertainty=false`` skips it (returns None)."""
+    if str(ctx.options.get("batch_uncertainty", "true")).lower() in ("0", "false", "no", "off"):
+        return None
+    if len(indices) == 0 or ctx.mc_passes < 1:
+        return None
+    s = score_pool(ctx, np.asarray(indices, dtype=np.int64), mc=True, deterministic=False)
+    return batch_uncertainty(s.classwise_std)
