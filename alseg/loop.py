@@ -226,13 +226,16 @@ class LoopDriver:
         was_training = net.training
         sel = check_selection(self.strategy.select(ctx), ctx)
         net.train(was_training)
+        if sel.record.get("batch_uncertainty") is None:  # every strategy appears in the paper's Fig. 5
+            from alseg.strategies.scoring import selected_batch_uncertainty
+
+            sel.record["batch_uncertainty"] = selected_batch_uncertainty(ctx, sel.indices)
         seconds = dict(sel.record.pop("seconds", {}))
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
-        numeric = [s for s in scores if s is not None]
         return {
             "round": round_, "strategy": self.config.strategy, "selected": [self.pool[int(i)].id for i in sel.indices],
-            "scores": scores, "batch_uncertainty": sel.record.pop("batch_uncertainty", float(np.mean(numeric)) if numeric else None),
+            "scores": scores, "batch_uncertainty": sel.record.pop("batch_uncertainty"),
             "seconds": seconds, **sel.record,
         }
 
