@@ -179,3 +179,22 @@ def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
         case, _, z, y0, x0 = item_id.split(":")
         gt = np.load(cache / f"{case}_seg.npy")[0][int(z)]
         np.testing.assert_array_equal(labels[case][int(z)], gt)  # a slice fits the patch: item = slice
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/Task04_Hippocampus is not here")
+def test_real_data_check_plan_and_one_round(tmp_path: Path):
+    """Opt-in (pytest -m slow): the real MSD Hippocampus data through check, plan and one round."""
+    from alseg.data.dataset import read_dataset
+    from alseg.data.validate import check_dataset
+
+    assert check_dataset(read_dataset(REAL), show_progress=False).ok
+    run = tmp_path / "run"
+    driver = LoopDriver(REAL, run, LoopOptions(**{**TINY, "rounds": 1, "budget": 20, "initial": 20}))
+    assert len(driver.pool) == 6102 and len(driver.test_ids) == 42
+    state = driver.run_all()
+    assert state.finished and len(state.labelled) == 40
+    assert [int(r["round"]) for r in _rows(run)] == [0, 1]
