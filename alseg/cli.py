@@ -303,7 +303,7 @@ def demo(
     out.print(summarize_plans(plans))
     out.print(f"[bold]2/4[/bold] dataset checked and planned in {out_dir / 'plan'}")
     run_dir = out_dir / "runs" / f"{strategy}_seed0"
-    options = LoopOptions(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2, iters_per_epoch=20,
+    options = LoopOptions(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2, iters_per_epoch=40,
                           batch_size=16, mc_passes=4, workers=0)
     driver = LoopDriver(out_dir / "plan", run_dir, options, resume=(run_dir / "config.json").is_file())
     state = driver.run_all()
