@@ -262,6 +262,41 @@ def compare(
     out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
 
 
+@app.command("redundancy-check")
+def redundancy_check(
+    plan_dir: Path = typer.Argument(..., help="Folder written by 'alseg plan'."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model to use (e.g. RUN/checkpoints/round_000.ckpt); default: train one briefly."),
+    strategy: str = typer.Option("usimf", "--strategy", help="usimf or usimc."),
+    copies: int = typer.Option(100, "--copies", help="How often one case's items are duplicated."),
+    case_id: Optional[str] = typer.Option(None, "--case", help="The duplicated case (default: drawn at random)."),
+    budget: int = typer.Option(100, "--budget"),
+    initial: int = typer.Option(100, "--initial"),
+    query_size: Optional[int] = typer.Option(1000, "--query-size", help="Q (the paper used 1000); 0 = elbow rule."),
+    seed: int = typer.Option(0, "--seed"),
+    train_iters: int = typer.Option(50, "--train-iters", help="Iterations when no checkpoint is given."),
+    mc_passes: int = typer.Option(10, "--mc-passes"),
+    option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
+) -> None:
+    """The paper's Appendix E: duplicate one case 100x; share of duplicates in the query set vs the batch."""
+    from alseg.strategies.redundancy import run_redundancy_check
+
+    result = run_redundancy_check(
+        plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
+        query_size=query_size or None, seed=seed, strategy=strategy, train_iters=train_iters, mc_passes=mc_passes,
+        options=_parse_strategy_options(option),
+    )
+    table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
+    table.add_column("share of the duplicated case in")
+    table.add_column("measured", justify="right")
+    table.add_column("paper (Hippocampus)", justify="right")
+    table.add_row("unlabelled pool", f"{result['pool_share']:.0%}", "")
+    table.add_row("query set (draws)", f"{result['query_share']:.0%}", "45%")
+    table.add_row("batch, uniform from the query set", f"{result['uniform_share']:.0%}", "45%")
+    table.add_row(f"batch, {result['strategy']} (FLQMI)", f"{result['batch_share']:.0%}", "18% (USIMF)")
+    out.print(table)
+    out.print(f"repeated content in the batch: {result['batch_repeats']} ({result['strategy']}) vs {result['uniform_repeats']} (uniform)")
+
+
 @app.command()
 def strategies() -> None:
     """List the selection strategies."""

@@ -1,0 +1,234 @@
+"""The redundancy scenario of the paper's Appendix E: is USIM's batch robust to duplicates?
+
+Every item of one training case is duplicated ``copies`` times in the unlabelled pool (ids
+``<item id>#dup<n>``, same case and box, so the copies read the very same pixels). The query
+set, drawn ∝ uncertainty, then fills up with that case; a batch drawn uniformly from the query
+set inherits the share, while FLQMI should not, since identical items have identical
+gradients and one copy already covers all of its duplicates' query columns. The paper
+(Hippocampus, case 172 x 100, Q = 1000, B = 100): 45% of the query set from the duplicated
+scan, 18% of USIMF's batch, 45% when sampling uniformly from the query set.
+
+:func:`redundancy_check` runs the scenario on a :class:`SelectionContext` (a trained model,
+a pool); :func:`run_redundancy_check` builds everything from a plan folder, trains a small
+model first when no checkpoint is given, and is what ``alseg redundancy-check`` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alseg.data.pool import Item, Pool
+from alseg.errors import AlsegError
+from alseg.strategies.base import SelectionContext
+from alseg.strategies.registry import get_strategy
+
+__all__ = ["DUP_SEPARATOR", "duplicate_case", "original_id", "redundancy_check", "run_redundancy_check"]
+
+DUP_SEPARATOR = "#dup"
+"""Separates an item id from the copy number of a duplicate: ``case:2d:12:0:0#dup7``."""
+
+
+def original_id(item_id: str) -> str:
+    """The id of the item a duplicate copies (the id itself for an original)."""
+    return item_id.split(DUP_SEPARATOR, 1)[0]
+
+
+def duplicate_case(pool: Pool, labelled: np.ndarray, case_id: str, copies: int) -> tuple[Pool, np.ndarray]:
+    """A pool with every item of ``case_id`` repeated ``copies`` more times, appended after the
+    original items (so original indices are unchanged), and the labelled mask extended with
+    False: the copies are unlabelled even where the original is labelled."""
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
+    originals = [it for it in pool.items if it.case_id == case_id]
+    if not originals:
+        raise AlsegError(f"case '{case_id}' has no items in the pool — choose one of: {', '.join(pool.case_ids)}")
+    extra = [Item(f"{it.id}{DUP_SEPARATOR}{n}", it.case_id, it.box) for n in range(1, copies + 1) for it in originals]
+    bigger = Pool(list(pool.items) + extra, pool.config_name, pool.patch_size)
+    return bigger, np.concatenate([np.asarray(labelled, dtype=bool), np.zeros(len(extra), dtype=bool)])
+
+
+def _share(mask: np.ndarray) -> float:
+    return float(mask.mean()) if mask.size else float("nan")
+
+
+def redundancy_check(
+    ctx: SelectionContext,
+    case_id: str | None = None,
+    copies: int = 100,
+    strategy: str = "usimf",
+) -> dict[str, Any]:
+    """Duplicate ``case_id``'s items ``copies`` times in ``ctx.pool``, run USIM on the bigger pool
+    and report the duplicated case's share in the query set and in the batch.
+
+    ``case_id=None`` draws a case with unlabelled items from ``ctx.rng``. The query size,
+    budget and every USIM option come from ``ctx`` (the paper used ``query_size=1000``).
+    Returned keys (shares are fractions in [0, 1], "the case" = its originals and copies):
+
+    * ``pool_share``: of the unlabelled pool;
+    * ``query_share``: of the Q draws (the paper's 45%); ``query_share_unique``: of the
+      query set's distinct items;
+    * ``batch_share``: of the selected batch (the paper's 18% for USIMF);
+    * ``uniform_share``: of B items drawn uniformly without replacement from the Q draws (one
+      realisation; its expectation is ``query_share``, the paper's 45%);
+    * ``batch_repeats``: selected items whose content (original id) is already in the batch,
+      the redundancy FLQMI should avoid; ``uniform_repeats`` the same for the uniform batch;
+    * ``case_id``, ``copies``, ``strategy``, ``Q``, ``budget``, ``n_pool``, ``n_unlabelled``,
+      ``selected`` (ids) and ``seconds``.
+    """
+    from alseg.strategies.usim import USIM
+
+    strat = get_strategy(strategy)
+    if not isinstance(strat, USIM):
+        raise AlsegError(f"the redundancy check runs a USIM strategy (usimc or usimf), not '{strategy}'")
+    if case_id is None:
+        cases = sorted({ctx.pool[int(i)].case_id for i in ctx.unlabelled})
+        case_id = str(ctx.rng.choice(cases))
+    t0 = time.perf_counter()
+    pool, labelled = duplicate_case(ctx.pool, ctx.labelled, case_id, copies)
+    dup_ctx = dataclasses.replace(ctx, pool=pool, labelled=labelled)
+    res = strat.run(dup_ctx)
+
+    in_case = np.array([it.case_id == case_id for it in pool.items])
+    content = [original_id(it.id) for it in pool.items]
+    unl = dup_ctx.unlabelled
+    draws = res.candidates[res.draws]
+    columns = res.candidates[res.columns]
+    selected = res.candidates[res.picked]
+    budget = len(selected)
+    uniform = draws[dup_ctx.rng.choice(len(draws), size=min(budget, len(draws)), replace=False)]
+
+    def repeats(idx: np.ndarray) -> int:
+        return int(len(idx) - len({content[int(i)] for i in idx}))
+
+    return {
+        "case_id": case_id,
+        "copies": int(copies),
+        "strategy": strategy,
+        "n_pool": len(pool),
+        "n_unlabelled": int(len(unl)),
+        "Q": int(res.Q),
+        "budget": int(budget),
+        "pool_share": _share(in_case[unl]),
+        "query_share": _share(in_case[draws]),
+        "query_share_unique": _share(in_case[columns]),
+        "batch_share": _share(in_case[selected]),
+        "uniform_share": _share(in_case[uniform]),
+        "batch_repeats": repeats(selected),
+        "uniform_repeats": repeats(uniform),
+        "selected": [pool[int(i)].id for i in selected],
+        "seconds": {**res.seconds, "total": time.perf_counter() - t0},
+    }
+
+
+def _labelled_voxels(pool: Pool, labelled: np.ndarray, ground_truth, n_classes: int) -> np.ndarray:
+    counts = np.zeros(n_classes, dtype=np.int64)
+    by_case: dict[str, list[int]] = {}
+    for i in np.flatnonzero(labelled):
+        by_case.setdefault(pool[int(i)].case_id, []).append(int(i))
+    for case_id, idx in by_case.items():
+        seg = ground_truth(case_id)
+        for i in idx:
+            counts += np.bincount(np.asarray(pool.patch(seg, i)).ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+    return counts
+
+
+def run_redundancy_check(
+    plan_dir: Path,
+    checkpoint: Path | None = None,
+    *,
+    config: str = "2d",
+    fold: int = 0,
+    case_id: str | None = None,
+    copies: int = 100,
+    budget: int = 100,
+    initial: int = 100,
+    query_size: int | None = 1000,
+    seed: int = 0,
+    strategy: str = "usimf",
+    train_epochs: int = 1,
+    train_iters: int = 50,
+    mc_passes: int = 10,
+    options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    save_model: Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """The Appendix E scenario from a plan folder (``alseg plan`` output).
+
+    The pool is the loop's (fold ``fold`` held out) and the labelled set is the loop's initial
+    set for ``seed`` (``initial`` items). The model is ``checkpoint`` (a Lightning ``.ckpt`` or a
+    state dict of this plan, e.g. ``RUN/checkpoints/round_000...``), or, when None, one trained
+    here on the labelled items for ``train_epochs`` x ``train_iters`` iterations with the
+    ground-truth masks. ``query_size=None`` uses the elbow rule; ``options`` are further USIM
+    options (``--option``). ``save_model`` writes the model used (``{"state_dict": ...}``, a
+    valid ``checkpoint`` for the next call). Returns :func:`redundancy_check`'s dict plus
+    ``seconds_train`` and ``checkpoint``.
+    """
+    import lightning.pytorch as pl
+
+    from alseg.data.datamodule import Region, SegDataModule, list_cases
+    from alseg.data.preprocess import preprocess_dataset
+    from alseg.model.module import SegmentationModule
+    from alseg.model.train import load_weights, make_split
+    from alseg.plans.models import load_plans
+
+    plan_dir = Path(plan_dir)
+    plans_file = plan_dir / "plans.json" if plan_dir.is_dir() else plan_dir
+    if not plans_file.is_file():
+        raise AlsegError("holds no plans.json — run 'alseg plan DATASET -o PLAN_DIR' first", plan_dir)
+    plans = load_plans(plans_file)
+    conf = plans.configuration(config)
+    cache_dir = preprocess_dataset(plans, config, plans_file.parent, show_progress=show_progress)
+    train_ids, _ = make_split(list_cases(cache_dir), fold)
+    pool = Pool.from_cache(cache_dir, train_ids, config, tuple(conf.patch_size))
+    if initial + budget > len(pool):
+        raise AlsegError(f"--initial {initial} plus --budget {budget} exceed the pool ({len(pool)} items) — lower them")
+    labelled = np.zeros(len(pool), dtype=bool)
+    labelled[np.random.default_rng([seed, 0]).choice(len(pool), size=initial, replace=False)] = True
+
+    def load_image(c: str) -> np.ndarray:
+        return np.load(cache_dir / f"{c}.npy", mmap_mode="r")
+
+    def ground_truth(c: str) -> np.ndarray:
+        return np.load(cache_dir / f"{c}_seg.npy", mmap_mode="r")[0]
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pl.seed_everything(seed, workers=False, verbose=False)
+    module = SegmentationModule(plans, config, overrides={"epochs": train_epochs, "iterations_per_epoch": train_iters})
+    t0 = time.perf_counter()
+    if checkpoint is not None:
+        load_weights(module, checkpoint)
+    else:
+        regions = [Region(pool[int(i)].case_id, pool[int(i)].box) for i in np.flatnonzero(labelled)]
+        dm = SegDataModule(cache_dir, module.config, regions, num_workers=0, seed=seed)
+        trainer = pl.Trainer(
+            accelerator=dev.type, devices=1, max_epochs=train_epochs, limit_val_batches=0, num_sanity_val_steps=0,
+            logger=False, enable_checkpointing=False, enable_progress_bar=show_progress, enable_model_summary=False,
+            gradient_clip_val=12.0,
+        )
+        trainer.fit(module, datamodule=dm)
+    seconds_train = time.perf_counter() - t0
+    if save_model is not None:
+        from alseg.atomic import atomic_torch_save
+
+        atomic_torch_save(Path(save_model), {"state_dict": module.state_dict()})
+    net = module.net.to(dev)
+
+    ctx = SelectionContext(
+        model=net, pool=pool, labelled=labelled, budget=budget, rng=np.random.default_rng([seed, 1]),
+        load_image=load_image, labelled_voxels_per_class=_labelled_voxels(pool, labelled, ground_truth, plans.n_classes),
+        n_classes=plans.n_classes, device=dev, mc_passes=mc_passes, dropout_mc=conf.network.dropout_mc,
+        batch_size=max(conf.batch_size, 32),
+        options={**({"query_size": query_size} if query_size is not None else {}), **(options or {})},
+        show_progress=show_progress,
+    )
+    out = redundancy_check(ctx, case_id=case_id, copies=copies, strategy=strategy)
+    out["seconds_train"] = seconds_train
+    out["checkpoint"] = str(checkpoint) if checkpoint is not None else None
+    return out

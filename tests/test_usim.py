@@ -1,0 +1,269 @@
+"""USIMC and USIMF end to end on a tiny network (spec §4), and the Appendix E redundancy scenario.
+
+Known answers: the class weights and the weighted uncertainty, the query set ∝ u, the USIMC
+embedding (truncated bottleneck gradient) and the USIMF kernel recomputed by hand with
+autograd, one item at a time, on the item's own (unpadded) pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_datamodule import tiny_plans
+
+from alseg.data.pool import Pool
+from alseg.errors import AlsegError
+from alseg.model.network import build_network
+from alseg.strategies import SelectionContext, get_strategy
+from alseg.strategies.base import check_selection
+from alseg.strategies.redundancy import duplicate_case, original_id, redundancy_check
+from alseg.strategies.scoring import item_batches, score_pool
+from alseg.strategies.submodular import nonnegative_kernel
+from alseg.strategies.usim import IGNORE_INDEX, USIMOptions
+from alseg.strategies.usim_math import FISHER_DAMPING, cosine_similarity
+
+# case -> preprocessed (z, y, x); "b" is taller than the 16 x 16 patch (two windows) and
+# narrower (zero-padded): the padded pixels must not enter any gradient
+SHAPES = {"a": (6, 16, 16), "b": (5, 20, 12), "c": (6, 16, 16)}
+VOXELS = np.array([5000, 100, 400])  # labelled voxels per class, background first
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def net():
+    cfg = tiny_plans(n_stages=3, features=(4, 8, 8)).configuration("2d")
+    torch.manual_seed(0)
+    return build_network(cfg, in_channels=1, n_classes=3).eval()
+
+
+def _images(shapes=SHAPES, seed=0):
+    rng = np.random.default_rng(seed)
+    return {c: rng.normal(size=(1, *s)).astype(np.float32) for c, s in shapes.items()}
+
+
+def _ctx(net, seed=0, budget=4, labelled=(0, 1, 2), shapes=SHAPES, **options):
+    pool = Pool.build(shapes, "2d", (16, 16))
+    images = _images(shapes)
+    mask = np.zeros(len(pool), bool)
+    mask[list(labelled)] = True
+    return SelectionContext(
+        model=net, pool=pool, labelled=mask, budget=budget, rng=np.random.default_rng(seed),
+        load_image=images.__getitem__, labelled_voxels_per_class=VOXELS, n_classes=3, mc_passes=3,
+        batch_size=8, options={"embedding_dim": 700, **options}, show_progress=False,
+    )
+
+
+def _hand_gradients(net, ctx, indices, names):
+    """Per item: autograd of ``sum_{valid pixels} CE(f(x), argmax f(x))`` w.r.t. ``names``."""
+    params = dict(net.named_parameters())
+    rows = {}
+    for chunk, x, valid in item_batches(ctx, np.asarray(indices)):
+        for j, i in enumerate(chunk):
+            logits = net(x[j : j + 1])
+            y = logits.argmax(1)
+            loss = F.cross_entropy(logits, y, reduction="none")[valid[j : j + 1]].sum()
+            grads = torch.autograd.grad(loss, [params[n] for n in names])
+            rows[int(i)] = torch.cat([g.flatten() for g in grads])
+    return torch.stack([rows[int(i)] for i in indices])
+
+
+def _assert_rows_close(a, b, rel=1e-4):
+    """Equal up to float32 noise: every row within ``rel`` of that row's largest magnitude
+    (vmap's batched convolutions sum in another order than one item at a time)."""
+    a, b = a.double(), b.double()
+    assert a.shape == b.shape
+    err = (a - b).abs().amax(dim=1)
+    scale = b.abs().amax(dim=1).clamp(min=1e-12)
+    assert bool((err <= rel * scale).all()), f"worst row error {float((err / scale).max()):.2e}"
+
+
+# ----------------------------------------------------------------------------- options
+def test_options_parse_strings_and_reject_bad_values():
+    o = USIMOptions.from_options({"query_size": "300", "max_candidates": "none", "eta": "2", "optimizer": "submodlib",
+                                  "figure": "0", "fg_share": "0.5"})
+    assert (o.query_size, o.max_candidates, o.eta, o.optimizer, o.figure) == (300, None, 2.0, "submodlib", False)
+    assert USIMOptions.from_options({"query_size": "auto"}).query_size is None
+    with pytest.raises(AlsegError, match="optimizer=.*'alseg' or 'submodlib'"):
+        USIMOptions.from_options({"optimizer": "lazy"})
+    with pytest.raises(AlsegError, match="epsilon"):
+        USIMOptions.from_options({"epsilon": "1.5"})
+
+
+# ----------------------------------------------------------------------------- uncertainty and query set
+def test_class_weights_and_weighted_uncertainty(net):
+    ctx = _ctx(net)
+    res = get_strategy("usimc").run(ctx)
+    np.testing.assert_allclose(res.weights, [1 / 100, 1 / 400])  # foreground only
+    ref = score_pool(_ctx(net), ctx.unlabelled, mc=True, deterministic=False)  # same seed, same masks
+    np.testing.assert_array_equal(res.candidates, ref.indices)
+    expected = ref.classwise_std[:, 1] / 100 + ref.classwise_std[:, 2] / 400
+    np.testing.assert_allclose(res.u, expected, rtol=1e-6)
+    np.testing.assert_allclose(res.uncertainty, ref.classwise_std[:, 1:].sum(1), rtol=1e-6)
+
+
+def test_query_set_is_drawn_proportionally_to_u(net):
+    res = get_strategy("usimc").run(_ctx(net, query_size=40000))
+    assert res.Q == 40000 and len(res.draws) == 40000
+    freq = np.bincount(res.draws, minlength=len(res.u)) / res.Q
+    np.testing.assert_allclose(freq, res.u / res.u.sum(), atol=0.01)
+    np.testing.assert_array_equal(res.columns, np.unique(res.draws))
+    assert res.kernel.shape == (len(res.candidates), len(res.columns))
+
+
+def test_elbow_query_size_and_max_candidates(net):
+    from alseg.strategies.usim_math import query_set_size
+
+    res = get_strategy("usimc").run(_ctx(net, budget=2))
+    assert res.Q == query_set_size(res.u, 2)
+    full = res
+    res = get_strategy("usimc").run(_ctx(net, budget=2, max_candidates=6))
+    assert len(res.candidates) == 6
+    # the 6 most uncertain items (same seed -> same MC masks -> same u)
+    top = np.sort(full.candidates[np.argsort(-full.u, kind="stable")[:6]])
+    np.testing.assert_array_equal(res.candidates, top)
+    sel = get_strategy("usimc").select(_ctx(net, budget=2, max_candidates=6))
+    assert sel.record["max_candidates"] == 6 and set(sel.indices) <= set(top)
+
+
+# ----------------------------------------------------------------------------- embeddings and kernels
+def test_usimc_embedding_is_the_truncated_bottleneck_gradient(net):
+    ctx = _ctx(net)
+    res = get_strategy("usimc").run(ctx)
+    names = net.bottleneck_parameters()  # conv1 has 576 weights: 700 reaches into conv2
+    hand = _hand_gradients(net, ctx, res.candidates, names)[:, :700]
+    assert res.embeddings.shape == (len(res.candidates), 700)
+    _assert_rows_close(res.embeddings, hand)
+    S = nonnegative_kernel(cosine_similarity(hand, hand[res.columns]), "cosine")
+    torch.testing.assert_close(res.kernel, S, rtol=0, atol=1e-4)
+    assert res.kernel_shift == 0.0 and float(res.kernel.min()) >= 0.0
+
+
+def test_usimf_kernel_equals_the_fisher_formula(net):
+    ctx = _ctx(net, embedding_dim=300, fisher_subset=5)
+    res = get_strategy("usimf").run(ctx)
+    names = net.decoder_parameters()
+    assert len(res.fisher_subset) == 5 and set(res.fisher_subset) <= set(res.columns)
+    g = _hand_gradients(net, ctx, res.candidates, names).double()
+    assert res.n_parameters == g.shape[1]
+    F_hand = g[res.fisher_subset].square().mean(0)  # mean over the Fisher subset (spec §4.8)
+    idx = torch.as_tensor(res.param_index)
+    assert len(idx) == 300 and bool((F_hand[idx] > 0).all())
+    torch.testing.assert_close(res.fisher.double(), F_hand[idx], rtol=1e-3, atol=1e-4 * float(F_hand.max()))
+    _assert_rows_close(res.embeddings, g[:, idx])
+    f = F_hand[idx]
+    f = f + FISHER_DAMPING * f.mean()  # the documented relative damping
+    S = (g[:, idx] / f) @ g[res.columns][:, idx].T / 300
+    torch.testing.assert_close(res.kernel.double() + res.kernel_shift, S, rtol=0, atol=1e-3 * float(S.abs().max()))
+    assert float(res.kernel.min()) == 0.0  # min-shifted to >= 0
+
+
+def test_usimf_cosine_ablation_is_the_cosine_in_the_fisher_metric(net):
+    raw = get_strategy("usimf").run(_ctx(net, embedding_dim=300, fisher_subset=5))
+    cos = get_strategy("usimf").run(_ctx(net, embedding_dim=300, fisher_subset=5, fisher_kernel="cosine"))
+    np.testing.assert_array_equal(cos.param_index, raw.param_index)  # same seed, same draws
+    S = raw.kernel.double() + raw.kernel_shift  # the raw Fisher kernel
+    G = raw.embeddings.double()
+    f = raw.fisher.double()
+    n = ((G.square() / (f + FISHER_DAMPING * f.mean())).sum(1) / 300).sqrt()  # sqrt(S_uu)
+    expected = (S / n[:, None] / n[raw.columns][None, :] + 1) / 2
+    torch.testing.assert_close(cos.kernel.double(), expected, rtol=0, atol=1e-4)
+    sel = get_strategy("usimf").select(_ctx(net, fisher_kernel="cosine"))
+    assert sel.record["kernel"] == "fisher-cosine"
+
+
+def test_padded_pixels_have_no_gradient(net):
+    ctx = _ctx(net)
+    chunk, x, valid = next(item_batches(ctx, np.arange(len(ctx.pool)), 64))
+    assert not bool(valid.all())  # case "b" is padded
+    from alseg.strategies.usim import pseudo_label_targets
+
+    y = pseudo_label_targets(net, x, valid)
+    assert bool((y[~valid] == IGNORE_INDEX).all()) and bool((y[valid] >= 0).all())
+
+
+def test_float16_embeddings_give_the_same_kernel(net):
+    a = get_strategy("usimf").run(_ctx(net, embedding_dim=300, embedding_dtype="float32"))
+    b = get_strategy("usimf").run(_ctx(net, embedding_dim=300, embedding_dtype="float16"))
+    assert b.embeddings.dtype == torch.float16
+    scale = float(a.kernel.abs().max())
+    torch.testing.assert_close(b.kernel / scale, a.kernel / scale, rtol=0, atol=5e-3)
+
+
+# ----------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("name", ["usimc", "usimf"])
+def test_selection_is_distinct_unlabelled_and_seeded(name, net):
+    a = check_selection(get_strategy(name).select(_ctx(net, seed=3)), _ctx(net, seed=3))
+    b = get_strategy(name).select(_ctx(net, seed=3))
+    assert len(a.indices) == 4 and len(set(a.indices.tolist())) == 4
+    assert not (a.indices < 3).any()  # items 0..2 are labelled
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert a.scores == b.scores and a.scores == a.record["gains"]
+    rec = a.record
+    assert {"score", "embed", "kernel", "optimize"} <= set(rec["seconds"])
+    assert rec["Q"] == sum(rec["query_set"]["draws"]) and len(rec["query_set"]["ids"]) == len(rec["query_set"]["draws"])
+    emb = rec["embeddings"]
+    assert emb["embeddings"].dtype == np.float32 and len(emb["embeddings"]) == len(emb["role"])
+    assert set(emb["role"]) <= {"labelled", "unlabelled", "query", "selected"} and (emb["role"] == "selected").sum() == 4
+    assert (emb["role"] == "labelled").sum() == 3
+    c = get_strategy(name).select(_ctx(net, seed=3, figure="0"))
+    np.testing.assert_array_equal(c.indices, a.indices)  # the figure never changes the batch
+    assert "embeddings" not in c.record
+
+
+def test_submodlib_optimizer_and_tiny_pools(net):
+    sel = check_selection(get_strategy("usimc").select(_ctx(net, optimizer="submodlib")), _ctx(net))
+    assert sel.record["optimizer"] == "submodlib" and len(set(sel.indices.tolist())) == 4
+    # the budget covers every unlabelled item: all of them, no scoring
+    ctx = _ctx(net, budget=50)
+    sel = check_selection(get_strategy("usimf").select(ctx), ctx)
+    np.testing.assert_array_equal(np.sort(sel.indices), ctx.unlabelled)
+
+
+# ----------------------------------------------------------------------------- redundancy (Appendix E)
+def test_duplicate_case_appends_unlabelled_copies():
+    pool = Pool.build(SHAPES, "2d", (16, 16))
+    lab = np.zeros(len(pool), bool)
+    lab[0] = True
+    big, big_lab = duplicate_case(pool, lab, "a", 3)
+    n_a = sum(it.case_id == "a" for it in pool.items)
+    assert len(big) == len(pool) + 3 * n_a and big.ids[: len(pool)] == pool.ids
+    assert big_lab.sum() == 1 and big_lab[0]
+    copy = big[len(pool)]
+    assert copy.id == pool[0].id + "#dup1" and copy.box == pool[0].box and original_id(copy.id) == pool[0].id
+    with pytest.raises(AlsegError, match="choose one of"):
+        duplicate_case(pool, lab, "zzz", 2)
+
+
+@pytest.mark.parametrize("name", ["usimc", "usimf"])
+def test_redundancy_batch_share_is_well_below_the_query_share(name, net):
+    """Appendix E in miniature: 4 items of case "d" copied 20x flood the pool and the query set,
+    but identical items have identical gradients, so once one copy is in the batch its
+    duplicates' columns are covered and the batch moves on. (How far below the query share the
+    batch lands on real data depends on how similar a case's distinct slices are to each other
+    in gradient space, i.e. on the trained model.)"""
+    shapes = {c: (4, 16, 16) for c in "abcde"}  # 20 distinct items, 4 per case
+    ctx = _ctx(net, seed=0, budget=10, labelled=(0, 1), shapes=shapes, query_size=200, embedding_dim=300, fisher_subset=20)
+    out = redundancy_check(ctx, case_id="d", copies=20, strategy=name)
+    assert out["n_pool"] == 20 + 4 * 20 and out["Q"] == 200 and out["budget"] == 10
+    assert out["query_share"] > 0.6  # the duplicated case floods the query set
+    assert out["batch_share"] <= 0.5 and out["batch_share"] < out["query_share"] - 0.3
+    assert out["uniform_share"] > out["batch_share"] and out["batch_repeats"] < out["uniform_repeats"]
+    if name == "usimc":
+        # a copy's cosine row equals its original's: once one is in, another adds no coverage and
+        # the same relevance (1) as any uncovered query item, which also adds coverage
+        assert out["batch_repeats"] == 0
+    # (USIMF's kernel is not normalised: a copy of a large-gradient item can still win on the
+    # relevance term, so it may repeat one; the paper's batch kept 18% from the duplicated scan)
+    with pytest.raises(AlsegError, match="USIM strategy"):
+        redundancy_check(dataclasses.replace(ctx), case_id="d", copies=2, strategy="random")
