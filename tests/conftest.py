@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from alseg.data.io import Geometry, write_volume
 
@@ -74,3 +75,13 @@ def msd_dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def nnunet_dataset(tmp_path: Path) -> Path:
     return write_nnunet(tmp_path / "Dataset099_Tiny")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread per test: tiny networks gain nothing from more, and on shared cores
+    threads only wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -26,13 +26,6 @@ STRATEGIES = ["entropy", "meanstd", "bald", "stochastic-batches", "coreset", "ba
 K = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_net(config: str = "2d"):

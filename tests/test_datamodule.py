@@ -20,13 +20,6 @@ from alseg.plans.models import Plans
 LABELS = {0: "background", 1: "Anterior", 2: "Posterior"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_plans(

@@ -25,13 +25,6 @@ from alseg.model.network import (
 CONFIGS = ["2d", "3d_fullres"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _net(config="2d", n_stages=4, **network):

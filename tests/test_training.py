@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +19,6 @@ from alseg.model.train import load_weights, make_split, read_metrics, train
 COLUMNS = ["epoch", "train_loss", "dice_mean", "dice_Anterior", "dice_Posterior"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_make_split_is_nnunets():

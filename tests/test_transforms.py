@@ -10,13 +10,6 @@ from monai.transforms import Compose, RandFlipd
 from alseg.transforms import RandContrastd, get_training_transforms, sampling_patch_size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads spin against each other (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sample(shape):

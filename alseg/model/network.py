@@ -267,7 +267,8 @@ def mc_dropout(model: nn.Module, p: float | None = None) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def _eval_mode(net: nn.Module) -> Iterator[None]:
+def eval_mode(net: nn.Module) -> Iterator[None]:
+    """The network in eval mode (no dropout, running norms); every module's mode restored on exit."""
     modes = {m: m.training for m in net.modules()}
     try:
         net.eval()
@@ -317,7 +318,7 @@ def per_sample_gradients(
             kept.append(n)
             total += all_params[n].numel()
         names = kept
-    with _eval_mode(net):
+    with eval_mode(net):
         if targets is None:
             with torch.no_grad():
                 targets = _logits(net(x)).argmax(1)
@@ -348,7 +349,7 @@ def head_gradient_embedding(model: nn.Module, x: Tensor) -> Tensor:
     without a backward pass. Runs in eval mode (restored afterwards), without gradients.
     """
     net = unwrap_network(model)
-    with _eval_mode(net), torch.no_grad():
+    with eval_mode(net), torch.no_grad():
         h = net.decoder_features(x)
         z = net.output_block(h)
         p = z.softmax(1)

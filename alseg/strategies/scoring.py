@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alseg.model.network import mc_dropout
+from alseg.model.network import eval_mode, mc_dropout  # noqa: F401 (eval_mode re-exported for the strategies)
 from alseg.progress import console, make_progress
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.scores import MCDropoutAccumulator, item_entropy
@@ -203,16 +203,6 @@ def _logits(out: Tensor | list[Tensor]) -> Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-@contextmanager
-def eval_mode(net: nn.Module) -> Iterator[None]:
-    """The network in eval mode (no dropout, running norms); every module's mode restored on exit."""
-    modes = {m: m.training for m in net.modules()}
-    try:
-        net.eval()
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @contextmanager
