@@ -32,12 +32,6 @@ SHAPES = {"a": (6, 16, 16), "b": (5, 20, 12), "c": (6, 16, 16)}
 VOXELS = np.array([5000, 100, 400])  # labelled voxels per class, background first
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

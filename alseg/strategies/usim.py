@@ -412,7 +412,8 @@ class USIM:
 
         return USIMResult(
             candidates=np.asarray(cand, dtype=np.int64), u=u, uncertainty=plain, weights=weights.numpy(), Q=Q,
-            knee=knee, draws=draws, columns=columns, embeddings=state["G"], row_scale=state["scale"], kernel=S, kernel_shift=shift,
+            knee=knee, draws=draws, columns=columns, embeddings=state["G"], row_scale=state["scale"],
+            kernel=S, kernel_shift=shift,
             picked=np.asarray(picked, dtype=np.int64), gains=np.asarray(gains, dtype=np.float64),
             fisher_subset=state.get("fisher_subset"), param_index=state.get("param_index"),
             fisher=state.get("F_sel"), n_parameters=int(state["n_parameters"]), seconds=seconds, state=state,
@@ -585,7 +586,8 @@ class USIMF(USIM):
                                        batch_size=opts.grad_batch_size, label="decoder Fisher scores")
         return {"G": G, "scale": scale, "params": params, "param_index": param_index, "F_sel": F_sel,
                 "fisher_subset": subset, "n_parameters": int(F.numel()), "seconds_fisher": t_fisher,
-                "fisher_kernel": opts.fisher_kernel, "kernel_name": "fisher" if opts.fisher_kernel == "raw" else "fisher-cosine"}
+                "fisher_kernel": opts.fisher_kernel,
+                "kernel_name": "fisher" if opts.fisher_kernel == "raw" else "fisher-cosine"}
 
     def kernel(self, state, columns):
         G, scale, F_sel = state["G"], state["scale"], state["F_sel"]
