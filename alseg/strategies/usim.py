@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from alseg.errors import AlsegError
-from alseg.model.network import per_sample_gradients, unwrap_network
+from alseg.model.network import eval_mode, per_sample_gradients, unwrap_network
 from alseg.progress import console, make_progress
 from alseg.strategies.base import Selection, SelectionContext
 from alseg.strategies.registry import register
@@ -189,22 +189,11 @@ def _parse(key: str, value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- gradients
-@contextmanager
-def _eval_mode(net: torch.nn.Module):
-    modes = {m: m.training for m in net.modules()}
-    try:
-        net.eval()
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
 def pseudo_label_targets(net: torch.nn.Module, x: Tensor, valid: Tensor) -> Tensor:
     """``argmax`` of the deterministic prediction (eval mode), ``IGNORE_INDEX`` outside ``valid``:
     ``(n, *patch)`` long. The pseudo-label ȳ of spec §4.5 on the item's own pixels only."""
     net = unwrap_network(net)
-    with torch.no_grad(), _eval_mode(net):
+    with torch.no_grad(), eval_mode(net):
         out = net(x)
         logits = out[0] if isinstance(out, (list, tuple)) else out
         y = logits.argmax(1)
