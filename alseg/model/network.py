@@ -54,6 +54,7 @@ from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 
 from alseg.errors import AlsegError
+from alseg.model.dropout import MCDropout
 from alseg.plans.models import Configuration
 
 __all__ = [
@@ -68,19 +69,6 @@ __all__ = [
 
 
 _EMPTY = torch.empty(0)  # placeholder for the deep-supervision head outputs between calls
-
-
-class MCDropout(nn.Dropout):
-    """Element-wise dropout that :func:`mc_dropout` can find and switch on by itself.
-
-    The identity when ``p == 0`` or in eval mode, so a network trained without dropout pays
-    nothing for carrying these modules and can still be sampled with MC dropout.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return F.dropout(x, self.p, True, self.inplace)
 
 
 class SegNetwork(DynUNet):
