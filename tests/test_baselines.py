@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_datamodule import tiny_plans
+from builders import tiny_plans
 from torch import nn
 
 from alseg.data.pool import Pool

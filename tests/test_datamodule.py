@@ -1,12 +1,7 @@
-"""SegDataModule: patches inside regions, foreground oversampling, 2D items, reproducibility.
-
-Also home of the tiny plan / cache builders the model and training tests import
-(``from test_datamodule import tiny_plans, write_cache``).
-"""
+"""SegDataModule: patches inside regions, foreground oversampling, 2D items, reproducibility."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,84 +10,7 @@ import torch
 
 from alseg.data.datamodule import PatchDataset, Region, SegDataModule, list_cases, whole_case_region
 from alseg.errors import AlsegError
-from alseg.plans.models import Plans
-
-LABELS = {0: "background", 1: "Anterior", 2: "Posterior"}
-
-
-
-
-def tiny_plans(
-    patch_2d=(16, 16), patch_3d=(8, 16, 16), batch_size=4, n_stages=4, features=(4, 8, 8, 16), **trainer
-) -> Plans:
-    """A plan with tiny 2D and 3D networks (``n_stages`` stages, last stride 2 in every axis)."""
-    feats = list(features)[:n_stages]
-    strides_2d = [[1, 1]] + [[2, 2]] * (n_stages - 1)
-    strides_3d = [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * (n_stages - 2)
-    tr = {"epochs": 2, "iterations_per_epoch": 3, **trainer}
-
-    def conf(name, patch, kernels, strides):
-        return {
-            "name": name,
-            "data_identifier": f"tiny_{name}",
-            "spacing": [1.0] * len(patch),
-            "median_shape": list(patch),
-            "patch_size": list(patch),
-            "batch_size": batch_size,
-            "normalization": [{"scheme": "zscore"}],
-            "network": {
-                "n_stages": n_stages,
-                "features_per_stage": feats,
-                "kernel_sizes": kernels,
-                "strides": strides,
-            },
-            "trainer": tr,
-        }
-
-    return Plans.model_validate(
-        {
-            "dataset_name": "Tiny",
-            "dataset_root": "/nonexistent",
-            "channel_names": {0: "MRI"},
-            "labels": LABELS,
-            "transpose_forward": [0, 1, 2],
-            "transpose_backward": [0, 1, 2],
-            "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
-            "original_median_shape_after_transp": [12, 20, 18],
-            "configurations": {
-                "2d": conf("2d", patch_2d, [[3, 3]] * n_stages, strides_2d),
-                "3d_fullres": conf("3d_fullres", patch_3d, [[1, 3, 3]] + [[3, 3, 3]] * (n_stages - 1), strides_3d),
-            },
-        }
-    )
-
-
-def tiny_volume(rng: np.random.Generator, shape=(12, 20, 18)) -> tuple[np.ndarray, np.ndarray]:
-    """A z-scored image (C=1) and labels: two adjacent boxes, brighter than the background."""
-    lab = np.zeros(shape, np.uint8)
-    z0, y0, x0 = (int(rng.integers(2, s - 8)) for s in shape)
-    lab[z0 : z0 + 5, y0 : y0 + 3, x0 : x0 + 6] = 1
-    lab[z0 : z0 + 5, y0 + 3 : y0 + 6, x0 : x0 + 6] = 2
-    img = rng.normal(0, 0.3, shape).astype(np.float32) + 1.5 * (lab == 1) + 3.0 * (lab == 2)
-    return img[None].astype(np.float32), lab[None]
-
-
-def write_cache(cache_dir: Path, n: int = 5, shape=(12, 20, 18), seed: int = 0, volumes=None) -> Path:
-    """A preprocessed cache following preprocess.py's contract (``volumes``: optional list of (img, seg))."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ids = []
-    for i in range(n):
-        cid = f"case_{i:03d}"
-        img, seg = volumes[i] if volumes is not None else tiny_volume(rng, shape)
-        np.save(cache_dir / f"{cid}.npy", img.astype(np.float32))
-        np.save(cache_dir / f"{cid}_seg.npy", seg.astype(np.uint8))
-        locs = {str(c): np.argwhere(seg[0] == c).tolist() for c in (1, 2)}
-        props = {"class_locations": locs, "shape_after_preprocessing": list(seg.shape[1:])}
-        (cache_dir / f"{cid}.json").write_text(json.dumps(props))
-        ids.append(cid)
-    (cache_dir / "manifest.json").write_text(json.dumps({"cases": ids}))
-    return cache_dir
+from builders import tiny_plans, write_cache
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from alseg.data.dataset import load_case, read_dataset
 from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.validate import check_dataset
 from alseg.errors import AlsegError
-from tests.conftest import IDENTITY, write_msd
+from builders import IDENTITY, write_msd
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

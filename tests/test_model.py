@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_datamodule import tiny_plans
+from builders import tiny_plans
 
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
@@ -95,6 +95,7 @@ def test_mc_passes_differ_eval_passes_do_not_and_state_is_restored():
         with mc_dropout(net, p=0.5):
             c = net(x)
         assert not net.training
+        assert not torch.allclose(c, a)  # p = 0.5 (the dense reference path) also samples
     # dropout_train=0 is the identity in training mode
     net.train()
     with torch.no_grad():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import KFold
-from test_datamodule import tiny_plans, write_cache
+from builders import tiny_plans, write_cache
 
 from alseg.data.datamodule import SegDataModule, whole_case_region
 from alseg.errors import AlsegError

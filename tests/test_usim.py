@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_datamodule import tiny_plans
+from builders import tiny_plans
 
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
