@@ -17,7 +17,6 @@ from alseg.model.network import MCDropout, build_network, head_gradient_embeddin
 from alseg.strategies import get_strategy
 from alseg.strategies import diversity
 from alseg.strategies.base import SelectionContext, check_selection
-from alseg.strategies.diversity import masked_bottleneck_features, masked_head_gradient_embedding
 from alseg.strategies.scores import MCDropoutAccumulator
 from alseg.strategies.scoring import batch_uncertainty, item_batches, score_pool
 from alseg.strategies.uncertainty import top_b
@@ -209,25 +208,26 @@ def test_coreset_picks_the_farthest_items(monkeypatch):
     ctx = make_ctx(shapes=shapes, labelled=(0,), budget=2)
     for z, v in values.items():
         ctx.load_image.volumes["a"][0, z] = v
-    monkeypatch.setattr(diversity, "masked_bottleneck_features", lambda net, x, valid: x.flatten(1)[:, :1])
+    monkeypatch.setattr(diversity, "_bottleneck", lambda net, x, valid: x.flatten(1)[:, :1])
     sel = check_selection(get_strategy("coreset").select(ctx), ctx)
     assert list(sel.indices) == [4, 5]  # 11 is farthest from 0; then 5 (5 from 0, 6 from 11)
     assert sel.scores == pytest.approx([11.0, 5.0])
 
 
-def test_masked_embeddings_equal_the_networks_when_unpadded_and_ignore_padding():
+def test_embeddings_with_a_valid_mask_equal_the_plain_ones_when_unpadded_and_ignore_padding():
     net, _ = tiny_net()
     net.eval()
     torch.manual_seed(2)
     x = torch.randn(3, 1, 16, 16)
     full = torch.ones(3, 16, 16, dtype=torch.bool)
     with torch.no_grad():
-        torch.testing.assert_close(masked_head_gradient_embedding(net, x, full), head_gradient_embedding(net, x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(masked_bottleneck_features(net, x, full), net.bottleneck_features(x))
+        torch.testing.assert_close(head_gradient_embedding(net, x, full), head_gradient_embedding(net, x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(net.bottleneck_features(x, full), net.bottleneck_features(x))
         part = full.clone()
         part[:, :4] = False
-        a = masked_head_gradient_embedding(net, x, part)
-        assert not torch.allclose(a, masked_head_gradient_embedding(net, x, full))
+        a = head_gradient_embedding(net, x, part)
+        assert not torch.allclose(a, head_gradient_embedding(net, x, full))
+        assert not torch.allclose(net.bottleneck_features(x, part), net.bottleneck_features(x))
         # the bias gradient is exactly the residual summed over the valid pixels
         z = net(x)
         r = z.softmax(1) - F.one_hot(z.argmax(1), K).movedim(-1, 1)

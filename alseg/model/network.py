@@ -31,10 +31,10 @@ strides per axis; ``K`` = n_classes; ``F_b`` = features of the last stage, ``F_0
 =============================================  ==========================================
 ``net(x)`` eval, or no deep supervision        ``(N, K, *S)`` logits
 ``net(x)`` train with deep supervision         list of ``(N, K, *S / prod(strides[:i+1]))``, i = 0..D
-``net.bottleneck_features(x)``                 ``(N, F_b)``
+``net.bottleneck_features(x[, valid])``        ``(N, F_b)``
 ``net.decoder_features(x)``                    ``(N, F_0, *S)``, the input of the head
 ``per_sample_gradients(net, x, names)``        ``(N, P)``, P = sum of the parameters' sizes (or ``max_dim``)
-``head_gradient_embedding(net, x)``            ``(N, K * (F_0 + 1))``
+``head_gradient_embedding(net, x[, valid])``   ``(N, K * (F_0 + 1))``
 =============================================  ==========================================
 
 Conv bias: MONAI's blocks create their convs without bias; every one is followed by an
@@ -185,12 +185,20 @@ class SegNetwork(DynUNet):
             self.heads[i] = _EMPTY
         return h
 
-    def bottleneck_features(self, x: Tensor) -> Tensor:
-        """Global-average-pooled activation of the bottleneck block (Core-Set, spec §3): ``(N, F_b)``."""
+    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Global-average-pooled activation of the bottleneck block (Core-Set, spec §3): ``(N, F_b)``.
+
+        ``valid`` (``(N, *S)``, bool) marks real pixels of padded items: each bottleneck cell is
+        then weighted by the share of valid pixels it covers, so padding does not dilute the mean.
+        """
         h = x
         for block in self.encoder_blocks():
             h = block(h)
-        return h.flatten(2).mean(dim=2)
+        if valid is None:
+            return h.flatten(2).mean(dim=2)
+        pool = F.adaptive_avg_pool2d if h.ndim == 4 else F.adaptive_avg_pool3d
+        w = pool(valid.unsqueeze(1).to(h.dtype), h.shape[2:])  # (N, 1, *S_b) valid share per cell
+        return (h * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp(min=1e-12)
 
 
 def build_network(config: Configuration, in_channels: int, n_classes: int) -> SegNetwork:
@@ -327,21 +335,24 @@ def per_sample_gradients(
     return flat[:, :max_dim] if max_dim is not None else flat
 
 
-def head_gradient_embedding(model: nn.Module, x: Tensor) -> Tensor:
+def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = None) -> Tensor:
     """BADGE(LL) gradient embedding (spec §3) in closed form: ``(N, K * (F_0 + 1))``.
 
     For the 1x1 head conv ``z = W h + b`` and the pseudo-label ``ŷ = argmax z`` the gradient
     of ``sum_pixels CE(z, ŷ)`` is ``sum_pixels (softmax(z) - onehot(ŷ)) ⊗ [h, 1]``; the rows
     are the classes, each ``[dW_k (F_0 values), db_k]``, flattened class-major. Equal to
     ``per_sample_gradients(net, x, net.head_parameters())`` up to the order of the entries,
-    without a backward pass. Runs in eval mode (restored afterwards), without gradients.
+    without a backward pass. ``valid`` (``(N, *S)``, bool) drops the terms of padding pixels.
+    Runs in eval mode (restored afterwards), without gradients, in float32.
     """
     net = unwrap_network(model)
     with eval_mode(net), torch.no_grad():
-        h = net.decoder_features(x)
-        z = net.output_block(h)
+        h = net.decoder_features(x).float()
+        z = net.output_block(h).float()
         p = z.softmax(1)
         residual = p - F.one_hot(z.argmax(1), z.shape[1]).movedim(-1, 1).to(p.dtype)
+        if valid is not None:
+            residual = residual * valid.unsqueeze(1).to(p.dtype)
         dw = residual.flatten(2) @ h.flatten(2).transpose(1, 2)
         db = residual.flatten(2).sum(2, keepdim=True)
     return torch.cat([dw, db], dim=2).flatten(1)

@@ -19,45 +19,22 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import kmeans_plusplus
 from torch import Tensor
 
-from alseg.model.network import unwrap_network
+from alseg.model.network import head_gradient_embedding, unwrap_network
 from alseg.progress import console, make_progress
 from alseg.strategies.base import Selection, SelectionContext
 from alseg.strategies.kcenter import k_center_greedy
 from alseg.strategies.registry import register
 from alseg.strategies.scoring import eval_mode, item_batches, selected_batch_uncertainty
 
-__all__ = ["BadgeStrategy", "CoreSetStrategy", "masked_bottleneck_features", "masked_head_gradient_embedding"]
+__all__ = ["BadgeStrategy", "CoreSetStrategy"]
 
 
 # ----------------------------------------------------------------------------- embeddings
-def masked_bottleneck_features(net, x: Tensor, valid: Tensor) -> Tensor:
-    """Core-Set features ``(N, F_b)``: the bottleneck activation averaged over its cells, each
-    weighted by the share of valid (non-padding) pixels it covers. Equal to
-    :meth:`SegNetwork.bottleneck_features` when nothing is padded."""
-    h = x
-    for block in net.encoder_blocks():
-        h = block(h)
-    pool = F.adaptive_avg_pool2d if h.ndim == 4 else F.adaptive_avg_pool3d
-    w = pool(valid.unsqueeze(1).to(h.dtype), h.shape[2:])  # (N, 1, *S_b) valid share per cell
-    return (h * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp(min=1e-12)
-
-
-def masked_head_gradient_embedding(net, x: Tensor, valid: Tensor) -> Tensor:
-    """BADGE(LL) embedding ``(N, K * (F_0 + 1))`` summed over the valid pixels only:
-    :func:`alseg.model.network.head_gradient_embedding` with padding pixels' terms dropped
-    (equal to it when nothing is padded). Rows are classes, ``[dW_k, db_k]``, class-major."""
-    h = net.decoder_features(x)
-    z = net.output_block(h)
-    p = z.float().softmax(1)
-    residual = p - F.one_hot(z.argmax(1), z.shape[1]).movedim(-1, 1).to(p.dtype)
-    residual = residual * valid.unsqueeze(1).to(p.dtype)
-    dw = residual.flatten(2) @ h.float().flatten(2).transpose(1, 2)
-    db = residual.flatten(2).sum(2, keepdim=True)
-    return torch.cat([dw, db], dim=2).flatten(1)
+def _bottleneck(net, x: Tensor, valid: Tensor) -> Tensor:
+    return net.bottleneck_features(x, valid)
 
 
 def embed_items(ctx: SelectionContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
@@ -117,7 +94,7 @@ class CoreSetStrategy:
 
     def select(self, ctx: SelectionContext) -> Selection:
         all_idx = np.arange(len(ctx.pool), dtype=np.int64)
-        feats, t_embed = embed_items(ctx, all_idx, masked_bottleneck_features, "bottleneck features")
+        feats, t_embed = embed_items(ctx, all_idx, _bottleneck, "bottleneck features")
         t0 = time.perf_counter()
         picked = k_center_greedy(feats, ctx.labelled, ctx.budget, rng=ctx.rng)
         labelled = torch.as_tensor(ctx.labelled, device=feats.device)
@@ -151,7 +128,7 @@ class BadgeStrategy:
 
     def select(self, ctx: SelectionContext) -> Selection:
         unl = ctx.unlabelled
-        emb, t_embed = embed_items(ctx, unl, masked_head_gradient_embedding, "head gradient embeddings")
+        emb, t_embed = embed_items(ctx, unl, head_gradient_embedding, "head gradient embeddings")
         t0 = time.perf_counter()
         b = min(int(ctx.budget), len(unl))
         x = emb.cpu().numpy().astype(np.float64)
