@@ -58,6 +58,7 @@ from alseg.model.dropout import MCDropout
 from alseg.plans.models import Configuration
 
 __all__ = [
+    "IGNORE_INDEX",
     "MCDropout",
     "SegNetwork",
     "build_network",
@@ -67,6 +68,9 @@ __all__ = [
     "unwrap_network",
 ]
 
+
+IGNORE_INDEX = -100
+"""Target value of pixels that add no loss in :func:`per_sample_gradients` (padding of items)."""
 
 _EMPTY = torch.empty(0)  # placeholder for the deep-supervision head outputs between calls
 
@@ -290,8 +294,9 @@ def per_sample_gradients(
 
     For each sample ``x_n`` (one item) the loss is ``sum_pixels CE(f(x_n), y_n)`` with
     ``y_n = argmax f(x_n)`` (the pseudo-label, spec §3/§4.5) unless ``targets`` (N, *S) are
-    given. The gradient is of the loss, i.e. ``-∇ log p(ȳ|x)``; cosine similarities, the
-    Fisher diagonal and the Fisher kernel are unchanged by the sign.
+    given; target pixels equal to :data:`IGNORE_INDEX` add nothing. The gradient is of the
+    loss, i.e. ``-∇ log p(ȳ|x)``; cosine similarities, the Fisher diagonal and the Fisher
+    kernel are unchanged by the sign.
 
     The network runs deterministically (eval mode, no dropout; the mode is restored), through
     ``torch.func``: ``vmap(grad(loss))`` with ``functional_call``. ``params`` are parameter
@@ -328,7 +333,7 @@ def per_sample_gradients(
             # swapping the parameter on the one module object under one name covers both paths,
             # while torch's weight tying would swap it twice and restore the wrong tensor.
             out = torch.func.functional_call(net, (w, frozen, buffers), (xi.unsqueeze(0),), tie_weights=False)
-            return F.cross_entropy(_logits(out), yi.unsqueeze(0), reduction="sum")
+            return F.cross_entropy(_logits(out), yi.unsqueeze(0), reduction="sum", ignore_index=IGNORE_INDEX)
 
         grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(wrt, x, targets)
     flat = torch.cat([grads[n].reshape(len(x), -1) for n in names], dim=1)

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from alseg.errors import AlsegError
-from alseg.model.network import eval_mode, per_sample_gradients, unwrap_network
+from alseg.model.network import IGNORE_INDEX, eval_mode, per_sample_gradients, unwrap_network
 from alseg.progress import console, make_progress
 from alseg.strategies.base import Selection, SelectionContext
 from alseg.strategies.registry import register
@@ -78,8 +78,6 @@ __all__ = [
     "pseudo_label_targets",
 ]
 
-IGNORE_INDEX = -100
-"""Target of padded pixels: ``F.cross_entropy``'s default ``ignore_index``, so they add no loss."""
 FLOAT16_AUTO_BYTES = 4 << 30
 """``embedding_dtype=auto`` stores embeddings in float16 when float32 would exceed this (4 GiB)."""
 FIGURE_MAX_ROWS = 3000
