@@ -144,13 +144,15 @@ class _AlsegSide(_Side):
         self.params = sum(p.numel() for p in self.module.net.parameters())
         net = self.module.net
         drop = [m for m in net.modules() if type(m).__name__ == "MCDropout"]
+        for m in drop:
+            m.sparse = not spec["dense_dropout"]
         d = self.optimizer.defaults
         self.info = {
             "patch": list(conf.patch_size),
             "batch": conf.batch_size,
             "outputs": 1 + (len(net.deep_supervision_heads) if net.deep_supervision else 0),
             "loss_weights": [round(w, 4) for w in self.module.loss.weights],
-            "dropout": f"{len(drop)} x p={conf.network.dropout_train:g}",
+            "dropout": f"{len(drop)} x p={conf.network.dropout_train:g} ({'F.dropout' if spec['dense_dropout'] else 'sparse on CPU'})",
             "conv_bias": _conv_bias(torch, net, ("output_block", "deep_supervision_heads")),
             "optimizer": f"SGD lr={d['lr']:g} momentum={d['momentum']:g} nesterov={d['nesterov']} wd={d['weight_decay']:g}",
             "network": type(net).__name__ + " (MONAI DynUNet)",
@@ -493,6 +495,7 @@ def measure(plan: str, plans_dir: Path, config: str, batch: int, args, pythons: 
         "seed": args.seed,
         "no_amp": args.no_amp,
         "alseg_overrides": dict(args.alseg_override),
+        "dense_dropout": args.dense_dropout,
     }
     workers: dict[str, Worker] = {}
     row: dict[str, Any] = {"plan": plan, "config": config, "batch": batch, "errors": {}}
@@ -661,6 +664,7 @@ def main() -> int:
     ap.add_argument("--alseg-python", default=sys.executable, help="interpreter with alseg's dependencies (default: this one)")
     ap.add_argument("--nnunet-python", default=sys.executable, help="interpreter with nnunetv2 (default: this one)")
     ap.add_argument("--no-nnunet", action="store_true", help="alseg only")
+    ap.add_argument("--dense-dropout", action="store_true", help="alseg's dropout through F.dropout (the reference) instead of sparse_dropout")
     ap.add_argument("--alseg-override", type=_override, action="append", default=[], metavar="KEY=VALUE",
                     help="alseg setting for the module (e.g. dropout_train=0), repeatable")
     ap.add_argument("--cache", type=Path, help="an 'alseg preprocess' plans folder with a 2d cache: time alseg's loader too")
