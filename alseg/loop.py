@@ -33,6 +33,7 @@ from alseg.progress import console
 from alseg.runstate import Pending, RunConfig, RunDir, RunState
 from alseg.strategies import SelectionContext, get_strategy
 from alseg.strategies.base import check_selection
+from alseg.strategies.scoring import inference_batch_size
 
 
 @dataclass
@@ -219,7 +220,7 @@ class LoopDriver:
             load_image=self.load_image,
             labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.plans.n_classes),
             n_classes=self.plans.n_classes, device=device, mc_passes=self.config.mc_passes,
-            dropout_mc=conf.network.dropout_mc, batch_size=max(conf.batch_size, 32), options=dict(self.config.strategy_options),
+            dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device), options=dict(self.config.strategy_options),
             ground_truth=self.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.options.show_progress,
         )

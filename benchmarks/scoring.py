@@ -40,7 +40,7 @@ from alseg.model.network import build_network  # noqa: E402
 from alseg.plans.models import load_plans  # noqa: E402
 from alseg.strategies.base import SelectionContext  # noqa: E402
 from alseg.model.network import mc_dropout  # noqa: E402
-from alseg.strategies.scoring import eval_mode, item_batches, score_pool  # noqa: E402
+from alseg.strategies.scoring import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 
 PLAN = ROOT / "plans" / "demo_hippocampus_like" / "plans.json"
 SLICES_PER_CASE = 40
@@ -107,7 +107,7 @@ def build_context(n_items: int, device: torch.device, batch_size: int | None) ->
     return SelectionContext(
         model=net, pool=pool, labelled=labelled, budget=10, rng=np.random.default_rng(0),
         load_image=SyntheticImages(shapes), labelled_voxels_per_class=np.ones(plans.n_classes),
-        n_classes=plans.n_classes, device=device, batch_size=batch_size or max(conf.batch_size, 32),
+        n_classes=plans.n_classes, device=device, batch_size=batch_size or inference_batch_size(conf, device),
         show_progress=False,
     )
 
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=50_000, help="pool items to score (default 50,000)")
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 10], help="MC passes T to time (default 1 10)")
     ap.add_argument("--group", type=int, nargs="+", default=[1, 5], help="MC passes per forward to compare at the largest T")
-    ap.add_argument("--batch-size", type=int, default=None, help="items per forward (default: the loop's, max(plan batch, 32))")
+    ap.add_argument("--batch-size", type=int, default=None, help="items per forward (default: the loop's, inference_batch_size)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()

@@ -27,6 +27,7 @@ from alseg.data.pool import Item, Pool
 from alseg.errors import AlsegError
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.registry import get_strategy
+from alseg.strategies.scoring import inference_batch_size
 
 __all__ = ["DUP_SEPARATOR", "duplicate_case", "original_id", "redundancy_check", "run_redundancy_check"]
 
@@ -224,7 +225,7 @@ def run_redundancy_check(
         model=net, pool=pool, labelled=labelled, budget=budget, rng=np.random.default_rng([seed, 1]),
         load_image=load_image, labelled_voxels_per_class=_labelled_voxels(pool, labelled, ground_truth, plans.n_classes),
         n_classes=plans.n_classes, device=dev, mc_passes=mc_passes, dropout_mc=conf.network.dropout_mc,
-        batch_size=max(conf.batch_size, 32),
+        batch_size=inference_batch_size(conf, dev),
         options={**({"query_size": query_size} if query_size is not None else {}), **(options or {})},
         show_progress=show_progress,
     )
