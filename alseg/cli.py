@@ -352,7 +352,9 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+    # Lightning sets its package loggers to INFO when it is imported (lazily, after this runs),
+    # but not the loggers its banners and tips go through: those keep this level.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

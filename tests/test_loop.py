@@ -113,6 +113,7 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(plan_dir: Path, tmp
 
     resumed = subprocess.run(_loop_args(plan_dir, run, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    assert "GPU available" not in resumed.stderr + resumed.stdout  # Lightning's banners stay quiet
     a, b = json.loads((reference / "state.json").read_text()), json.loads((run / "state.json").read_text())
     assert a["labelled"] == b["labelled"] and b["finished"]
     ra, rb = _rows(reference), _rows(run)
