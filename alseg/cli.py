@@ -273,7 +273,10 @@ def redundancy_check(
     initial: int = typer.Option(100, "--initial"),
     query_size: Optional[int] = typer.Option(1000, "--query-size", help="Q (the paper used 1000); 0 = elbow rule."),
     seed: int = typer.Option(0, "--seed"),
-    train_iters: int = typer.Option(50, "--train-iters", help="Iterations when no checkpoint is given."),
+    train_epochs: int = typer.Option(1, "--train-epochs", help="Epochs when no checkpoint is given."),
+    train_iters: int = typer.Option(50, "--train-iters", help="Iterations per epoch when no checkpoint is given."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch when no checkpoint is given (default: the plan's)."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."),
     mc_passes: int = typer.Option(10, "--mc-passes"),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
 ) -> None:
@@ -282,8 +285,8 @@ def redundancy_check(
 
     result = run_redundancy_check(
         plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
-        query_size=query_size or None, seed=seed, strategy=strategy, train_iters=train_iters, mc_passes=mc_passes,
-        options=_parse_strategy_options(option),
+        query_size=query_size or None, seed=seed, strategy=strategy, train_epochs=train_epochs, train_iters=train_iters,
+        train_batch_size=batch_size, mc_passes=mc_passes, options=_parse_strategy_options(option), save_model=save_model,
     )
     table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
     table.add_column("share of the duplicated case in")

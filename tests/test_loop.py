@@ -198,3 +198,20 @@ def test_real_data_check_plan_and_one_round(tmp_path: Path):
     state = driver.run_all()
     assert state.finished and len(state.labelled) == 40
     assert [int(r["round"]) for r in _rows(run)] == [0, 1]
+
+
+def test_redundancy_check_command_trains_saves_and_reuses_its_model(plan_dir: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from alseg.cli import app
+
+    model = tmp_path / "m.pt"
+    common = ["redundancy-check", str(plan_dir), "--strategy", "usimc", "--copies", "3", "--budget", "4",
+              "--initial", "8", "--query-size", "20", "--mc-passes", "2", "--seed", "1"]
+    first = CliRunner().invoke(app, [*common, "--train-epochs", "1", "--train-iters", "2", "--batch-size", "2", "--save-model", str(model)])
+    assert first.exit_code == 0, first.output
+    assert model.is_file() and "query set (draws)" in first.output
+    again = CliRunner().invoke(app, [*common, "--checkpoint", str(model)])
+    assert again.exit_code == 0, again.output
+    table = lambda out: [line for line in out.splitlines() if "%" in line]  # noqa: E731
+    assert table(again.output) == table(first.output)  # same model, same seed: the same shares

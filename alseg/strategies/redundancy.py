@@ -154,6 +154,7 @@ def run_redundancy_check(
     strategy: str = "usimf",
     train_epochs: int = 1,
     train_iters: int = 50,
+    train_batch_size: int | None = None,
     mc_passes: int = 10,
     options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
@@ -166,8 +167,8 @@ def run_redundancy_check(
     set for ``seed`` (``initial`` items). The model is ``checkpoint`` (a Lightning ``.ckpt`` or a
     state dict of this plan, e.g. ``RUN/checkpoints/round_000...``), or, when None, one trained
     here on the labelled items for ``train_epochs`` x ``train_iters`` iterations with the
-    ground-truth masks. ``query_size=None`` uses the elbow rule; ``options`` are further USIM
-    options (``--option``). ``save_model`` writes the model used (``{"state_dict": ...}``, a
+    ground-truth masks (batch ``train_batch_size``, default the plan's). ``query_size=None``
+    uses the elbow rule; ``options`` are further USIM options (``--option``). ``save_model`` writes the model used (``{"state_dict": ...}``, a
     valid ``checkpoint`` for the next call). Returns :func:`redundancy_check`'s dict plus
     ``seconds_train`` and ``checkpoint``.
     """
@@ -201,7 +202,10 @@ def run_redundancy_check(
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pl.seed_everything(seed, workers=False, verbose=False)
-    module = SegmentationModule(plans, config, overrides={"epochs": train_epochs, "iterations_per_epoch": train_iters})
+    overrides = {"epochs": train_epochs, "iterations_per_epoch": train_iters}
+    if train_batch_size:
+        overrides["batch_size"] = train_batch_size
+    module = SegmentationModule(plans, config, overrides=overrides)
     t0 = time.perf_counter()
     if checkpoint is not None:
         load_weights(module, checkpoint)
