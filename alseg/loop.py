@@ -253,6 +253,11 @@ class LoopDriver:
                                 embeddings=np.asarray(embeddings["embeddings"], np.float32),
                                 role=np.asarray(embeddings["role"]).astype(str))
             self.run.save_round(round_, record)
+            if self.options.show_progress and round_ > 0:
+                sec = record.get("seconds", {})
+                extra = f", Q = {record['Q']}" if "Q" in record else ""
+                console.print(f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
+                              f"(score {sec.get('score', 0.0):.0f} s, select {sec.get('select', 0.0):.0f} s{extra})")
         selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
         if not selected:
             return True
