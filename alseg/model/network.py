@@ -2,7 +2,7 @@
 
 Why a subclass of :class:`monai.networks.nets.DynUNet`: the topology (kernels, strides,
 features per stage, instance norm, leaky ReLU, deep supervision) is exactly nnU-Net's and
-MONAI already builds it from those concepts. Three things differ, all for active learning:
+MONAI already builds it from those concepts. Four things differ, three for active learning:
 
 * **Dropout where the spec wants it** (spec §2): one :class:`MCDropout` after *each conv of
   the encoder and decoder blocks* (``conv -> dropout -> norm -> nonlin``, nnU-Net's
@@ -11,6 +11,9 @@ MONAI already builds it from those concepts. Three things differ, all for active
   built without it and the modules are inserted into the blocks' ``Convolution`` sequences.
   Training uses ``network.dropout_train`` (0 makes the modules the identity);
   :func:`mc_dropout` turns on only these modules, at ``network.dropout_mc``, for MC passes.
+* **Instance norm as a group norm** with one channel per group (:mod:`alseg.model.norm`): the
+  same function with the same parameter names, but its output is no view, so the blocks'
+  in-place leaky ReLU costs no activation copy in the backward pass (12-15% of a CPU step).
 * **Deep supervision at native resolution.** In training mode with deep supervision the
   forward returns a *list* of logits ``[full, 1/2, 1/4, ...]`` (each ``(N, K, *S_i)``), as
   nnU-Net does, and the loss downsamples the targets. MONAI's DynUNet instead upsamples every
@@ -55,6 +58,7 @@ from torch import Tensor, nn
 
 from alseg.errors import AlsegError
 from alseg.model.dropout import MCDropout
+from alseg.model.norm import replace_instance_norms
 from alseg.plans.models import Configuration
 
 __all__ = [
@@ -131,6 +135,7 @@ class SegNetwork(DynUNet):
         for block in self.encoder_blocks() + self.decoder_blocks():
             for conv in (block.conv1, block.conv2):
                 conv.add_module("dropout", MCDropout(self.dropout_train))
+        replace_instance_norms(self)
 
     # ------------------------------------------------------------------ structure
     def encoder_blocks(self) -> list[UnetBasicBlock]:
