@@ -279,15 +279,26 @@ def redundancy_check(
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."),
     mc_passes: int = typer.Option(10, "--mc-passes"),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
+    kernels: str = typer.Option("", "--kernels", help="usimf: Fisher kernels to compare on the same scores, query set and embeddings, e.g. raw,cosine (the first is the main one)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result (ids, shares, timings) to this JSON file."),
 ) -> None:
     """The paper's Appendix E: duplicate one case 100x; share of duplicates in the query set vs the batch."""
+    from alseg.atomic import atomic_write_json
     from alseg.strategies.redundancy import run_redundancy_check
 
+    options = _parse_strategy_options(option)
+    names = [k.strip() for k in kernels.split(",") if k.strip()]
+    if names and strategy != "usimf":
+        raise AlsegError(f"--kernels compares USIMF's Fisher kernels — use it with --strategy usimf, not '{strategy}'")
+    if names:
+        options["fisher_kernel"] = names[0]
     result = run_redundancy_check(
         plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
         query_size=query_size or None, seed=seed, strategy=strategy, train_epochs=train_epochs, train_iters=train_iters,
-        train_batch_size=batch_size, mc_passes=mc_passes, options=_parse_strategy_options(option), save_model=save_model,
+        train_batch_size=batch_size, mc_passes=mc_passes, options=options, save_model=save_model, kernels=names[1:],
     )
+    if json_out is not None:
+        atomic_write_json(json_out, result)
     table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
     table.add_column("share of the duplicated case in")
     table.add_column("measured", justify="right")
@@ -295,9 +306,12 @@ def redundancy_check(
     table.add_row("unlabelled pool", f"{result['pool_share']:.0%}", "")
     table.add_row("query set (draws)", f"{result['query_share']:.0%}", "45%")
     table.add_row("batch, uniform from the query set", f"{result['uniform_share']:.0%}", "45%")
-    table.add_row(f"batch, {result['strategy']} (FLQMI)", f"{result['batch_share']:.0%}", "18% (USIMF)")
+    table.add_row(f"batch, {result['strategy']} (FLQMI, {result['kernel']} kernel)", f"{result['batch_share']:.0%}", "18% (USIMF)")
+    for v in result["variants"]:
+        table.add_row(f"batch, {result['strategy']} (FLQMI, {v['kernel']} kernel)", f"{v['batch_share']:.0%}", "")
     out.print(table)
-    out.print(f"repeated content in the batch: {result['batch_repeats']} ({result['strategy']}) vs {result['uniform_repeats']} (uniform)")
+    repeats = ", ".join([f"{result['batch_repeats']} ({result['kernel']})", *(f"{v['batch_repeats']} ({v['kernel']})" for v in result["variants"])])
+    out.print(f"repeated content in the batch: {repeats} vs {result['uniform_repeats']} (uniform)")
 
 
 @app.command()

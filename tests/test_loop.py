@@ -215,3 +215,24 @@ def test_redundancy_check_command_trains_saves_and_reuses_its_model(plan_dir: Pa
     assert again.exit_code == 0, again.output
     table = lambda out: [line for line in out.splitlines() if "%" in line]  # noqa: E731
     assert table(again.output) == table(first.output)  # same model, same seed: the same shares
+
+
+def test_redundancy_check_compares_fisher_kernels_and_writes_json(plan_dir: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from alseg.cli import app
+
+    out = tmp_path / "red.json"
+    common = ["redundancy-check", str(plan_dir), "--copies", "3", "--budget", "4", "--initial", "8",
+              "--query-size", "20", "--mc-passes", "2", "--seed", "1", "--train-epochs", "1", "--train-iters", "2",
+              "--batch-size", "2"]
+    res = CliRunner().invoke(app, [*common, "--strategy", "usimf", "--kernels", "raw,cosine", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "raw kernel" in res.output and "cosine kernel" in res.output
+    data = json.loads(out.read_text())
+    assert data["kernel"] == "raw" and [v["kernel"] for v in data["variants"]] == ["cosine"]
+    assert len(data["selected"]) == 4 and len(data["variants"][0]["selected"]) == 4
+    assert 0.0 <= data["variants"][0]["batch_share"] <= 1.0
+    bad = CliRunner().invoke(app, [*common, "--strategy", "usimc", "--kernels", "raw,cosine"])
+    # a user error (main() prints it as one line with exit code 2), raised before any training
+    assert isinstance(bad.exception, AlsegError) and "--strategy usimf" in str(bad.exception)

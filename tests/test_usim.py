@@ -261,3 +261,21 @@ def test_redundancy_batch_share_is_well_below_the_query_share(name, net):
     # relevance term, so it may repeat one; the paper's batch kept 18% from the duplicated scan)
     with pytest.raises(AlsegError, match="USIM strategy"):
         redundancy_check(dataclasses.replace(ctx), case_id="d", copies=2, strategy="random")
+
+
+def test_redundancy_kernel_variants_select_from_the_same_scores_and_query_set(net):
+    """``kernels=("cosine",)`` re-selects with the cosine Fisher kernel from the raw run's scores,
+    query set and embeddings: with a plain greedy (tiny epsilon) it is exactly the batch a
+    separate run with ``fisher_kernel=cosine`` and the same seed selects."""
+    shapes = {c: (4, 16, 16) for c in "abcde"}
+    opts = dict(seed=0, budget=6, labelled=(0, 1), shapes=shapes, query_size=60, embedding_dim=300, fisher_subset=10, epsilon=1e-9)
+    both = redundancy_check(_ctx(net, **opts), case_id="d", copies=5, strategy="usimf", kernels=("cosine",))
+    direct = redundancy_check(_ctx(net, fisher_kernel="cosine", **opts), case_id="d", copies=5, strategy="usimf")
+    assert both["kernel"] == "raw" and direct["kernel"] == "cosine"
+    (variant,) = both["variants"]
+    assert variant["kernel"] == "cosine" and variant["selected"] == direct["selected"]
+    assert variant["batch_share"] == direct["batch_share"] and variant["batch_repeats"] == direct["batch_repeats"]
+    with pytest.raises(AlsegError, match="needs --strategy usimf"):
+        redundancy_check(_ctx(net, **opts), case_id="d", copies=2, strategy="usimc", kernels=("cosine",))
+    with pytest.raises(AlsegError, match="unknown Fisher kernel"):
+        redundancy_check(_ctx(net, **opts), case_id="d", copies=2, strategy="usimf", kernels=("dot",))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from alseg.strategies.registry import get_strategy
 from alseg.strategies.scoring import inference_batch_size
 
 __all__ = ["DUP_SEPARATOR", "duplicate_case", "original_id", "redundancy_check", "run_redundancy_check"]
+
+FISHER_KERNELS = ("raw", "cosine")
+"""USIMF's kernels (the ``fisher_kernel`` option): the paper's, and the one normalised by F^-1-norms."""
 
 DUP_SEPARATOR = "#dup"
 """Separates an item id from the copy number of a duplicate: ``case:2d:12:0:0#dup7``."""
@@ -63,9 +67,14 @@ def redundancy_check(
     case_id: str | None = None,
     copies: int = 100,
     strategy: str = "usimf",
+    kernels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Duplicate ``case_id``'s items ``copies`` times in ``ctx.pool``, run USIM on the bigger pool
     and report the duplicated case's share in the query set and in the batch.
+
+    ``kernels`` (USIMF only): further Fisher kernels (``raw``, ``cosine``) to select with from
+    the *same* scores, query set and embeddings (only the kernel and the greedy run again), so
+    their batches differ by the kernel alone; reported under ``variants``.
 
     ``case_id=None`` draws a case with unlabelled items from ``ctx.rng``. The query size,
     budget and every USIM option come from ``ctx`` (the paper used ``query_size=1000``).
@@ -84,9 +93,16 @@ def redundancy_check(
     """
     from alseg.strategies.usim import USIM
 
+    from alseg.strategies.usim import USIM, USIMF, USIMOptions
+
     strat = get_strategy(strategy)
     if not isinstance(strat, USIM):
         raise AlsegError(f"the redundancy check runs a USIM strategy (usimc or usimf), not '{strategy}'")
+    if kernels and not isinstance(strat, USIMF):
+        raise AlsegError(f"comparing Fisher kernels needs --strategy usimf, not '{strategy}'")
+    bad = [k for k in kernels if k not in FISHER_KERNELS]
+    if bad:
+        raise AlsegError(f"unknown Fisher kernel(s) {', '.join(bad)} — use {' or '.join(FISHER_KERNELS)}")
     if case_id is None:
         cases = sorted({ctx.pool[int(i)].case_id for i in ctx.unlabelled})
         case_id = str(ctx.rng.choice(cases))
@@ -107,6 +123,22 @@ def redundancy_check(
     def repeats(idx: np.ndarray) -> int:
         return int(len(idx) - len({content[int(i)] for i in idx}))
 
+    opts = USIMOptions.from_options(dup_ctx.options)
+    variants = []
+    for kernel in kernels:
+        t1 = time.perf_counter()
+        S, _ = strat.kernel({**res.state, "fisher_kernel": kernel}, res.columns)
+        picked, _ = strat.optimize(S, budget, opts, np.random.default_rng(int(dup_ctx.rng.integers(2**63 - 1))))
+        chosen = res.candidates[np.asarray(picked, dtype=np.int64)]
+        variants.append({
+            "kernel": kernel,
+            "batch_share": _share(in_case[chosen]),
+            "batch_repeats": repeats(chosen),
+            "selected": [pool[int(i)].id for i in chosen],
+            "seconds": time.perf_counter() - t1,
+        })
+        del S
+
     return {
         "case_id": case_id,
         "copies": int(copies),
@@ -123,6 +155,8 @@ def redundancy_check(
         "batch_repeats": repeats(selected),
         "uniform_repeats": repeats(uniform),
         "selected": [pool[int(i)].id for i in selected],
+        "kernel": res.state.get("fisher_kernel", strat.kernel_kind),
+        "variants": variants,
         "seconds": {**res.seconds, "total": time.perf_counter() - t0},
     }
 
@@ -160,6 +194,7 @@ def run_redundancy_check(
     device: str | torch.device | None = None,
     save_model: Path | None = None,
     show_progress: bool = True,
+    kernels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The Appendix E scenario from a plan folder (``alseg plan`` output).
 
@@ -233,7 +268,7 @@ def run_redundancy_check(
         options={**({"query_size": query_size} if query_size is not None else {}), **(options or {})},
         show_progress=show_progress,
     )
-    out = redundancy_check(ctx, case_id=case_id, copies=copies, strategy=strategy)
+    out = redundancy_check(ctx, case_id=case_id, copies=copies, strategy=strategy, kernels=kernels)
     out["seconds_train"] = seconds_train
     out["checkpoint"] = str(checkpoint) if checkpoint is not None else None
     return out

@@ -390,11 +390,7 @@ class USIM:
         seconds["kernel"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        if opts.optimizer == "submodlib":
-            seed = int(ctx.rng.integers(2**31 - 1))
-            picked, gains = submodlib_select(S.cpu().numpy(), budget, opts.eta, opts.epsilon, seed=seed)
-        else:
-            picked, gains = stochastic_greedy(FLQMI(S, opts.eta), budget, opts.epsilon, rng=ctx.rng)
+        picked, gains = self.optimize(S, budget, opts, ctx.rng)
         seconds["optimize"] = time.perf_counter() - t0
 
         return USIMResult(
@@ -405,6 +401,15 @@ class USIM:
             fisher_subset=state.get("fisher_subset"), param_index=state.get("param_index"),
             fisher=state.get("F_sel"), n_parameters=int(state["n_parameters"]), seconds=seconds, state=state,
         )
+
+    @staticmethod
+    def optimize(S: Tensor, budget: int, opts: USIMOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Step 5: maximise FLQMI over the kernel ``S`` (|U| x |columns|) with ``opts.optimizer``;
+        returns the picked rows in greedy order and their gains."""
+        if opts.optimizer == "submodlib":
+            seed = int(rng.integers(2**31 - 1))
+            return submodlib_select(S.cpu().numpy(), budget, opts.eta, opts.epsilon, seed=seed)
+        return stochastic_greedy(FLQMI(S, opts.eta), budget, opts.epsilon, rng=rng)
 
     def _dtype(self, opts: USIMOptions, n: int) -> torch.dtype:
         if opts.embedding_dtype == "float16":
