@@ -236,3 +236,8 @@ def test_redundancy_check_compares_fisher_kernels_and_writes_json(plan_dir: Path
     bad = CliRunner().invoke(app, [*common, "--strategy", "usimc", "--kernels", "raw,cosine"])
     # a user error (main() prints it as one line with exit code 2), raised before any training
     assert isinstance(bad.exception, AlsegError) and "--strategy usimf" in str(bad.exception)
+    # a case outside the pool fails before the model is trained (nothing saved)
+    model = tmp_path / "never.pt"
+    missing = CliRunner().invoke(app, [*common, "--case", "no_such_case", "--save-model", str(model)])
+    assert isinstance(missing.exception, AlsegError) and "no_such_case" in str(missing.exception)
+    assert "has no items in the pool" in str(missing.exception) and not model.exists()

@@ -226,6 +226,9 @@ def run_redundancy_check(
     pool = Pool.from_cache(cache_dir, train_ids, config, tuple(conf.patch_size))
     if initial + budget > len(pool):
         raise AlsegError(f"--initial {initial} plus --budget {budget} exceed the pool ({len(pool)} items) — lower them")
+    if case_id is not None and case_id not in pool.case_ids:  # fail before any training
+        raise AlsegError(f"case '{case_id}' has no items in the pool of fold {fold} (it is a test case or not in the dataset) — "
+                         f"choose one of: {', '.join(pool.case_ids)}")
     labelled = np.zeros(len(pool), dtype=bool)
     labelled[np.random.default_rng([seed, 0]).choice(len(pool), size=initial, replace=False)] = True
 
