@@ -557,7 +557,9 @@ class USIMF(USIM):
     first step, later coverage gains are ~0, and the rest of the batch is ranked by the
     modular relevance term ``η max_q S_uq`` alone, i.e. by gradient size, duplicates included.
     ``fisher_kernel=cosine`` (divide by both F^-1-norms, map by (S+1)/2) is the ablation that
-    removes the scale; it is not the paper's kernel."""
+    removes the scale; it is not the paper's kernel. On real data (Task04, README) the raw
+    kernel did reproduce the paper's redundancy result (1% of the batch from a case that made
+    34% of the query set, no repeats)."""
 
     name = "usimf"
     kernel_kind = "fisher"
