@@ -279,3 +279,12 @@ def test_redundancy_kernel_variants_select_from_the_same_scores_and_query_set(ne
         redundancy_check(_ctx(net, **opts), case_id="d", copies=2, strategy="usimc", kernels=("cosine",))
     with pytest.raises(AlsegError, match="unknown Fisher kernel"):
         redundancy_check(_ctx(net, **opts), case_id="d", copies=2, strategy="usimf", kernels=("dot",))
+
+
+def test_unknown_case_error_lists_a_few_cases_not_all():
+    from alseg.strategies.redundancy import _some
+
+    names = [f"case_{i:03d}" for i in range(166)]
+    text = _some(names)
+    assert text.startswith("case_000, case_001") and text.endswith("(158 more)") and "case_100" not in text
+    assert _some(names[:3]) == "case_000, case_001, case_002"

@@ -52,10 +52,16 @@ def duplicate_case(pool: Pool, labelled: np.ndarray, case_id: str, copies: int) 
         raise ValueError(f"copies must be at least 1, got {copies}")
     originals = [it for it in pool.items if it.case_id == case_id]
     if not originals:
-        raise AlsegError(f"case '{case_id}' has no items in the pool — choose one of: {', '.join(pool.case_ids)}")
+        raise AlsegError(f"case '{case_id}' has no items in the pool — choose one of: {_some(pool.case_ids)}")
     extra = [Item(f"{it.id}{DUP_SEPARATOR}{n}", it.case_id, it.box) for n in range(1, copies + 1) for it in originals]
     bigger = Pool(list(pool.items) + extra, pool.config_name, pool.patch_size)
     return bigger, np.concatenate([np.asarray(labelled, dtype=bool), np.zeros(len(extra), dtype=bool)])
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """The first ``shown`` names, and how many more: an error stays one readable line."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", … ({more} more)" if more > 0 else "")
 
 
 def _share(mask: np.ndarray) -> float:
@@ -228,7 +234,7 @@ def run_redundancy_check(
         raise AlsegError(f"--initial {initial} plus --budget {budget} exceed the pool ({len(pool)} items) — lower them")
     if case_id is not None and case_id not in pool.case_ids:  # fail before any training
         raise AlsegError(f"case '{case_id}' has no items in the pool of fold {fold} (it is a test case or not in the dataset) — "
-                         f"choose one of: {', '.join(pool.case_ids)}")
+                         f"choose one of: {_some(pool.case_ids)}")
     labelled = np.zeros(len(pool), dtype=bool)
     labelled[np.random.default_rng([seed, 0]).choice(len(pool), size=initial, replace=False)] = True
 
