@@ -13,7 +13,7 @@ MONAI already builds it from those concepts. Four things differ, three for activ
   :func:`mc_dropout` turns on only these modules, at ``network.dropout_mc``, for MC passes.
 * **Instance norm as a group norm** with one channel per group (:mod:`alseg.model.norm`): the
   same function with the same parameter names, but its output is no view, so the blocks'
-  in-place leaky ReLU costs no activation copy in the backward pass (12-15% of a CPU step).
+  in-place leaky ReLU costs no activation copy in the backward pass (5-15% of a CPU step).
 * **Deep supervision at native resolution.** In training mode with deep supervision the
   forward returns a *list* of logits ``[full, 1/2, 1/4, ...]`` (each ``(N, K, *S_i)``), as
   nnU-Net does, and the loss downsamples the targets. MONAI's DynUNet instead upsamples every

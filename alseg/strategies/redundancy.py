@@ -32,9 +32,6 @@ from alseg.strategies.scoring import inference_batch_size
 
 __all__ = ["DUP_SEPARATOR", "duplicate_case", "original_id", "redundancy_check", "run_redundancy_check"]
 
-FISHER_KERNELS = ("raw", "cosine")
-"""USIMF's kernels (the ``fisher_kernel`` option): the paper's, and the one normalised by F^-1-norms."""
-
 DUP_SEPARATOR = "#dup"
 """Separates an item id from the copy number of a duplicate: ``case:2d:12:0:0#dup7``."""
 
@@ -97,9 +94,7 @@ def redundancy_check(
     * ``case_id``, ``copies``, ``strategy``, ``Q``, ``budget``, ``n_pool``, ``n_unlabelled``,
       ``selected`` (ids) and ``seconds``.
     """
-    from alseg.strategies.usim import USIM
-
-    from alseg.strategies.usim import USIM, USIMF, USIMOptions
+    from alseg.strategies.usim import FISHER_KERNELS, USIM, USIMF, USIMOptions
 
     strat = get_strategy(strategy)
     if not isinstance(strat, USIM):

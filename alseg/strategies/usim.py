@@ -67,6 +67,7 @@ from alseg.strategies.usim_math import (
 )
 
 __all__ = [
+    "FISHER_KERNELS",
     "IGNORE_INDEX",
     "USIM",
     "USIMC",
@@ -78,6 +79,8 @@ __all__ = [
     "pseudo_label_targets",
 ]
 
+FISHER_KERNELS = ("raw", "cosine")
+"""USIMF's kernels (``fisher_kernel``): the paper's ``g_u^T F^-1 g_q / k``, and the same normalised by both F^-1-norms."""
 FLOAT16_AUTO_BYTES = 4 << 30
 """``embedding_dtype=auto`` stores embeddings in float16 when float32 would exceed this (4 GiB)."""
 FIGURE_MAX_ROWS = 3000
@@ -170,7 +173,7 @@ def _parse(key: str, value: Any) -> Any:
             raise ValueError
         return text
     if key == "fisher_kernel":
-        if text not in ("raw", "cosine"):
+        if text not in FISHER_KERNELS:
             raise ValueError
         return text
     if key == "embedding_dtype":
