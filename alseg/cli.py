@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
 from alseg.errors import AlsegError
 
 app = typer.Typer(
@@ -177,45 +178,77 @@ def _parse_strategy_options(items: list[str]) -> dict:
     return opts
 
 
+def _h(name: str) -> str:
+    """Help text of a loop option: the settings model's description (one source for both)."""
+    return LoopSettings.model_fields[name].description or ""
+
+
+def _d(name: str):
+    """Default of a loop option, from the settings model."""
+    return LoopSettings.model_fields[name].get_default(call_default_factory=True)
+
+
+# Options shared by `loop` and `compare`; help and defaults come from LoopSettings.
+RoundsOpt = Annotated[int, typer.Option("--rounds", help=_h("rounds"))]
+BudgetOpt = Annotated[int, typer.Option("--budget", help=_h("budget"))]
+InitialOpt = Annotated[int, typer.Option("--initial", help=_h("initial"))]
+ConfigOpt = Annotated[Configuration, typer.Option("--config", "-c", help=_h("config"))]
+FoldOpt = Annotated[int, typer.Option("--fold", help=_h("fold"))]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help=_h("epochs"))]
+ItersOpt = Annotated[int, typer.Option("--iters-per-epoch", help=_h("iters_per_epoch"))]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))]
+McOpt = Annotated[int, typer.Option("--mc-passes", help=_h("mc_passes"))]
+OracleOpt = Annotated[OracleKind, typer.Option("--oracle", help=_h("oracle"))]
+DevicesOpt = Annotated[str, typer.Option("--devices", help=_h("devices"))]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")]
+OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
+
+
+def _given(ctx: typer.Context, names: list[str]) -> set[str]:
+    """The options a user typed (not defaults): what --resume compares with the stored run."""
+    from typer._click.core import ParameterSource  # the click that Typer vendors
+
+    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+
+
 @app.command()
 def loop(
-    target: Path = typer.Argument(..., metavar="DATASET_OR_PLANDIR", help="A dataset (planned on the fly) or a plan folder."),
-    run_dir: Path = typer.Option(..., "-o", "--out", help="Run directory."),
-    strategy: str = typer.Option("random", "--strategy", "-s", help="Selection strategy (see 'alseg strategies')."),
-    rounds: int = typer.Option(3, "--rounds", help="Selection rounds after the initial round 0."),
-    budget: int = typer.Option(100, "--budget", help="Items selected per round."),
-    initial: int = typer.Option(100, "--initial", help="Random items labelled in round 0."),
-    seed: int = typer.Option(0, "--seed"),
-    config: str = typer.Option("2d", "--config", "-c", help="2d or 3d_fullres."),
-    fold: int = typer.Option(0, "--fold", help="Fold of nnU-Net's 5-fold split held out as the test set."),
-    epochs: int = typer.Option(1, "--epochs", help="Epochs per round."),
-    iters_per_epoch: int = typer.Option(50, "--iters-per-epoch"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
-    mc_passes: int = typer.Option(10, "--mc-passes", help="Monte-Carlo dropout passes for uncertainty."),
-    oracle: str = typer.Option("simulated", "--oracle", help="simulated (ground truth) or files (a person annotates)."),
-    devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
-    option: list[str] = typer.Option([], "--option", help="Strategy option key=value (repeatable), e.g. query_size=500."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o exactly where it stopped."),
+    ctx: typer.Context,
+    target: Annotated[Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned on the fly) or a plan folder.")],
+    run_dir: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help=_h("strategy"))] = _d("strategy"),
+    rounds: RoundsOpt = _d("rounds"),
+    budget: BudgetOpt = _d("budget"),
+    initial: InitialOpt = _d("initial"),
+    seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
+    config: ConfigOpt = Configuration(_d("config")),
+    fold: FoldOpt = _d("fold"),
+    epochs: EpochsOpt = _d("epochs"),
+    iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
+    batch_size: BatchOpt = _d("batch_size"),
+    mc_passes: McOpt = _d("mc_passes"),
+    oracle: OracleOpt = OracleKind(_d("oracle")),
+    devices: DevicesOpt = _d("devices"),
+    workers: WorkersOpt = None,
+    option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
+    settings_file: Annotated[Optional[Path], typer.Option(
+        "--settings", help="Start from the options in this JSON file (as 'alseg compare' writes); options typed here override it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped (or start it).")] = False,
 ) -> None:
     """Run active learning: train, score the pool, select, annotate, fine-tune — resumable."""
-    from alseg.loop import AnnotationIncomplete, LoopDriver, LoopOptions
+    from alseg.active.loop import AnnotationIncomplete, LoopDriver
 
-    if oracle not in ("simulated", "files"):
-        raise AlsegError(f"--oracle must be 'simulated' or 'files', got '{oracle}'")
-    if config not in ("2d", "3d_fullres"):
-        raise AlsegError(f"--config must be '2d' or '3d_fullres', got '{config}'")
-    for name, value in (("--rounds", rounds), ("--budget", budget), ("--initial", initial), ("--epochs", epochs),
-                        ("--iters-per-epoch", iters_per_epoch), ("--mc-passes", mc_passes)):
-        if value < (0 if name == "--rounds" else 1):
-            raise AlsegError(f"{name} must be positive, got {value}")
-    _int_or_auto(devices, "--devices")
-    options = LoopOptions(
-        strategy=strategy, rounds=rounds, budget=budget, initial=initial, seed=seed, config=config, fold=fold,
-        epochs=epochs, iters_per_epoch=iters_per_epoch, mc_passes=mc_passes, batch_size=batch_size, oracle=oracle,
-        devices=devices, workers=workers, strategy_options=_parse_strategy_options(option),
-    )
-    driver = LoopDriver(target, run_dir, options, resume=resume)
+    values = dict(strategy=strategy, rounds=rounds, budget=budget, initial=initial, seed=seed, config=config, fold=fold,
+                  epochs=epochs, iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes,
+                  oracle=oracle, devices=devices, strategy_options=_parse_strategy_options(option))
+    typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
+    given = {("strategy_options" if k == "option" else k) for k in typed}
+    if settings_file is not None:
+        base = load_settings_file(settings_file).model_dump()
+        values = {**base, **{k: v for k, v in values.items() if k in given}}
+        given = set(values)
+    settings = LoopSettings.checked(**values)
+    driver = LoopDriver(target, run_dir, settings, resume=resume, workers=workers, given=given)
     try:
         state = driver.run_all()
     except AnnotationIncomplete as e:
@@ -231,34 +264,35 @@ def loop(
 
 @app.command()
 def compare(
-    target: Path = typer.Argument(..., metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder."),
-    exp_dir: Path = typer.Option(..., "-o", "--out", help="Experiment folder: one run directory per strategy and seed."),
-    strategies_: str = typer.Option("all", "--strategies", help="'all' or a comma-separated list."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per strategy (0..N-1)."),
-    rounds: int = typer.Option(3, "--rounds"),
-    budget: int = typer.Option(100, "--budget"),
-    initial: int = typer.Option(100, "--initial"),
-    config: str = typer.Option("2d", "--config", "-c"),
-    fold: int = typer.Option(0, "--fold"),
-    epochs: int = typer.Option(1, "--epochs"),
-    iters_per_epoch: int = typer.Option(50, "--iters-per-epoch"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    mc_passes: int = typer.Option(10, "--mc-passes"),
-    devices: str = typer.Option("auto", "--devices"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    option: list[str] = typer.Option([], "--option", help="Strategy option key=value (repeatable)."),
-    jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (one GPU each when there are GPUs)."),
-    full: bool = typer.Option(True, "--full/--no-full", help="Also train the full-data reference."),
+    target: Annotated[Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder.")],
+    exp_dir: Annotated[Path, typer.Option("-o", "--out", help="Experiment folder: one run directory per strategy and seed.")],
+    strategies_: Annotated[str, typer.Option("--strategies", help="'all' or a comma-separated list.")] = "all",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per strategy (0..N-1).")] = 3,
+    rounds: RoundsOpt = _d("rounds"),
+    budget: BudgetOpt = _d("budget"),
+    initial: InitialOpt = _d("initial"),
+    config: ConfigOpt = Configuration(_d("config")),
+    fold: FoldOpt = _d("fold"),
+    epochs: EpochsOpt = _d("epochs"),
+    iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
+    batch_size: BatchOpt = _d("batch_size"),
+    mc_passes: McOpt = _d("mc_passes"),
+    devices: DevicesOpt = _d("devices"),
+    workers: WorkersOpt = None,
+    option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Runs in parallel (one GPU each when there are GPUs).")] = 1,
+    full: Annotated[bool, typer.Option("--full/--no-full", help="Also train the full-data reference.")] = True,
 ) -> None:
     """Run strategies x seeds (resumable: finished runs are skipped) plus the full-data reference."""
-    from alseg.compare import parse_strategies, run_compare
-    from alseg.loop import LoopOptions
+    from alseg.active.experiments.compare import parse_strategies, run_compare
 
     names = parse_strategies(strategies_)
-    options = LoopOptions(rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
-                          iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
-                          workers=workers, strategy_options=_parse_strategy_options(option))
-    cells = run_compare(target, exp_dir, names, seeds, options, jobs=jobs, full_reference=full)
+    settings = LoopSettings.checked(
+        rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
+        iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
+        strategy_options=_parse_strategy_options(option),
+    )
+    cells = run_compare(target, exp_dir, names, seeds, settings, jobs=jobs, full_reference=full, workers=workers)
     out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
 
 
@@ -343,7 +377,7 @@ def demo(
 ) -> None:
     """The main job on built-in data: synthetic dataset → check → plan → active loop → report."""
     from alseg.data.synthetic import generate_dataset
-    from alseg.loop import LoopDriver, LoopOptions
+    from alseg.active.loop import LoopDriver
     from alseg.plans.planner import plan_dataset, summarize_plans
     from alseg.report import build_report
 
@@ -355,9 +389,9 @@ def demo(
     out.print(summarize_plans(plans))
     out.print(f"[bold]2/4[/bold] dataset checked and planned in {out_dir / 'plan'}")
     run_dir = out_dir / "runs" / f"{strategy}_seed0"
-    options = LoopOptions(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2, iters_per_epoch=40,
-                          batch_size=16, mc_passes=4, workers=0)
-    driver = LoopDriver(out_dir / "plan", run_dir, options, resume=(run_dir / "config.json").is_file())
+    settings = LoopSettings.checked(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2,
+                                    iters_per_epoch=40, batch_size=16, mc_passes=4)
+    driver = LoopDriver(out_dir / "plan", run_dir, settings, resume=True, workers=0)
     state = driver.run_all()
     out.print(f"[bold]3/4[/bold] active loop: {state.round} rounds, {len(state.labelled)} items labelled ({run_dir})")
     build_report([out_dir / "runs"], out_dir / "report")

@@ -15,10 +15,19 @@ import pytest
 
 from alseg.data.io import read_volume, write_volume
 from alseg.errors import AlsegError
-from alseg.loop import LoopDriver, LoopOptions
-from alseg.oracles import manifest_items
+from alseg.active.loop import LoopDriver
+from alseg.active.oracles import manifest_items
+from alseg.active.settings import LoopSettings
 
-TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2, workers=0, show_progress=False)
+TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2)
+
+
+def LoopOptions(**values) -> LoopSettings:  # noqa: N802 (reads like the settings it builds)
+    return LoopSettings(**values)
+
+
+def _driver(target: Path, run: Path, settings: LoopSettings, **kw) -> LoopDriver:
+    return LoopDriver(target, run, settings, workers=0, show_progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,7 @@ def _rows(run: Path) -> list[dict]:
 
 def test_loop_records_every_round(plan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
-    state = LoopDriver(plan_dir, run, LoopOptions(**TINY, seed=1)).run_all()
+    state = _driver(plan_dir, run, LoopOptions(**TINY, seed=1)).run_all()
     assert state.finished and state.round == 2
     assert len(state.labelled) == 8 + 2 * 4 and len(set(state.labelled)) == 16
     rows = _rows(run)
@@ -70,23 +79,23 @@ def test_loop_records_every_round(plan_dir: Path, tmp_path: Path):
     assert config["strategy"] == "random" and config["labels"] == {"1": "Anterior", "2": "Posterior"}
     # a finished run refuses to start again without --resume
     with pytest.raises(AlsegError, match="already holds a run"):
-        LoopDriver(plan_dir, run, LoopOptions(**TINY, seed=1))
+        _driver(plan_dir, run, LoopOptions(**TINY, seed=1))
 
 
 def test_bad_sizes_and_strategy_are_one_line_errors(plan_dir: Path, tmp_path: Path):
     with pytest.raises(AlsegError, match="--initial 100000 is larger than the pool"):
-        LoopDriver(plan_dir, tmp_path / "a", LoopOptions(**{**TINY, "initial": 100000}))
+        _driver(plan_dir, tmp_path / "a", LoopOptions(**{**TINY, "initial": 100000}))
     with pytest.raises(AlsegError, match="--budget 100000 is larger"):
-        LoopDriver(plan_dir, tmp_path / "b", LoopOptions(**{**TINY, "budget": 100000}))
+        _driver(plan_dir, tmp_path / "b", LoopOptions(**{**TINY, "budget": 100000}))
     with pytest.raises(AlsegError, match="unknown strategy 'magic' — choose one of"):
-        LoopDriver(plan_dir, tmp_path / "c", LoopOptions(**{**TINY, "strategy": "magic"}))
+        _driver(plan_dir, tmp_path / "c", LoopOptions(**{**TINY, "strategy": "magic"}))
     with pytest.raises(AlsegError, match="only runs with --oracle simulated"):
-        LoopDriver(plan_dir, tmp_path / "d", LoopOptions(**{**TINY, "strategy": "random-fg", "oracle": "files"}))
+        _driver(plan_dir, tmp_path / "d", LoopOptions(**{**TINY, "strategy": "random-fg", "oracle": "files"}))
 
 
 def test_corrupt_state_is_a_one_line_error(plan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
-    LoopDriver(plan_dir, run, LoopOptions(**{**TINY, "rounds": 0})).run_all()
+    _driver(plan_dir, run, LoopOptions(**{**TINY, "rounds": 0, "seed": 3})).run_all()  # as _loop_args
     (run / "state.json").write_text("{not json")
     proc = subprocess.run(_loop_args(plan_dir, run, "--resume"), capture_output=True, text=True)
     assert proc.returncode == 2
@@ -193,7 +202,7 @@ def test_real_data_check_plan_and_one_round(tmp_path: Path):
 
     assert check_dataset(read_dataset(REAL), show_progress=False).ok
     run = tmp_path / "run"
-    driver = LoopDriver(REAL, run, LoopOptions(**{**TINY, "rounds": 1, "budget": 20, "initial": 20}))
+    driver = _driver(REAL, run, LoopOptions(**{**TINY, "rounds": 1, "budget": 20, "initial": 20}))
     assert len(driver.pool) == 6102 and len(driver.test_ids) == 42
     state = driver.run_all()
     assert state.finished and len(state.labelled) == 40

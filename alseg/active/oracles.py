@@ -18,10 +18,13 @@ from typing import Callable
 
 import numpy as np
 
+from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_save_npy, atomic_write_json
 from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
+
+__all__ = ["UNLABELLED", "LabelStore", "Annotation", "SimulatedOracle", "FilesOracle", "item_geometry", "manifest_items"]
 
 UNLABELLED = 255
 
@@ -93,6 +96,30 @@ class SimulatedOracle:
         return Annotation(masks, [], [])
 
 
+def item_geometry(props: dict, box: tuple[tuple[int, int], ...]) -> Geometry:
+    """World geometry of a pool item's first voxel, in the file's axis order.
+
+    Inverts transpose, crop and resampling (cell-centred, as the preprocessing's zoom) so an
+    exported patch overlays the original scan in a viewer. ``props`` are the case's cache
+    properties.
+    """
+    orig = Geometry.from_json(props["original_geometry"])
+    tf = list(props["transpose_forward"])
+    crop = np.asarray(props["shape_after_cropping"], float)
+    resampled = np.asarray(props["shape_after_resampling"], float)
+    lo = np.asarray([b[0] for b in props["bbox_used_for_cropping"]], float)
+    start_t = np.asarray([a for a, _ in box], float)
+    idx_t = (start_t + 0.5) * crop / resampled - 0.5 + lo
+    idx_file = np.empty(3)
+    spacing_file = np.empty(3)
+    for i, axis in enumerate(tf):
+        idx_file[axis] = idx_t[i]
+        spacing_file[axis] = props["spacing_after_resampling"][i]
+    direction = np.asarray(orig.direction).reshape(3, 3)
+    origin = np.asarray(orig.origin) + direction @ (idx_file * np.asarray(orig.spacing))
+    return Geometry(tuple(float(s) for s in spacing_file), tuple(float(o) for o in origin), orig.direction)
+
+
 def _safe(item_id: str) -> str:
     return item_id.replace(":", "_")
 
@@ -109,14 +136,14 @@ class FilesOracle:
 
     def __init__(
         self,
-        run_dir: Path,
+        run: RunDir,
         pool: Pool,
         load_image: Callable[[str], np.ndarray],
         item_geometry: Callable[[int], Geometry],
         transpose_backward: list[int],
         labels: dict[int, str],
     ):
-        self.run_dir = Path(run_dir)
+        self.run = run
         self.pool = pool
         self.load_image = load_image
         self.item_geometry = item_geometry
@@ -124,7 +151,7 @@ class FilesOracle:
         self.labels = labels
 
     def folder(self, round_: int) -> Path:
-        return self.run_dir / "annotate" / f"round_{round_:03d}"
+        return self.run.annotate_dir(round_)
 
     def _to_file_order(self, arr: np.ndarray) -> np.ndarray:
         return np.transpose(arr, self.transpose_backward)

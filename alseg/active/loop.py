@@ -1,0 +1,329 @@
+"""The active-learning loop (the paper's Algorithm 1) as a Lightning callback and a small driver.
+
+Each round k trains a fresh ``Trainer`` (round 0 from scratch, later rounds fine-tuned from
+round k-1's weights with a fresh schedule). When fitting ends, the :class:`ActiveLoop`
+callback does the work between fit stages: save the checkpoint, evaluate on the test cases,
+record the round, score the pool with the strategy, select the next batch, ask the oracle for
+its masks and add them to the labelled set. The driver only decides which round comes next,
+which is what makes ``--resume`` exact: every decision depends on the run directory and on
+seeds derived from ``(seed, round)``, never on what happened earlier in the process.
+
+Read top-down: :meth:`LoopDriver.run_all` → :meth:`~LoopDriver.prepare_batch` (select +
+annotate) → :meth:`~LoopDriver.train_round` → (callback) :meth:`~LoopDriver.finish_round`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from alseg.active.oracles import FilesOracle, LabelStore, SimulatedOracle, item_geometry
+from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
+from alseg.active.settings import LoopSettings
+from alseg.active.workspace import Workspace
+from alseg.atomic import atomic_torch_save
+from alseg.errors import AlsegError
+from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.progress import console
+from alseg.strategies import SelectionContext, get_strategy
+from alseg.strategies.base import check_selection
+from alseg.strategies.scoring import inference_batch_size
+
+__all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
+
+
+def trainer_settings(settings: LoopSettings) -> TrainerSettings:
+    """The Trainer settings of a loop's rounds (and of its full-data reference): one rule for both."""
+    devices = int(settings.devices) if settings.devices.isdigit() else settings.devices
+    return TrainerSettings(devices=devices)
+
+
+class LoopDriver:
+    """Owns the run directory and decides what happens next; see the module docstring.
+
+    ``settings`` are the run's choices (stored in ``config.json``); on resume, those named in
+    ``given`` (default: all) must equal the stored ones — the CLI passes the options a user typed.
+    ``workers`` and ``show_progress`` only affect this process.
+    """
+
+    def __init__(self, target: Path, run_dir: Path, settings: LoopSettings, resume: bool = False,
+                 workers: int | None = None, show_progress: bool = True, given: set[str] | None = None):
+        self.given = given
+        self.run = RunDir(run_dir)
+        self.workers = workers
+        self.show_progress = show_progress
+        if self.run.exists() and not resume:
+            raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
+        resume = resume and self.run.exists()  # --resume on a run that never started starts it
+        self.strategy = get_strategy(settings.strategy)  # an unknown name fails before any planning
+        if self.strategy.simulation_only and settings.oracle != "simulated":
+            raise AlsegError(f"strategy '{settings.strategy}' reads the ground truth, so it only runs with --oracle simulated")
+        self.ws = Workspace.open(Path(target), self.run.path, settings.config, settings.fold, show_progress)
+        self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
+        if resume:
+            self.config = self._resumed_config(settings)
+            self.state = self.run.load_state()
+            if self.config.rounds > self.state.round and self.state.finished:
+                self.state.finished = False
+        else:
+            self.config = RunConfig(
+                **settings.model_dump(), dataset=self.ws.plans.dataset_name, dataset_root=self.ws.plans.dataset_root,
+                plans_hash=self.ws.plans_hash, pool_hash=self.pool.fingerprint(), labels=self.ws.foreground_labels,
+            )
+            self.state = RunState()
+        self._validate_sizes()
+        if not resume:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.save_plans_and_split(self.ws.plans, self.config.fold, self.ws.train_ids, self.ws.test_ids)
+            self.run.save_config(self.config)
+            self.run.save_state(self.state)
+        self.oracle = self._make_oracle()
+
+    @property
+    def pool(self):
+        return self.ws.pool
+
+    @property
+    def test_ids(self) -> list[str]:
+        return self.ws.test_ids
+
+    # ----------------------------------------------------------------------------- the rounds
+    def run_all(self) -> RunState:
+        """Run (or resume) until all rounds are finished; raises AnnotationIncomplete to wait."""
+        while not self.state.finished:
+            k = self.state.round + 1
+            if k > self.config.rounds:
+                self.state.finished = True
+                self.run.save_state(self.state)
+                break
+            self.prepare_batch(k)
+            self.train_round(k)
+        return self.state
+
+    def prepare_batch(self, round_: int, module=None) -> bool:
+        """Make sure round ``round_``'s batch is selected and annotated; raises while waiting for a person."""
+        record = self.run.load_round(round_)
+        if record is None:
+            if round_ > 0 and module is None:
+                module = self.load_module(round_ - 1)
+            record = self.select(round_, module)
+            embeddings = record.pop("embeddings", None)
+            if embeddings is not None:  # for the report's t-SNE map (paper Fig. 3)
+                self.run.save_embeddings(round_, embeddings["embeddings"], embeddings["role"])
+            self.run.save_round(round_, record)
+            if self.show_progress and round_ > 0:
+                sec = record.get("seconds", {})
+                extra = f", Q = {record['Q']}" if "Q" in record else ""
+                console.print(f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
+                              f"(score {sec.get('score', 0.0):.0f} s, select {sec.get('select', 0.0):.0f} s{extra})")
+        selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
+        if not selected:
+            return True
+        self.state.pending = Pending(round=round_, selected=record["selected"])
+        self.run.save_state(self.state)
+        t0 = time.perf_counter()
+        answer = self.oracle.annotate(round_, self.pool.indices(selected))
+        self.labels.write(self.pool, answer.masks)
+        if answer.problems or answer.waiting:
+            accepted = [self.pool[i].id for i in sorted(answer.masks)]
+            raise AnnotationIncomplete(round_, answer.problems, len(answer.waiting), accepted, self.oracle)
+        self.state.labelled = self.state.labelled + selected
+        self.state.pending = None
+        self.run.save_state(self.state)
+        record.setdefault("seconds", {})["annotate"] = time.perf_counter() - t0
+        self.run.save_round(round_, record)
+        return True
+
+    def train_round(self, round_: int) -> None:
+        """Fit round ``round_`` on the labelled items; the ActiveLoop callback does the rest."""
+        import lightning.pytorch as pl
+        from lightning.pytorch.loggers import CSVLogger
+
+        from alseg.data.datamodule import Region, SegDataModule
+
+        seed = self.config.seed * 1000 + round_
+        pl.seed_everything(seed, workers=False, verbose=False)
+        module = self.load_module(round_ - 1) if round_ > 0 and self.config.fine_tune else self.new_module()
+        regions = [Region(self.pool[i].case_id, self.pool[i].box) for i in self.pool.indices(self.state.labelled)]
+        dm = SegDataModule(self.ws.cache_dir, module.config, regions, label_dir=self.run.labels_dir,
+                           num_workers=self.workers, seed=seed)
+        trainer = make_trainer(
+            trainer_settings(self.config), max_epochs=self.config.epochs, callbacks=[ActiveLoop(self, round_)],
+            logger=CSVLogger(self.run.path, name=self.run.logs_dir.name, version=f"round_{round_:03d}"),
+            show_progress=self.show_progress, log_every_n_steps=max(1, min(50, self.config.iters_per_epoch)),
+        )
+        trainer.fit(module, datamodule=dm)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+
+    def finish_round(self, round_: int, module, seconds_train: float) -> None:
+        """Between fit stages: checkpoint, evaluate, record; then prepare the next batch."""
+        atomic_torch_save(self.run.checkpoint_path(round_), {"state_dict": module.state_dict()})
+        t0 = time.perf_counter()
+        metrics = self.evaluate(module)
+        seconds_eval = time.perf_counter() - t0
+        record = self.run.load_round(round_) or {}
+        sec = record.get("seconds", {})
+        labelled = self.pool.indices(self.state.labelled)
+        row = {"round": round_, "n_labelled_items": len(labelled), "n_labelled_voxels": self.pool.voxels(labelled)}
+        row.update({k: f"{v:.6f}" for k, v in metrics.items()})
+        row.update({"seconds_train": f"{seconds_train:.3f}", "seconds_eval": f"{seconds_eval:.3f}",
+                    "seconds_score": f"{sec.get('score', 0.0):.3f}", "seconds_select": f"{sec.get('select', 0.0):.3f}"})
+        self.run.write_metrics_row(row)
+        self.state.round = round_
+        self.state.finished = round_ >= self.config.rounds
+        self.run.save_state(self.state)
+        if self.show_progress:
+            dice = ", ".join(f"{k.removeprefix('dice_')} {v:.3f}" for k, v in metrics.items())
+            console.print(f"round {round_}: {len(labelled)} items labelled — Dice {dice}")
+        if round_ < self.config.rounds:
+            self.prepare_batch(round_ + 1, module)
+
+    # ----------------------------------------------------------------------------- the steps
+    def select(self, round_: int, module) -> dict:
+        """Choose round ``round_``'s batch (round 0: the random initial set); returns the record."""
+        t0 = time.perf_counter()
+        if round_ == 0:
+            idx = np.sort(self.rng(0).choice(len(self.pool), size=self.config.initial, replace=False))
+            return {"round": 0, "strategy": "initial-random", "selected": [self.pool[i].id for i in idx],
+                    "scores": [None] * len(idx), "batch_uncertainty": None, "seconds": {"select": time.perf_counter() - t0}}
+        labelled = self.labelled_mask
+        net = module.net
+        device = module.device
+        conf = module.config
+        ctx = SelectionContext(
+            model=net, pool=self.pool, labelled=labelled, budget=self.config.budget, rng=self.rng(round_),
+            load_image=self.ws.image,
+            labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.ws.plans.n_classes),
+            n_classes=self.ws.plans.n_classes, device=device, mc_passes=self.config.mc_passes,
+            dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device),
+            options=dict(self.config.strategy_options),
+            ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
+            show_progress=self.show_progress,
+        )
+        was_training = net.training
+        sel = check_selection(self.strategy.select(ctx), ctx)
+        net.train(was_training)
+        if sel.record.get("batch_uncertainty") is None:  # every strategy appears in the paper's Fig. 5
+            from alseg.strategies.scoring import selected_batch_uncertainty
+
+            sel.record["batch_uncertainty"] = selected_batch_uncertainty(ctx, sel.indices)
+        seconds = dict(sel.record.pop("seconds", {}))
+        seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
+        scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
+        return {
+            "round": round_, "strategy": self.config.strategy, "selected": [self.pool[int(i)].id for i in sel.indices],
+            "scores": scores, "batch_uncertainty": sel.record.pop("batch_uncertainty"),
+            "seconds": seconds, **sel.record,
+        }
+
+    def evaluate(self, module) -> dict[str, float]:
+        """Mean test Dice per class over the held-out cases, on the preprocessed grid."""
+        net = module.net
+        was_training = net.training
+        net.eval()
+        rows = []
+        with torch.inference_mode():
+            for c in self.test_ids:
+                image = torch.from_numpy(np.array(self.ws.image(c))).to(module.device)
+                label = torch.from_numpy(np.array(self.ws.ground_truth(c))).to(module.device)
+                rows.append(module.evaluate_case(image, label))
+        net.train(was_training)
+        keys = rows[0].keys() if rows else []
+        return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+
+    def new_module(self):
+        from alseg.model.module import SegmentationModule
+
+        overrides = {"epochs": self.config.epochs, "iterations_per_epoch": self.config.iters_per_epoch,
+                     "batch_size": self.config.batch_size}
+        return SegmentationModule(self.ws.plans, self.config.config,
+                                  overrides={k: v for k, v in overrides.items() if v is not None})
+
+    def load_module(self, round_: int):
+        from alseg.model.train import load_weights
+
+        module = self.new_module()
+        load_weights(module, self.run.checkpoint_path(round_))
+        return module
+
+    # ----------------------------------------------------------------------------- helpers
+    def _resumed_config(self, settings: LoopSettings) -> RunConfig:
+        """The stored config, checked against the data and the options given now."""
+        config = self.run.load_config()
+        if config.plans_hash != self.ws.plans_hash:
+            raise AlsegError("was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR", self.run.config_path)
+        if config.pool_hash != self.pool.fingerprint():
+            raise AlsegError("was made with another pool (cases, configuration or fold) — resume with the same options", self.run.config_path)
+        changed = config.settings().differences(settings, self.given)
+        if changed:
+            raise AlsegError(f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
+                             "started with (only --rounds may grow)", self.run.config_path)
+        if (self.given is None or "rounds" in self.given) and settings.rounds > config.rounds:  # extending a run
+            config = config.model_copy(update={"rounds": settings.rounds})
+            self.run.save_config(config)
+        if (self.given is None or "devices" in self.given) and settings.devices != config.devices:
+            config = config.model_copy(update={"devices": settings.devices})
+        return config
+
+    def _validate_sizes(self) -> None:
+        n = len(self.pool)
+        cfg = self.config
+        if cfg.initial > n:
+            raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
+        if cfg.initial + cfg.budget > n:
+            raise AlsegError(f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} items) — lower --budget")
+        if cfg.initial + cfg.rounds * cfg.budget > n:
+            most = (n - cfg.initial) // cfg.budget
+            raise AlsegError(f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}")
+
+    def _make_oracle(self):
+        if self.config.oracle == "simulated":
+            return SimulatedOracle(self.pool, self.ws.ground_truth)
+        return FilesOracle(
+            self.run, self.pool, self.ws.image,
+            lambda i: item_geometry(self.ws.properties(self.pool[i].case_id), self.pool[i].box),
+            self.ws.plans.transpose_backward, self.ws.plans.labels,
+        )
+
+    def rng(self, round_: int) -> np.random.Generator:
+        """The generator of one round: the same on a resumed run as on an uninterrupted one."""
+        return np.random.default_rng([self.config.seed, round_])
+
+    @property
+    def labelled_mask(self) -> np.ndarray:
+        return self.pool.mask(self.state.labelled)
+
+
+class AnnotationIncomplete(Exception):
+    """The files oracle is waiting for masks (or some were rejected); the run resumes later."""
+
+    def __init__(self, round_: int, problems: list[str], n_waiting: int, accepted: list[str], oracle):
+        self.round = round_
+        self.problems = problems
+        self.n_waiting = n_waiting
+        self.accepted = accepted
+        self.folder = oracle.folder(round_) if hasattr(oracle, "folder") else None
+        super().__init__(f"round {round_}: {n_waiting} mask(s) missing, {len(problems)} rejected")
+
+
+class ActiveLoop(Callback):
+    """At the end of each fit stage, hand over to the driver (evaluate, record, select, annotate)."""
+
+    def __init__(self, driver: LoopDriver, round_: int):
+        self.driver = driver
+        self.round = round_
+        self._t0 = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        self.driver.finish_round(self.round, pl_module, time.perf_counter() - self._t0)

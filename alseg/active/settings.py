@@ -1,0 +1,125 @@
+"""One settings model for an active-learning run, from the command line to ``config.json``.
+
+``LoopSettings`` is what a user chooses (strategy, budget, rounds, training budget per round,
+...). The CLI builds its ``alseg loop`` options from these fields (help texts included), the run
+directory stores them in ``config.json`` and ``alseg compare`` hands them to its workers as a
+settings file, so an option exists once. Values are checked here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from alseg.errors import AlsegError
+
+__all__ = ["Configuration", "OracleKind", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
+
+
+class Configuration(str, Enum):
+    """The plan configuration a run trains (nnU-Net's names)."""
+
+    two_d = "2d"
+    three_d_fullres = "3d_fullres"
+
+
+class OracleKind(str, Enum):
+    """Who annotates: the ground truth (simulation) or a person through files."""
+
+    simulated = "simulated"
+    files = "files"
+
+
+class LoopSettings(BaseModel):
+    """Everything ``alseg loop`` accepts besides the target and the run directory."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, validate_assignment=True)
+
+    strategy: str = Field("random", description="Selection strategy (see 'alseg strategies').")
+    strategy_options: dict[str, Any] = Field(
+        default_factory=dict, description="Strategy option key=value (repeatable), e.g. query_size=500."
+    )
+    rounds: int = Field(3, ge=0, description="Selection rounds after the initial round 0 (0: train on the initial set only).")
+    budget: int = Field(100, ge=1, description="Items selected per round.")
+    initial: int = Field(100, ge=1, description="Random items labelled in round 0.")
+    seed: int = Field(0, ge=0, description="Seed of every random choice (the same seed gives the same run).")
+    config: Configuration = Field(Configuration.two_d, description="Plan configuration: 2d or 3d_fullres.")
+    fold: int = Field(0, ge=0, le=4, description="Fold of nnU-Net's 5-fold split held out as the test set.")
+    epochs: int = Field(1, ge=1, description="Epochs per round.")
+    iters_per_epoch: int = Field(50, ge=1, description="Training iterations per epoch.")
+    batch_size: int | None = Field(None, ge=1, description="Override the plan's batch size.")
+    mc_passes: int = Field(10, ge=1, description="Monte-Carlo dropout passes for uncertainty.")
+    oracle: OracleKind = Field(OracleKind.simulated, description="simulated (ground truth) or files (a person annotates).")
+    devices: str = Field("auto", description="Lightning devices: a number or 'auto'.")
+    fine_tune: bool = Field(True, description="Later rounds start from the previous round's weights.")
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: str) -> str:
+        v = str(v)
+        if v != "auto" and not (v.isdigit() and int(v) >= 1):
+            raise ValueError(f"must be a positive number or 'auto', got '{v}'")
+        return v
+
+    @classmethod
+    def checked(cls, **values: Any) -> "LoopSettings":
+        """Validate user values; the first problem is one line naming the option (``--budget``)."""
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise settings_error(err) from None
+
+    def differences(self, other: "LoopSettings", names: set[str] | None = None) -> list[str]:
+        """``--name stored → given`` for each option (of ``names``; default all) that differs and
+        may not change on resume."""
+        out = []
+        for name in type(self).model_fields:
+            if name in RESUME_MAY_CHANGE or (names is not None and name not in names):
+                continue
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                flag = "--option" if name == "strategy_options" else "--" + name.replace("_", "-")
+                out.append(f"{flag} {_show(a)} → {_show(b)}")
+        return out
+
+
+RESUME_MAY_CHANGE = frozenset({"rounds", "devices"})
+"""What ``--resume`` may change: more rounds extend a run; devices do not change its result."""
+
+
+def _show(v: Any) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
+
+
+def settings_error(err: ValidationError, source: Path | None = None) -> AlsegError:
+    """The first pydantic error as one user line naming the option."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    name = "--" + loc[0].replace("_", "-") if loc else "settings"
+    if loc and loc[0] == "strategy_options":
+        name = "--option " + ".".join(loc[1:]) if len(loc) > 1 else "--option"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = f"is not a loop setting — valid ones: {', '.join(LoopSettings.model_fields)}"
+    value = first.get("input")
+    shown = f" (got {value!r})" if first["type"] != "extra_forbidden" and not isinstance(value, dict) else ""
+    return AlsegError(f"{name}: {msg}{shown}", source)
+
+
+def load_settings_file(path: Path) -> LoopSettings:
+    """A settings JSON file (as ``alseg compare`` writes for its workers)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise AlsegError(f"cannot read ({e.strerror}) — pass an existing settings file", path) from None
+    except json.JSONDecodeError as e:
+        raise AlsegError(f"is not valid JSON (line {e.lineno}: {e.msg}) — fix it or write it anew", path) from None
+    try:
+        return LoopSettings.model_validate(data)
+    except ValidationError as err:
+        raise settings_error(err, path) from None

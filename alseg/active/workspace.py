@@ -1,0 +1,114 @@
+"""The data a run works on, opened once: plan → preprocessed cache → split → pool.
+
+``alseg loop``, ``alseg compare`` (its full-data reference) and the redundancy check all need
+the same four things in the same order; :meth:`Workspace.open` is the one place that sets them
+up, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alseg.data.cache import CaseCache, build_cache
+from alseg.data.pool import Pool
+from alseg.model.train import make_split
+from alseg.errors import AlsegError
+from alseg.plans.models import Configuration, Plans, load_plans
+
+__all__ = ["Workspace", "resolve_plans", "hash_json"]
+
+
+def hash_json(data: Any) -> str:
+    """A short content hash of JSON-able data (plans, pools): what a resumed run must match."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> tuple[Plans, Path]:
+    """(plans, plan folder) for a plan folder, or plan a dataset on the fly into ``plan_into/plan``.
+
+    A plan made earlier into ``plan_into/plan`` is reused only for the dataset it was made from.
+    """
+    target = Path(target)
+    if (target / "plans.json").is_file():
+        return load_plans(target / "plans.json"), target
+    if (target / "dataset.json").is_file():
+        from alseg.plans.planner import plan_dataset
+
+        plan_dir = Path(plan_into) / "plan"
+        if (plan_dir / "plans.json").is_file():
+            plans = load_plans(plan_dir / "plans.json")
+            if Path(plans.dataset_root).resolve() != target.resolve():
+                raise AlsegError(
+                    f"was planned from another dataset ({plans.dataset_root}) — pass that dataset, or choose another -o",
+                    plan_dir / "plans.json",
+                )
+            return plans, plan_dir
+        return plan_dataset(target, plan_dir, show_progress=show_progress), plan_dir
+    raise AlsegError("neither a dataset (dataset.json) nor a plan folder (plans.json) — pass one of them", target)
+
+
+@dataclass
+class Workspace:
+    """A plan configuration's cache, its train/test split and the pool of the training cases."""
+
+    plans: Plans
+    plan_dir: Path
+    config: str
+    fold: int
+    cache: CaseCache
+    train_ids: list[str]
+    test_ids: list[str]
+    pool: Pool
+    _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, target: Path, plan_into: Path, config: str = "2d", fold: int = 0,
+             show_progress: bool = True) -> "Workspace":
+        """Plan (when ``target`` is a dataset), preprocess, split and build the pool."""
+        plans, plan_dir = resolve_plans(Path(target), Path(plan_into), show_progress)
+        conf = plans.configuration(config)
+        cache = build_cache(plans, config, plan_dir, show_progress=show_progress)
+        train_ids, test_ids = make_split(cache.case_ids(), fold)
+        pool = Pool.from_cache(cache.folder, train_ids, config, tuple(conf.patch_size))
+        return cls(plans, plan_dir, config, fold, cache, train_ids, test_ids, pool)
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.plans.configuration(self.config)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.folder
+
+    @property
+    def plans_hash(self) -> str:
+        """Identifies the plan regardless of where its dataset lies on disk."""
+        return hash_json(self.plans.model_dump(mode="json", exclude={"dataset_root"}))
+
+    @property
+    def foreground_labels(self) -> dict[int, str]:
+        return {k: v for k, v in self.plans.labels.items() if k != 0}
+
+    def image(self, case_id: str) -> np.ndarray:
+        """Preprocessed image ``(C, z, y, x)``, memory-mapped."""
+        return self.cache.image(case_id)
+
+    def ground_truth(self, case_id: str) -> np.ndarray:
+        """Preprocessed label ``(z, y, x)``, memory-mapped."""
+        return self.cache.label(case_id)
+
+    def properties(self, case_id: str) -> dict:
+        """What preprocessing did to a case (crop box, shapes, geometry), to map back to its file."""
+        return self.cache.properties(case_id)
+
+    def train_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Preprocessed ``(z, y, x)`` of every training case (the label store's volumes)."""
+        if not self._shapes:
+            self._shapes = {c: tuple(self.cache.shape(c)) for c in self.train_ids}
+        return self._shapes
