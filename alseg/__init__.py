@@ -1,7 +1,7 @@
-"""alseg: active learning for medical image segmentation on a self-configuring pipeline."""
+"""alseg: active learning for medical image segmentation on a self-configuring pipeline.
 
-from alseg.runtime import tune_process
-
-tune_process()  # before torch is imported: see alseg/runtime.py
+Importing alseg changes nothing in the process; the command line (``alseg.cli.main``) tunes the
+CPU runtime for its own workloads, see :mod:`alseg.runtime`.
+"""
 
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
 from alseg.errors import AlsegError
+from alseg.runtime import tune_process
 
 app = typer.Typer(
     add_completion=False,
@@ -206,9 +207,8 @@ OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_opti
 
 def _given(ctx: typer.Context, names: list[str]) -> set[str]:
     """The options a user typed (not defaults): what --resume compares with the stored run."""
-    from typer._click.core import ParameterSource  # the click that Typer vendors
-
-    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    return {n for n, src in sources.items() if src is not None and src.name != "DEFAULT"}
 
 
 @app.command()
@@ -411,15 +411,38 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+# click's base of usage errors, found through Typer's public BadParameter (Typer may vendor click)
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Console entry point: user errors are one line on stderr and exit code 2 (``--debug``: traceback)."""
+    """Console entry point: user errors are one line on stderr and exit code 2 (``--debug``: traceback).
+
+    Tunes the CPU runtime first (OpenMP waiting, malloc thresholds: see :mod:`alseg.runtime`),
+    before anything imports torch; a library user of alseg keeps the process as it was.
+    """
+    tune_process()
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     else:
         _quiet_libraries()
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except _CLICK_EXCEPTION as e:  # a usage error: one line, naming the option, like every user error
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare 'alseg' or 'alseg loop': the help
+            out.print(e.ctx.get_help() if getattr(e, "ctx", None) else e.format_message(), markup=False, highlight=False)
+            sys.exit(0 if len(sys.argv) <= 1 else 2)
+        if debug:
+            raise
+        err.print(f"error: {e.format_message()} (see 'alseg {' '.join(a for a in sys.argv[1:2])} --help')",
+                  markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("interrupted")
+        sys.exit(130)
     except AlsegError as e:
         if debug:
             raise

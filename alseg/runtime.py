@@ -1,6 +1,9 @@
 """Process-wide CPU settings that PyTorch leaves at values which are slow for alseg's workloads.
 
-Both are applied once, on ``import alseg``, and both yield to a user's own choice.
+The ``alseg`` command applies both when it starts (``alseg.cli.main``), before torch is imported;
+``import alseg`` alone leaves the process as it is, so a program that uses alseg as a library
+decides for itself (call :func:`tune_process` first thing to get the same behaviour). Both yield
+to a user's own choice.
 
 * **OpenMP waiting.** OpenMP threads that spin while they wait make a CPU training step ~10x
   slower as soon as another process shares the cores (measured: 3.2 s vs 0.36 s per step on 2

@@ -1,5 +1,5 @@
-"""Process-wide CPU settings applied by ``import alseg`` (alseg/runtime.py), and the CPU batch size
-that keeps activations under glibc's mmap threshold."""
+"""Process-wide CPU settings applied by the ``alseg`` command (alseg/runtime.py) and not by
+``import alseg``, and the CPU batch size that keeps activations under glibc's mmap threshold."""
 
 from __future__ import annotations
 
@@ -14,19 +14,27 @@ import torch
 from alseg.strategies.scoring import CPU_ACTIVATION_BYTES, inference_batch_size
 from builders import tiny_plans
 
-PROBE = "import alseg, json, os; from alseg.runtime import tune_process; " \
+# runs the CLI's entry point (the 'strategies' command), then asks what is left to tune
+PROBE = "import sys, json, os; sys.argv = ['alseg', 'strategies']; from alseg.cli import main\n" \
+        "try:\n    main()\nexcept SystemExit:\n    pass\n" \
+        "from alseg.runtime import tune_process\n" \
         "print(json.dumps({'omp': os.environ.get('OMP_WAIT_POLICY'), 'again': tune_process()}))"
+LIBRARY = "import alseg, alseg.active.loop, json, os; print(json.dumps({'omp': os.environ.get('OMP_WAIT_POLICY')}))"
 
 
-def _probe(**env: str) -> dict:
+def _probe(code: str = PROBE, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("OMP_WAIT_POLICY", "ALSEG_KEEP_MALLOC", "LD_PRELOAD") and not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def test_importing_alseg_leaves_the_process_alone():
+    assert _probe(LIBRARY)["omp"] is None
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_import_sets_passive_openmp_and_tunes_malloc_unless_the_user_chose():
+def test_the_command_sets_passive_openmp_and_tunes_malloc_unless_the_user_chose():
     fresh = _probe()
     assert fresh["omp"] == "PASSIVE"
     assert fresh["again"] == {"omp_passive": False, "malloc": True}  # mallopt available and accepted
