@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from alseg.data.preprocess import compute_new_shape
+from alseg.data.resample import compute_new_shape
 from alseg.errors import AlsegError
 from alseg.plans.models import (
     Configuration,
