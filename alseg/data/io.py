@@ -18,6 +18,8 @@ import SimpleITK as sitk
 
 from alseg.errors import AlsegError
 
+__all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "to_sitk", "write_volume"]
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 

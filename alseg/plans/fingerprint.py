@@ -24,6 +24,8 @@ from alseg.errors import AlsegError
 from alseg.plans.models import Fingerprint, IntensityStats
 from alseg.progress import progress_map
 
+__all__ = ["CaseFingerprint", "analyze_case", "extract_fingerprint", "intensity_stats"]
+
 N_FOREGROUND_SAMPLES = int(10e7)
 """Foreground intensity samples per channel over the whole dataset (nnU-Net: ``10e7``)."""
 
