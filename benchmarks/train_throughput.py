@@ -82,7 +82,7 @@ PLANS = {
 }
 SIDES = ("alseg", "nnunet")
 LABEL = {"alseg": "alseg", "nnunet": "nnU-Net v2"}
-GRADIENT_CLIP = 12.0  # alseg.model.train.GRADIENT_CLIP; nnUNetTrainer.train_step hard-codes 12
+GRADIENT_CLIP = 12.0  # alseg.model.trainer.GRADIENT_CLIP; nnUNetTrainer.train_step hard-codes 12
 NNUNET_INSTALL = __doc__.split("separate virtual environment (never alseg's own), see ``benchmarks/plans_vs_nnunet.py``:")[1]
 NNUNET_INSTALL = NNUNET_INSTALL.split("\n\nThe nnU-Net worker")[0]
 
