@@ -46,6 +46,7 @@ from lightning.pytorch import LightningDataModule
 from alseg.data.cache import CaseCache
 from alseg.errors import AlsegError
 from alseg.plans.models import Configuration
+from alseg.transforms import get_training_transforms, sampling_patch_size
 
 __all__ = [
     "CaseDataset",
@@ -343,8 +344,6 @@ class SegDataModule(LightningDataModule):
         self.train_dataset: PatchDataset | None = None
 
     def build_train_dataset(self) -> PatchDataset:
-        from alseg.transforms import get_training_transforms, sampling_patch_size
-
         cfg = self.config
         dims = len(cfg.patch_size)
         return PatchDataset(
