@@ -175,7 +175,7 @@ def compare_preprocessing(src: Path, plans, nnunet_plans: dict, dataset_json: di
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from alseg.data.preprocess import preprocess_case
+    from alseg.data.pipeline import preprocess_case
 
     info = read_dataset(src)
     pm = PlansManager(nnunet_plans)

@@ -82,7 +82,7 @@ PLANS = {
 }
 SIDES = ("alseg", "nnunet")
 LABEL = {"alseg": "alseg", "nnunet": "nnU-Net v2"}
-GRADIENT_CLIP = 12.0  # alseg.model.train.GRADIENT_CLIP; nnUNetTrainer.train_step hard-codes 12
+GRADIENT_CLIP = 12.0  # alseg.model.trainer.GRADIENT_CLIP; nnUNetTrainer.train_step hard-codes 12
 NNUNET_INSTALL = __doc__.split("separate virtual environment (never alseg's own), see ``benchmarks/plans_vs_nnunet.py``:")[1]
 NNUNET_INSTALL = NNUNET_INSTALL.split("\n\nThe nnU-Net worker")[0]
 
@@ -342,7 +342,8 @@ def loader_main(spec: dict[str, Any]) -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from alseg.data.datamodule import SegDataModule, list_cases, whole_case_region
+    from alseg.data.cache import CaseCache
+    from alseg.data.datamodule import SegDataModule, whole_case_region
     from alseg.model.module import apply_overrides
     from alseg.plans.models import load_plans
 
@@ -352,7 +353,7 @@ def loader_main(spec: dict[str, Any]) -> None:
     try:
         plans_dir = Path(spec["plans_dir"]) if spec["plans_dir"] else None
         if plans_dir is None:  # --demo-cache
-            from alseg.data.preprocess import preprocess_dataset
+            from alseg.data.cache import build_cache
             from alseg.data.synthetic import generate_dataset
             from alseg.plans.planner import plan_dataset
 
@@ -361,7 +362,7 @@ def loader_main(spec: dict[str, Any]) -> None:
             data = generate_dataset(Path(tmp.name) / "data", seed=0)
             plans_dir = Path(tmp.name) / "plan"
             plan_dataset(data, plans_dir, show_progress=False)
-            preprocess_dataset(plans_dir / "plans.json", spec["config"], plans_dir, show_progress=False)
+            build_cache(load_plans(plans_dir / "plans.json"), spec["config"], plans_dir, show_progress=False)
             result["build_s"] = time.perf_counter() - t0
             try:  # the build's peak is not the loader's: reset VmHWM to the current RSS (Linux >= 4.0)
                 with open("/proc/self/clear_refs", "w") as f:
@@ -370,8 +371,8 @@ def loader_main(spec: dict[str, Any]) -> None:
                 pass
         plans = load_plans(plans_dir / "plans.json")
         config = apply_overrides(plans.configuration(spec["config"]), {"batch_size": spec["batch_size"]})
-        cache = plans_dir / config.data_identifier
-        cases = list_cases(cache)
+        cache = CaseCache.of(plans_dir, plans, spec["config"])
+        cases = cache.case_ids()
         regions = [whole_case_region(cache, c) for c in cases]
         dm = SegDataModule(cache, config, regions, num_workers=spec["num_workers"], augment=True, seed=0)
         loader = iter(dm.train_dataloader())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alseg.data.cache import CaseCache
 from alseg.data.io import Geometry, write_volume
 from alseg.plans.models import Plans
 
@@ -129,18 +130,18 @@ def tiny_volume(rng: np.random.Generator, shape=(12, 20, 18)) -> tuple[np.ndarra
 
 
 def write_cache(cache_dir: Path, n: int = 5, shape=(12, 20, 18), seed: int = 0, volumes=None) -> Path:
-    """A preprocessed cache following preprocess.py's contract (``volumes``: optional list of (img, seg))."""
+    """A preprocessed cache in :class:`alseg.data.cache.CaseCache`'s layout, written through it
+    (``volumes``: optional list of (img, seg))."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = CaseCache(cache_dir)
     rng = np.random.default_rng(seed)
     ids = []
     for i in range(n):
         cid = f"case_{i:03d}"
         img, seg = volumes[i] if volumes is not None else tiny_volume(rng, shape)
-        np.save(cache_dir / f"{cid}.npy", img.astype(np.float32))
-        np.save(cache_dir / f"{cid}_seg.npy", seg.astype(np.uint8))
         locs = {str(c): np.argwhere(seg[0] == c).tolist() for c in (1, 2)}
         props = {"class_locations": locs, "shape_after_preprocessing": list(seg.shape[1:])}
-        (cache_dir / f"{cid}.json").write_text(json.dumps(props))
+        cache.write_case(cid, img.astype(np.float32), seg.astype(np.uint8), props)
         ids.append(cid)
-    (cache_dir / "manifest.json").write_text(json.dumps({"cases": ids}))
+    cache.write_manifest({"cases": ids})
     return cache_dir

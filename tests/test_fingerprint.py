@@ -10,7 +10,7 @@ import pytest
 
 from alseg.data.dataset import read_dataset
 from alseg.data.io import Geometry, write_volume
-from alseg.data.preprocess import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
+from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 

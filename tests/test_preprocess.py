@@ -1,4 +1,5 @@
-"""Preprocessing maths (resampling, normalisation) and the on-disk cache contract."""
+"""Preprocessing maths (resampling, normalisation), the on-disk cache (CaseCache, build_cache)
+and the compatibility wrappers in ``alseg.data.preprocess`` that code outside data/ still calls."""
 
 from __future__ import annotations
 
@@ -10,16 +11,10 @@ from scipy import ndimage as ndi
 
 from alseg.data.dataset import read_dataset
 from alseg.data.io import Geometry
-from alseg.data.preprocess import (
-    MANIFEST,
-    cache_dir_for,
-    load_case_cache,
-    preprocess_case,
-    preprocess_dataset,
-    read_manifest,
-    resample,
-    separate_axis,
-)
+from alseg.data.cache import MANIFEST, CaseCache, build_cache
+from alseg.data.pipeline import preprocess_case
+from alseg.data.preprocess import cache_dir_for, load_case_cache, preprocess_dataset, read_manifest
+from alseg.data.resample import resample, separate_axis
 from alseg.data.synthetic import generate_dataset
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
@@ -181,3 +176,29 @@ def test_cache_of_a_different_plan_is_detected(planned, tmp_path):
 def test_missing_case_in_cache_is_a_user_error(tmp_path):
     with pytest.raises(AlsegError, match="alseg preprocess"):
         load_case_cache(tmp_path, "nope")
+
+
+def test_case_cache_reads_lazily_what_build_cache_wrote(planned, tmp_path):
+    _, plans = planned
+    cache = build_cache(plans, "3d_fullres", tmp_path, show_progress=False, workers=1)
+    assert cache == CaseCache.of(tmp_path, plans, "3d_fullres")
+    assert cache.folder == tmp_path / plans.configurations["3d_fullres"].data_identifier
+    assert cache.case_ids() == ["synth_000", "synth_001", "synth_002"]
+    image, label = cache.image("synth_002"), cache.label("synth_002")
+    assert isinstance(image, np.memmap) and image.dtype == np.float32 and image.ndim == 4
+    assert isinstance(label, np.memmap) and label.shape == image.shape[1:] == cache.shape("synth_002")
+    props = cache.properties("synth_002")
+    assert props["case_id"] == "synth_002" and cache.properties("synth_002") is props  # read once
+    assert list(props["shape_after_resampling"]) == list(cache.shape("synth_002"))
+    assert cache.image_path("synth_002").is_file() and cache.label_path("synth_002").is_file()
+    # the compatibility wrappers see the same files
+    data, seg, _ = load_case_cache(cache.folder, "synth_002")
+    np.testing.assert_array_equal(seg[0], label)
+    assert preprocess_dataset(plans, "3d_fullres", tmp_path, workers=1, show_progress=False) == cache.folder
+
+
+def test_case_cache_without_manifest_is_a_user_error(tmp_path):
+    with pytest.raises(AlsegError, match="manifest"):
+        CaseCache(tmp_path).case_ids()
+    with pytest.raises(AlsegError, match="alseg preprocess"):
+        CaseCache(tmp_path).label("nope")

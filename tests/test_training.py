@@ -1,4 +1,5 @@
-"""SegmentationModule and train(): split, schedule, checkpoints, metrics.csv, resume, fine-tuning, DDP."""
+"""SegmentationModule, the Trainer factory and train(): split, schedule, Trainer settings,
+checkpoints, metrics.csv, resume, fine-tuning, DDP."""
 
 from __future__ import annotations
 
@@ -14,11 +15,58 @@ from builders import tiny_plans, write_cache
 from alseg.data.datamodule import SegDataModule, whole_case_region
 from alseg.errors import AlsegError
 from alseg.model.module import SegmentationModule, apply_overrides
-from alseg.model.train import load_weights, make_split, read_metrics, train
+from alseg.model import train as train_module
+from alseg.model.callbacks import read_metrics
+from alseg.model.train import load_weights, make_split, train
+from alseg.model.trainer import TrainerSettings, make_trainer, resolved_trainer_kwargs
 
 COLUMNS = ["epoch", "train_loss", "dice_mean", "dice_Anterior", "dice_Posterior"]
 
 
+def test_trainer_settings_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kw = resolved_trainer_kwargs(TrainerSettings(), max_epochs=3, iterations_per_epoch=7, show_progress=False)
+    assert kw["precision"] == "32-true" and kw["deterministic"] == "warn"
+    assert kw["gradient_clip_val"] == 12.0 and kw["gradient_clip_algorithm"] == "norm"
+    assert kw["accelerator"] == "auto" and kw["devices"] == "auto" and kw["strategy"] == "auto"
+    assert kw["max_epochs"] == 3 and kw["log_every_n_steps"] == 7 and kw["limit_val_batches"] == 0
+    assert kw["num_sanity_val_steps"] == 0 and kw["logger"] is False and kw["enable_checkpointing"] is False
+    assert not kw["enable_progress_bar"] and not kw["enable_model_summary"]
+    assert resolved_trainer_kwargs(TrainerSettings(), max_epochs=1, iterations_per_epoch=250)["log_every_n_steps"] == 50
+    validating = resolved_trainer_kwargs(TrainerSettings(), max_epochs=1, validate=True, check_val_every_n_epoch=2)
+    assert "limit_val_batches" not in validating and validating["check_val_every_n_epoch"] == 2
+    trainer = make_trainer(TrainerSettings(), max_epochs=2, show_progress=False)
+    assert trainer.max_epochs == 2 and trainer.gradient_clip_val == 12.0 and trainer.precision == "32-true"
+
+
+def test_trainer_settings_on_a_simulated_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    kw = resolved_trainer_kwargs(TrainerSettings(), max_epochs=1)
+    assert kw["precision"] == "16-mixed" and kw["deterministic"] is False
+    explicit = resolved_trainer_kwargs(TrainerSettings(precision="bf16-mixed", deterministic=True), max_epochs=1)
+    assert explicit["precision"] == "bf16-mixed" and explicit["deterministic"] is True
+    on_cpu = resolved_trainer_kwargs(TrainerSettings(accelerator="cpu"), max_epochs=1)
+    assert on_cpu["precision"] == "32-true" and on_cpu["deterministic"] == "warn"
+    with pytest.raises(ValueError):
+        TrainerSettings(precison="16-mixed")  # unknown keys are refused
+
+
+def test_train_builds_its_trainer_with_the_shared_factory(tmp_path, monkeypatch):
+    """``alseg train`` goes through make_trainer, so it gets the loop's settings (plus validation)."""
+    seen = {}
+
+    def spy(settings, **kw):
+        seen.update(resolved_trainer_kwargs(settings, **kw))
+        return make_trainer(settings, **kw)
+
+    monkeypatch.setattr(train_module, "make_trainer", spy)
+    cache = write_cache(tmp_path / "cache", n=5)
+    train(tiny_plans(), "2d", cache, tmp_path / "out", epochs=1, iters_per_epoch=2, num_workers=0,
+          augment=False, progress=False, overrides={"batch_size": 2})
+    assert seen == {**resolved_trainer_kwargs(TrainerSettings(), max_epochs=1, iterations_per_epoch=2, callbacks=seen["callbacks"],
+                                               logger=seen["logger"], show_progress=False, validate=True,
+                                               default_root_dir=tmp_path / "out", check_val_every_n_epoch=1)}
+    assert seen["enable_checkpointing"] is True and "limit_val_batches" not in seen
 
 
 def test_make_split_is_nnunets():

@@ -15,11 +15,10 @@ configuration a patch is one slice of the region along axis 0. With augmentation
 is read larger (:func:`alseg.transforms.sampling_patch_size`) and cropped back after rotation
 and scaling.
 
-Cache contract (``alseg/data/preprocess.py``): per case ``<case>.npy`` float32 ``(C, z, y, x)``,
-``<case>_seg.npy`` uint8 ``(1, z, y, x)``, ``<case>.json`` with ``class_locations``
-(``{label: [[z, y, x], ...]}``), and ``manifest.json`` once the cache is complete. Arrays are
-memory-mapped and read lazily in the workers. Labels come from the cache unless ``label_dir``
-holds ``<case>.npy`` label volumes (the oracle's), which then replace them for training.
+Cases are read through :class:`alseg.data.cache.CaseCache` (images ``(C, z, y, x)``, labels
+``(z, y, x)``, ``class_locations`` ``{label: [[z, y, x], ...]}`` in the properties), memory-mapped
+and read lazily in the workers. Labels come from the cache unless ``label_dir`` holds
+``<case>.npy`` label volumes (the oracle's), which then replace them for training.
 Validation and test loaders yield whole cases (one per batch, cache labels) for
 ``SegmentationModule.validation_step``.
 
@@ -31,7 +30,6 @@ devices draws the same patches.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -43,10 +41,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from lightning.pytorch import LightningDataModule
+
+from alseg.data.cache import CaseCache
 from alseg.errors import AlsegError
 from alseg.plans.models import Configuration
-
-from lightning.pytorch import LightningDataModule
+from alseg.transforms import get_training_transforms, sampling_patch_size
 
 __all__ = [
     "CaseDataset",
@@ -74,34 +74,26 @@ class Region:
 
 
 # ---------------------------------------------------------------------------- cache access
-def list_cases(cache_dir: str | Path) -> list[str]:
-    """Sorted case ids of a complete cache."""
-    cache_dir = Path(cache_dir)
-    if not (cache_dir / "manifest.json").is_file():
-        raise AlsegError("not a complete preprocessed cache (no manifest.json) — run 'alseg preprocess' first", cache_dir)
-    cases = sorted(p.name[: -len("_seg.npy")] for p in cache_dir.glob("*_seg.npy"))
-    if not cases:
-        raise AlsegError("the cache holds no cases — run 'alseg preprocess' again", cache_dir)
-    return cases
+def _as_cache(cache: CaseCache | str | Path) -> CaseCache:
+    return cache if isinstance(cache, CaseCache) else CaseCache(cache)
 
 
-def _case_shape(cache_dir: Path, case_id: str) -> tuple[int, ...]:
-    path = cache_dir / f"{case_id}.npy"
-    if not path.is_file():
-        raise AlsegError(f"case '{case_id}' is not in the cache", cache_dir)
-    return tuple(np.load(path, mmap_mode="r").shape[1:])
+def list_cases(cache_dir: CaseCache | str | Path) -> list[str]:
+    """Kept for compatibility (``alseg.loop``, ``alseg.compare``, ``alseg.strategies.redundancy``
+    call it): ``CaseCache(cache_dir).case_ids()``."""
+    return _as_cache(cache_dir).case_ids()
 
 
-def whole_case_region(cache_dir: str | Path, case_id: str) -> Region:
+def whole_case_region(cache: CaseCache | str | Path, case_id: str) -> Region:
     """The region covering a whole preprocessed case."""
-    return Region(case_id, tuple((0, s) for s in _case_shape(Path(cache_dir), case_id)))
+    return Region(case_id, tuple((0, s) for s in _as_cache(cache).shape(case_id)))
 
 
 class _CaseReader:
     """Lazily opened, memory-mapped cache arrays of one process (an LRU of open cases)."""
 
-    def __init__(self, cache_dir: Path, label_dir: Path | None):
-        self.cache_dir = cache_dir
+    def __init__(self, cache: CaseCache, label_dir: Path | None):
+        self.cache = cache
         self.label_dir = label_dir
         self._open: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -110,16 +102,16 @@ class _CaseReader:
         if case_id in self._open:
             self._open.move_to_end(case_id)
             return self._open[case_id]
-        image = np.load(self.cache_dir / f"{case_id}.npy", mmap_mode="r")
+        image = self.cache.image(case_id)
         if self.label_dir is not None:
             path = self.label_dir / f"{case_id}.npy"
             if not path.is_file():
                 raise AlsegError(f"no label volume for case '{case_id}'", path)
             label = np.load(path, mmap_mode="r")
+            if label.ndim == image.ndim:
+                label = label[0]
         else:
-            label = np.load(self.cache_dir / f"{case_id}_seg.npy", mmap_mode="r")
-        if label.ndim == image.ndim:
-            label = label[0]
+            label = self.cache.label(case_id)
         if label.shape != image.shape[1:]:
             raise AlsegError(f"label shape {label.shape} differs from the image's {image.shape[1:]}", case_id)
         self._open[case_id] = (image, label)
@@ -128,8 +120,7 @@ class _CaseReader:
         return image, label
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
-        props = json.loads((self.cache_dir / f"{case_id}.json").read_text())
-        locs = props.get("class_locations", {})
+        locs = self.cache.properties(case_id).get("class_locations", {})
         return {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in locs.items() if int(k) != 0}
 
     def __getstate__(self) -> dict[str, Any]:  # never pickle open memory maps into workers
@@ -175,7 +166,7 @@ class PatchDataset(Dataset):
 
     def __init__(
         self,
-        cache_dir: str | Path,
+        cache: CaseCache | str | Path,
         regions: Sequence[Region],
         patch_size: Sequence[int],
         length: int,
@@ -199,7 +190,7 @@ class PatchDataset(Dataset):
         self.batch_size = int(batch_size)
         self.n_forced = self.batch_size - round(self.batch_size * (1 - foreground_oversample))
         self.transforms = transforms
-        self.reader = _CaseReader(Path(cache_dir), Path(label_dir) if label_dir is not None else None)
+        self.reader = _CaseReader(_as_cache(cache), Path(label_dir) if label_dir is not None else None)
         self.seed = seed
         self.rank = 0
         self.rng: np.random.Generator | None = None
@@ -293,8 +284,8 @@ class CaseDataset(Dataset):
     """Whole preprocessed cases with the cache's labels:
     ``{"image": (C, z, y, x) float32, "label": (1, z, y, x) uint8, "case_id": str}``."""
 
-    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]):
-        self.cache_dir = Path(cache_dir)
+    def __init__(self, cache: CaseCache | str | Path, case_ids: Sequence[str]):
+        self.cache = _as_cache(cache)
         self.case_ids = list(case_ids)
 
     def __len__(self) -> int:
@@ -302,8 +293,8 @@ class CaseDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         cid = self.case_ids[i]
-        image = np.load(self.cache_dir / f"{cid}.npy")
-        label = np.load(self.cache_dir / f"{cid}_seg.npy")
+        image = np.array(self.cache.image(cid))  # a writable copy in memory (torch needs one)
+        label = np.array(self.cache.label(cid)[None])
         return {"image": torch.from_numpy(image).float(), "label": torch.from_numpy(label), "case_id": cid}
 
 
@@ -317,7 +308,7 @@ class SegDataModule(LightningDataModule):
     """Patches from ``train_regions`` for training, whole cases for validation and test.
 
     Args:
-        cache_dir: the configuration's preprocessed cache.
+        cache: the configuration's preprocessed cache (a folder is accepted too).
         config: the plan configuration (patch size, batch size, trainer.iterations_per_epoch,
             trainer.foreground_oversample), after any overrides.
         train_regions: :class:`Region` s (or pool items) to train on.
@@ -330,7 +321,7 @@ class SegDataModule(LightningDataModule):
 
     def __init__(
         self,
-        cache_dir: str | Path,
+        cache: CaseCache | str | Path,
         config: Configuration,
         train_regions: Sequence[Region],
         val_cases: Sequence[str] = (),
@@ -341,7 +332,7 @@ class SegDataModule(LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.cache_dir = Path(cache_dir)
+        self.cache = _as_cache(cache)
         self.config = config
         self.train_regions = list(train_regions)
         self.val_cases = list(val_cases)
@@ -353,12 +344,10 @@ class SegDataModule(LightningDataModule):
         self.train_dataset: PatchDataset | None = None
 
     def build_train_dataset(self) -> PatchDataset:
-        from alseg.transforms import get_training_transforms, sampling_patch_size
-
         cfg = self.config
         dims = len(cfg.patch_size)
         return PatchDataset(
-            self.cache_dir,
+            self.cache,
             self.train_regions,
             cfg.patch_size,
             length=cfg.trainer.iterations_per_epoch * cfg.batch_size,
@@ -396,7 +385,7 @@ class SegDataModule(LightningDataModule):
 
     def _cases_loader(self, cases: Sequence[str]) -> DataLoader:
         return DataLoader(
-            CaseDataset(self.cache_dir, cases),
+            CaseDataset(self.cache, cases),
             batch_size=1,
             shuffle=False,
             num_workers=min(self.num_workers, 1),

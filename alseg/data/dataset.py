@@ -20,6 +20,8 @@ import numpy as np
 from alseg.data.io import IMAGE_SUFFIXES, Geometry, read_volume
 from alseg.errors import AlsegError
 
+__all__ = ["CaseFiles", "DatasetInfo", "load_case", "load_dataset_json", "read_dataset"]
+
 
 @dataclass(frozen=True)
 class CaseFiles:

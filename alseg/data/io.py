@@ -18,6 +18,8 @@ import SimpleITK as sitk
 
 from alseg.errors import AlsegError
 
+__all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "to_sitk", "write_volume"]
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
@@ -74,7 +76,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
         if path.name.endswith((".nii", ".nii.gz")):
             reader.ReadImageInformation()
             img = reader
-            import nibabel as nib
+            import nibabel as nib  # only NIfTI files need it: imported here to keep start-up light
 
             arr = np.asanyarray(nib.load(str(path)).dataobj).T
         else:

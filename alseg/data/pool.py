@@ -1,6 +1,7 @@
 """The pool of annotation items: what active learning selects and an annotator labels.
 
-An item is a patch of a preprocessed training case (spec §1.3): for the 2D configuration a
+An item is a patch of a preprocessed training case (the paper's annotation unit; see
+docs/design-notes/data-model.md): for the 2D configuration a
 window of one slice along axis 0 of the (transposed) volume, for 3D a box. Windows have the
 plan's patch size and overlap by half a patch where a case is larger than the patch; where
 it is smaller the item is the whole extent (training pads it). Ids are stable strings:
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from alseg.data.cache import CaseCache
+
+__all__ = ["Item", "Pool", "window_starts"]
 
 
 def window_starts(size: int, patch: int) -> list[int]:
@@ -32,6 +37,8 @@ def window_starts(size: int, patch: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Item:
+    """One annotation item: a patch-sized box of one preprocessed case."""
+
     id: str
     case_id: str
     box: tuple[tuple[int, int], ...]  # (start, stop) per axis of the preprocessed volume
@@ -117,12 +124,12 @@ class Pool:
         return cls(items, config_name, patch_size)
 
     @classmethod
-    def from_cache(cls, cache_dir: Path, case_ids: list[str], config_name: str, patch_size: tuple[int, ...]) -> "Pool":
-        shapes = {}
-        for c in case_ids:
-            data = np.load(Path(cache_dir) / f"{c}.npy", mmap_mode="r")
-            shapes[c] = tuple(data.shape[1:])
-        return cls.build(shapes, config_name, patch_size)
+    def from_cache(
+        cls, cache: CaseCache | str | Path, case_ids: list[str], config_name: str, patch_size: tuple[int, ...]
+    ) -> "Pool":
+        """Items of ``case_ids`` from their preprocessed shapes (a cache folder is accepted too)."""
+        cache = cache if isinstance(cache, CaseCache) else CaseCache(cache)
+        return cls.build({c: cache.shape(c) for c in case_ids}, config_name, patch_size)
 
     def patch(self, volume: np.ndarray, i: int) -> np.ndarray:
         """The item's voxels of a (C, z, y, x) or (z, y, x) array, as (C?, *patch) for 2D/3D."""

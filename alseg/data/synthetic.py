@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 
 __all__ = ["DEFAULT_CASES", "DEFAULT_TEST_CASES", "SyntheticCase", "case_id", "generate_dataset", "synthesize_case"]
@@ -400,5 +401,5 @@ def generate_dataset(
             if pattern.match(f.name) and f.name[: -len(".nii.gz")] not in keep[name]:
                 f.unlink()
 
-    (out / "dataset.json").write_text(json.dumps(_dataset_json(train_ids, test_ids, seed, dims, ct), indent=2) + "\n")
+    atomic_write_text(out / "dataset.json", json.dumps(_dataset_json(train_ids, test_ids, seed, dims, ct), indent=2) + "\n")
     return out

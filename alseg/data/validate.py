@@ -16,6 +16,8 @@ from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
 from alseg.errors import AlsegError
 from alseg.progress import progress_map
 
+__all__ = ["CaseSummary", "CheckResult", "check_case", "check_dataset"]
+
 
 @dataclass
 class CaseSummary:

@@ -1,4 +1,5 @@
-"""nnU-Net's training loss: Dice + cross-entropy, deep supervision with halving weights (spec §5).
+"""nnU-Net's training loss: Dice + cross-entropy, deep supervision with halving weights
+(``nnUNetTrainer``: ``DC_and_CE_loss`` in a ``DeepSupervisionWrapper``).
 
 The Dice term is nnU-Net's ``MemoryEfficientSoftDiceLoss`` in MONAI terms: softmax, one-hot
 targets, background excluded (``do_bg=False``), *batch* Dice (intersection and sums over the

@@ -1,4 +1,4 @@
-"""Test Dice per foreground class (spec §6), with MONAI's Dice.
+"""Test Dice per foreground class on the preprocessed grid (docs/design-notes/data-model.md), with MONAI's Dice.
 
 Empty classes: when a case has no voxel of class ``c`` in the ground truth, its Dice is 1.0
 if the prediction has none either and 0.0 otherwise (MONAI ``ignore_empty=False``). nnU-Net
@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
-__all__ = ["dice_per_class", "mean_dice"]
+__all__ = ["dice_per_class", "mean_dice", "metric_names"]
+
+
+def metric_names(labels: dict[int, str]) -> dict[int, str]:
+    """``{class index: "dice_<name>"}`` for the foreground classes (spaces become underscores)."""
+    return {int(c): "dice_" + str(name).replace(" ", "_") for c, name in sorted(labels.items()) if int(c) != 0}
 
 
 def dice_per_class(pred_labels, gt_labels, n_classes: int) -> dict[int, float]:

@@ -1,11 +1,10 @@
 """The LightningModule: network, loss, optimiser and evaluation of one plan configuration.
 
-Thin on purpose (Lightning style): the Trainer owns devices, precision and DDP; the
-callbacks at the end of this file own the output files (:func:`alseg.model.train.fit` uses
-them). The module is rebuilt from its hyperparameters (the plan as a dict, the configuration
+Thin on purpose (Lightning style): the Trainer (:mod:`alseg.model.trainer`) owns devices,
+precision and DDP; the callbacks of :mod:`alseg.model.callbacks` own the output files. The module is rebuilt from its hyperparameters (the plan as a dict, the configuration
 name and the overrides), so ``load_from_checkpoint`` needs nothing else.
 
-Optimisation is nnU-Net v2's (spec §5), read from the plan's ``Trainer`` and overridable:
+Optimisation is nnU-Net v2's (``nnUNetTrainer``: ``configure_optimizers``, ``PolyLRScheduler``), read from the plan's ``Trainer`` and overridable:
 SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5) with poly decay
 ``lr_t = lr * (1 - t / T) ** 0.9`` stepped every iteration; ``T`` is the number of optimiser
 steps the Trainer will take (``epochs * iterations_per_epoch`` on one device; under DDP each
@@ -19,26 +18,20 @@ Validation and test take one whole preprocessed case per batch, predict it with
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import LightningModule
 from pydantic import ValidationError
 
-from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.loss import SegLoss
-from alseg.model.metrics import dice_per_class, mean_dice
+from alseg.model.metrics import dice_per_class, mean_dice, metric_names
 from alseg.model.network import SegNetwork, build_network
 from alseg.plans.models import Configuration, Network, Plans, Trainer
 
-__all__ = ["FinalCheckpoint", "MetricsCSV", "SegmentationModule", "apply_overrides", "metric_names", "metrics_columns"]
+__all__ = ["SegmentationModule", "apply_overrides", "metric_names"]
 
 _CONFIG_FIELDS = ("batch_size", "patch_size")
 
@@ -69,11 +62,6 @@ def apply_overrides(config: Configuration, overrides: dict[str, Any] | None) -> 
     except ValidationError as e:
         err = e.errors()[0]
         raise AlsegError(f"invalid override {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def metric_names(labels: dict[int, str]) -> dict[int, str]:
-    """``{class index: "dice_<name>"}`` for the foreground classes (spaces become underscores)."""
-    return {int(c): "dice_" + str(name).replace(" ", "_") for c, name in sorted(labels.items()) if int(c) != 0}
 
 
 class SegmentationModule(LightningModule):
@@ -157,73 +145,3 @@ class SegmentationModule(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, float]:
         return self._eval_step(batch)
-
-
-# ---------------------------------------------------------------------------- callbacks
-def metrics_columns(labels: dict[int, str]) -> list[str]:
-    """Columns of ``metrics.csv``: epoch, train_loss, dice_mean, dice_<label>..."""
-    return ["epoch", "train_loss", "dice_mean", *metric_names(labels).values()]
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v) if isinstance(v, int) else f"{v:.6g}"
-
-
-class MetricsCSV(Callback):
-    """One row per training epoch in ``path`` (``metrics_columns``), rewritten atomically on
-    global rank 0. Rows of later epochs are dropped, so a resumed run continues the file; a
-    ``trainer.validate`` after fit fills the last epoch's Dice. Epochs without validation
-    leave the Dice cells empty."""
-
-    def __init__(self, path: str | Path, columns: list[str]):
-        self.path = Path(path)
-        self.columns = columns
-        self.dice: dict[str, float] = {}
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        m = trainer.callback_metrics
-        self.dice = {k: float(m[k]) for k in self.columns[2:] if k in m}
-        if trainer.state.fn != "fit":  # trainer.validate() after fit
-            self._write(trainer, trainer.current_epoch - 1, None)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # runs after that epoch's validation
-        loss = trainer.callback_metrics.get("train_loss_epoch")
-        self._write(trainer, trainer.current_epoch, None if loss is None else float(loss))
-        self.dice = {}
-
-    def _write(self, trainer, epoch: int, loss: float | None) -> None:
-        if not trainer.is_global_zero:
-            return
-        from alseg.model.train import read_metrics
-
-        rows = {r["epoch"]: r for r in read_metrics(self.path) if r["epoch"] <= epoch}
-        row = rows.get(epoch, {"epoch": epoch})
-        if loss is not None:
-            row["train_loss"] = loss
-        row.update(self.dice)
-        rows[epoch] = row
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        for e in sorted(rows):
-            writer.writerow({c: _fmt(rows[e].get(c)) for c in self.columns})
-        atomic_write_text(self.path, buf.getvalue())
-
-
-class FinalCheckpoint(Callback):
-    """``path`` once fit ends: weights and hyperparameters, enough for ``load_from_checkpoint``
-    and ``init_checkpoint`` (no optimiser state; resuming uses ``checkpoints/last.ckpt``).
-    Every rank calls ``save_checkpoint`` (a collective), rank 0 writes and renames."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=True)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)

@@ -4,8 +4,8 @@ Why a subclass of :class:`monai.networks.nets.DynUNet`: the topology (kernels, s
 features per stage, instance norm, leaky ReLU, deep supervision) is exactly nnU-Net's and
 MONAI already builds it from those concepts. Four things differ, three for active learning:
 
-* **Dropout where the spec wants it** (spec §2): one :class:`MCDropout` after *each conv of
-  the encoder and decoder blocks* (``conv -> dropout -> norm -> nonlin``, nnU-Net's
+* **Dropout where the paper puts it** (MC dropout; docs/design-notes/data-model.md): one
+  :class:`MCDropout` after *each conv of the encoder and decoder blocks* (``conv -> dropout -> norm -> nonlin``, nnU-Net's
   ``ConvDropoutNormReLU`` order), none after the transposed convs and none in the
   segmentation heads. DynUNet's own ``dropout=`` would also hit the heads, so the network is
   built without it and the modules are inserted into the blocks' ``Convolution`` sequences.
@@ -23,8 +23,8 @@ MONAI already builds it from those concepts. Four things differ, three for activ
   that head is not built here (``deep_supr_num = n_stages - 3``), which saves compute and
   keeps DDP free of unused parameters. With ``n_stages == 3`` no head remains and deep
   supervision is off.
-* **Features and gradients for the strategies** (spec §3, §4): :meth:`SegNetwork.bottleneck_features`
-  (Core-Set), :attr:`SegNetwork.last_decoder_layer` and :func:`head_gradient_embedding`
+* **Features and gradients for the strategies** (the paper's Core-Set, BADGE and USIM):
+  :meth:`SegNetwork.bottleneck_features` (Core-Set), :attr:`SegNetwork.last_decoder_layer` and :func:`head_gradient_embedding`
   (BADGE), :meth:`SegNetwork.bottleneck_parameters` / :meth:`SegNetwork.decoder_parameters`
   with :func:`per_sample_gradients` (USIMC / USIMF).
 
@@ -148,7 +148,7 @@ class SegNetwork(DynUNet):
 
     @property
     def last_decoder_layer(self) -> nn.Conv2d | nn.Conv3d:
-        """The final segmentation head: a 1x1 conv with bias, ``F_0 -> K`` (BADGE(LL), spec §3)."""
+        """The final segmentation head: a 1x1 conv with bias, ``F_0 -> K`` (BADGE(LL), Ash et al. 2020)."""
         return self.output_block.conv.conv
 
     def head_parameters(self) -> list[str]:
@@ -156,11 +156,11 @@ class SegNetwork(DynUNet):
         return ["output_block.conv.conv.weight", "output_block.conv.conv.bias"]
 
     def bottleneck_parameters(self) -> list[str]:
-        """Names of the bottleneck block's conv weights (USIMC, spec §4.5), in forward order."""
+        """Names of the bottleneck block's conv weights (USIMC, the paper's §3.3), in forward order."""
         return ["bottleneck.conv1.conv.weight", "bottleneck.conv2.conv.weight"]
 
     def decoder_parameters(self) -> list[str]:
-        """Names of the decoder's conv weights (USIMF, spec §4.5): per decoder stage, coarsest
+        """Names of the decoder's conv weights (USIMF, the paper's §3.3): per decoder stage, coarsest
         first, the transposed conv then the two block convs. Norms and heads are excluded."""
         names = []
         for i in range(len(self.upsamples)):
@@ -195,7 +195,7 @@ class SegNetwork(DynUNet):
         return h
 
     def bottleneck_features(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Global-average-pooled activation of the bottleneck block (Core-Set, spec §3): ``(N, F_b)``.
+        """Global-average-pooled activation of the bottleneck block (Core-Set, Sener & Savarese 2018): ``(N, F_b)``.
 
         ``valid`` (``(N, *S)``, bool) marks real pixels of padded items: each bottleneck cell is
         then weighted by the share of valid pixels it covers, so padding does not dilute the mean.
@@ -211,7 +211,7 @@ class SegNetwork(DynUNet):
 
 
 def build_network(config: Configuration, in_channels: int, n_classes: int) -> SegNetwork:
-    """The network of a plan configuration (spec §5)."""
+    """The network of a plan configuration (nnU-Net's U-Net as MONAI's DynUNet; module docstring)."""
     net = config.network
     return SegNetwork(
         spatial_dims=net.dims,
@@ -242,7 +242,7 @@ def unwrap_network(model: nn.Module) -> SegNetwork:
 
 @contextmanager
 def mc_dropout(model: nn.Module, p: float | None = None) -> Iterator[nn.Module]:
-    """Monte-Carlo dropout passes (spec §2): the network in eval mode with only its
+    """Monte-Carlo dropout passes (Gal & Ghahramani 2016): the network in eval mode with only its
     :class:`MCDropout` modules in train mode at rate ``p`` (default: the network's
     ``dropout_mc``). Every module's mode and every dropout rate is restored on exit.
 
@@ -298,7 +298,7 @@ def per_sample_gradients(
     """Per-sample gradients of the pseudo-label cross-entropy w.r.t. a parameter group: ``(N, P)``.
 
     For each sample ``x_n`` (one item) the loss is ``sum_pixels CE(f(x_n), y_n)`` with
-    ``y_n = argmax f(x_n)`` (the pseudo-label, spec §3/§4.5) unless ``targets`` (N, *S) are
+    ``y_n = argmax f(x_n)`` (the pseudo-label of BADGE and of the paper's §3.3) unless ``targets`` (N, *S) are
     given; target pixels equal to :data:`IGNORE_INDEX` add nothing. The gradient is of the
     loss, i.e. ``-∇ log p(ȳ|x)``; cosine similarities, the Fisher diagonal and the Fisher
     kernel are unchanged by the sign.
@@ -346,7 +346,7 @@ def per_sample_gradients(
 
 
 def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = None) -> Tensor:
-    """BADGE(LL) gradient embedding (spec §3) in closed form: ``(N, K * (F_0 + 1))``.
+    """BADGE(LL) gradient embedding (Ash et al. 2020) in closed form: ``(N, K * (F_0 + 1))``.
 
     For the 1x1 head conv ``z = W h + b`` and the pseudo-label ``ŷ = argmax z`` the gradient
     of ``sum_pixels CE(z, ŷ)`` is ``sum_pixels (softmax(z) - onehot(ŷ)) ⊗ [h, 1]``; the rows

@@ -10,25 +10,36 @@ Output directory::
 The fold split is nnU-Net v2's (:func:`make_split`); the training cases are whole-case
 regions and the held-out cases are predicted in full for the Dice every validation epoch.
 :func:`fit` is the part the active loop reuses with its own data module (labelled items,
-oracle labels). Files are written by callbacks on global rank 0; the Trainer owns devices
-(``accelerator="auto"``: a GPU when present), precision and DDP.
+oracle labels). Files are written by callbacks on global rank 0 (:mod:`alseg.model.callbacks`);
+the Trainer (:func:`alseg.model.trainer.make_trainer`, the same rules as the active loop's)
+owns devices (``accelerator="auto"``: a GPU when present), precision and DDP.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from sklearn.model_selection import KFold
+
+from alseg.data.cache import CaseCache
+from alseg.data.datamodule import SegDataModule, whole_case_region
 from alseg.errors import AlsegError
+from alseg.model.callbacks import FinalCheckpoint, MetricsCSV, metrics_columns, read_metrics
+from alseg.model.module import SegmentationModule
+from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
 
-__all__ = ["make_split", "fit", "train", "read_metrics"]
+__all__ = ["fit", "load_weights", "make_split", "read_metrics", "train"]
 
 SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
-GRADIENT_CLIP = 12.0  # nnU-Net v2 clips the gradient norm at 12
+# read_metrics: moved to alseg.model.callbacks (re-exported here); GRADIENT_CLIP: moved to alseg.model.trainer
 
 
 def make_split(
@@ -36,8 +47,6 @@ def make_split(
 ) -> tuple[list[str], list[str]]:
     """nnU-Net v2's cross-validation split: ``KFold(n_folds, shuffle=True, random_state=seed)``
     over the sorted case ids; returns ``(train_ids, test_ids)`` of fold ``fold``."""
-    from sklearn.model_selection import KFold
-
     ids = sorted(case_ids)
     if not 0 <= fold < n_folds:
         raise AlsegError(f"fold {fold} does not exist — choose 0..{n_folds - 1}")
@@ -48,21 +57,9 @@ def make_split(
     return [ids[i] for i in train_idx], [ids[i] for i in test_idx]
 
 
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a ``metrics.csv`` (empty cells are NaN)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else float(v) if v != "" else math.nan) for k, v in row.items()})
-    return rows
-
-
 def fit(
-    module,
-    datamodule,
+    module: SegmentationModule,
+    datamodule: SegDataModule,
     out_dir: str | Path,
     *,
     devices: int | str | Sequence[int] = "auto",
@@ -78,15 +75,9 @@ def fit(
     ``val_every`` epochs and after the last one; writes ``out_dir`` (see the module docstring)
     and returns the last row of ``metrics.csv``.
 
-    ``precision=None``: ``"16-mixed"`` on a GPU (nnU-Net trains with AMP), else 32-bit.
+    ``precision=None``: ``"16-mixed"`` on a GPU (nnU-Net trains with AMP), else 32-bit
+    (:class:`~alseg.model.trainer.TrainerSettings`).
     """
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from alseg.model.module import FinalCheckpoint, MetricsCSV, metrics_columns
-
     out_dir = Path(out_dir)
     last = out_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -94,8 +85,7 @@ def fit(
     if not resume and last.exists():
         raise AlsegError("holds a previous run — pass --resume to continue it or choose another output directory", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if precision is None:
-        precision = "16-mixed" if torch.cuda.is_available() else "32-true"
+    settings = TrainerSettings(devices=devices, strategy=strategy, precision=precision)
     pl.seed_everything(seed, workers=False, verbose=False)
     epochs = module.config.trainer.epochs
     iters = module.config.trainer.iterations_per_epoch
@@ -107,22 +97,16 @@ def fit(
     ]
     if progress:
         callbacks.append(RichProgressBar())
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
+    trainer = make_trainer(
+        settings,
         max_epochs=epochs,
         callbacks=callbacks,
         logger=[CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")],
+        show_progress=progress,
+        validate=True,
+        iterations_per_epoch=iters,
         default_root_dir=out_dir,
         check_val_every_n_epoch=val_every,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, iters)),
-        gradient_clip_val=GRADIENT_CLIP,
-        gradient_clip_algorithm="norm",
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     rows = read_metrics(out_dir / "metrics.csv")
@@ -136,7 +120,7 @@ def fit(
 def train(
     plans: str | Path | Plans,
     config_name: str,
-    cache_dir: str | Path,
+    cache_dir: CaseCache | str | Path,
     out_dir: str | Path,
     fold: int = 0,
     epochs: int | None = None,
@@ -160,7 +144,7 @@ def train(
     Args:
         plans: ``plans.json`` path or a loaded :class:`Plans`.
         config_name: ``"2d"`` or ``"3d_fullres"``.
-        cache_dir: the configuration's preprocessed cache.
+        cache_dir: the configuration's preprocessed cache (a :class:`CaseCache` or its folder).
         out_dir: output directory (see the module docstring).
         fold: nnU-Net fold (0..n_folds-1) held out for evaluation.
         epochs, iters_per_epoch: override the plan's trainer settings.
@@ -178,22 +162,18 @@ def train(
     Returns:
         The last row of ``metrics.csv``: ``epoch``, ``train_loss``, ``dice_mean``, ``dice_<label>``.
     """
-    from alseg.data.datamodule import SegDataModule, list_cases, whole_case_region
-    from alseg.model.module import SegmentationModule
-
-    import lightning.pytorch as pl
-
+    cache = cache_dir if isinstance(cache_dir, CaseCache) else CaseCache(cache_dir)
     plans = plans if isinstance(plans, Plans) else load_plans(plans)
     pl.seed_everything(seed, workers=False, verbose=False)  # the network's initial weights
     all_overrides = {**(overrides or {}), "epochs": epochs, "iterations_per_epoch": iters_per_epoch}
     module = SegmentationModule(plans, config_name, overrides={k: v for k, v in all_overrides.items() if v is not None})
     if init_checkpoint is not None:
         load_weights(module, init_checkpoint)
-    train_ids, test_ids = make_split(list_cases(cache_dir), fold, n_folds)
+    train_ids, test_ids = make_split(cache.case_ids(), fold, n_folds)
     datamodule = SegDataModule(
-        cache_dir,
+        cache,
         module.config,
-        [whole_case_region(cache_dir, c) for c in train_ids],
+        [whole_case_region(cache, c) for c in train_ids],
         val_cases=test_ids,
         num_workers=num_workers,
         augment=augment,
@@ -213,11 +193,9 @@ def train(
     )
 
 
-def load_weights(module, checkpoint: str | Path) -> None:
+def load_weights(module: SegmentationModule, checkpoint: str | Path) -> None:
     """Copy the network weights of a checkpoint (Lightning ``.ckpt`` or a bare state dict) into
     ``module``: fine-tuning keeps nothing else (fresh optimiser and schedule)."""
-    import torch
-
     path = Path(checkpoint)
     if not path.is_file():
         raise AlsegError("checkpoint not found", path)

@@ -1,36 +1,119 @@
-"""Interim Trainer factory (replaced by the model package's own)."""
+"""The one place a Lightning ``Trainer`` is configured: devices, precision, clipping, determinism.
+
+Full-data training (``alseg train``), the active-learning rounds and the redundancy check must
+train alike, or their results cannot be compared; so they all go through :func:`make_trainer`
+with a :class:`TrainerSettings`. The rules, once:
+
+* **precision** ``None`` resolves to ``"16-mixed"`` when a CUDA GPU is used (nnU-Net trains
+  with AMP) and ``"32-true"`` otherwise; an explicit value is kept.
+* **gradient clipping** at norm 12 (nnU-Net v2's ``nnUNetTrainer.train_step``).
+* **deterministic** ``None`` resolves to ``"warn"`` on CPU (reproducible where torch can be,
+  a warning where it cannot) and ``False`` on CUDA (deterministic cuDNN kernels are slow and
+  some 3D ones do not exist).
+* **log_every_n_steps** ``max(1, min(50, iterations_per_epoch))``: at least one logged step per
+  epoch when epochs are short.
+* validation and the sanity check only when asked (``validate=True``); checkpointing only when
+  a ``ModelCheckpoint`` is among the callbacks (no stray ``lightning_logs`` checkpoints).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
-from pydantic import BaseModel
+from lightning.pytorch.callbacks import ModelCheckpoint
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["GRADIENT_CLIP", "TrainerSettings", "make_trainer", "resolved_trainer_kwargs", "uses_cuda"]
+
+GRADIENT_CLIP = 12.0  # nnU-Net v2 clips the gradient norm at 12
+MAX_LOG_EVERY = 50  # Lightning's default log_every_n_steps
 
 
 class TrainerSettings(BaseModel):
+    """What may differ between machines and runs; everything else is fixed by :func:`make_trainer`."""
+
+    model_config = ConfigDict(extra="forbid")
+
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str | list[int] = "auto"
     strategy: str = "auto"
     precision: str | int | None = None
-    gradient_clip_val: float = 12.0
+    gradient_clip_val: float = GRADIENT_CLIP
+    deterministic: bool | Literal["warn"] | None = None
 
 
-def resolved_trainer_kwargs(settings: TrainerSettings, *, max_epochs: int, show_progress: bool = True,
-                            validate: bool = False) -> dict[str, Any]:
-    cuda = torch.cuda.is_available()
-    precision = settings.precision or ("16-mixed" if cuda else "32-true")
-    return dict(accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy,
-                precision=precision, max_epochs=max_epochs, gradient_clip_val=settings.gradient_clip_val,
-                deterministic="warn" if not cuda else False, enable_progress_bar=show_progress,
-                enable_model_summary=False, enable_checkpointing=False,
-                **({} if validate else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
+def uses_cuda(settings: TrainerSettings) -> bool:
+    """Whether the Trainer will run on a CUDA GPU (``accelerator`` auto/gpu/cuda and one present)."""
+    return settings.accelerator in ("auto", "gpu", "cuda") and settings.devices != 0 and torch.cuda.is_available()
 
 
-def make_trainer(settings: TrainerSettings, *, max_epochs: int, callbacks: Sequence = (), logger=None,
-                 show_progress: bool = True, validate: bool = False, **extra):
-    import lightning.pytorch as pl
+def resolved_trainer_kwargs(
+    settings: TrainerSettings,
+    *,
+    max_epochs: int,
+    callbacks: Sequence[Any] = (),
+    logger: Any = None,
+    show_progress: bool = True,
+    validate: bool = False,
+    iterations_per_epoch: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The keyword arguments :func:`make_trainer` passes to ``lightning.pytorch.Trainer``.
 
-    kwargs = resolved_trainer_kwargs(settings, max_epochs=max_epochs, show_progress=show_progress, validate=validate)
+    ``logger=None`` means no logger. ``extra`` (e.g. ``default_root_dir``,
+    ``check_val_every_n_epoch``) is added last and wins.
+    """
+    cuda = uses_cuda(settings)
+    precision = settings.precision if settings.precision is not None else ("16-mixed" if cuda else "32-true")
+    deterministic = settings.deterministic if settings.deterministic is not None else (False if cuda else "warn")
+    callbacks = list(callbacks)
+    kwargs: dict[str, Any] = {
+        "accelerator": settings.accelerator,
+        "devices": settings.devices,
+        "strategy": settings.strategy,
+        "precision": precision,
+        "deterministic": deterministic,
+        "gradient_clip_val": settings.gradient_clip_val,
+        "gradient_clip_algorithm": "norm",
+        "max_epochs": max_epochs,
+        "callbacks": callbacks,
+        "logger": logger if logger is not None else False,
+        "enable_checkpointing": any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
+        "enable_progress_bar": show_progress,
+        "enable_model_summary": show_progress,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": MAX_LOG_EVERY if iterations_per_epoch is None else max(1, min(MAX_LOG_EVERY, iterations_per_epoch)),
+    }
+    if not validate:
+        kwargs["limit_val_batches"] = 0
     kwargs.update(extra)
-    return pl.Trainer(callbacks=list(callbacks), logger=logger if logger is not None else False, **kwargs)
+    return kwargs
+
+
+def make_trainer(
+    settings: TrainerSettings,
+    *,
+    max_epochs: int,
+    callbacks: Sequence[Any] = (),
+    logger: Any = None,
+    show_progress: bool = True,
+    validate: bool = False,
+    iterations_per_epoch: int | None = None,
+    **extra: Any,
+) -> pl.Trainer:
+    """A Lightning Trainer with alseg's rules (module docstring); see :func:`resolved_trainer_kwargs`."""
+    return pl.Trainer(
+        **resolved_trainer_kwargs(
+            settings,
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            logger=logger,
+            show_progress=show_progress,
+            validate=validate,
+            iterations_per_epoch=iterations_per_epoch,
+            **extra,
+        )
+    )

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
-from alseg.data.preprocess import crop_to_nonzero, default_workers, make_executor
+from alseg.data.crop import crop_to_nonzero
+from alseg.data.workers import default_workers, make_executor
 from alseg.errors import AlsegError
 from alseg.plans.models import Fingerprint, IntensityStats
 from alseg.progress import progress_map
+
+__all__ = ["CaseFingerprint", "analyze_case", "extract_fingerprint", "intensity_stats"]
 
 N_FOREGROUND_SAMPLES = int(10e7)
 """Foreground intensity samples per channel over the whole dataset (nnU-Net: ``10e7``)."""

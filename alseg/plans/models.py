@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from alseg.errors import AlsegError
 from alseg.atomic import atomic_write_text
 
+__all__ = ["SCHEMA_VERSION", "Configuration", "Fingerprint", "IntensityStats", "Network", "Normalization", "Plans", "Resampling", "Trainer", "load_fingerprint", "load_model", "load_plans", "save_model"]
+
 SCHEMA_VERSION = 1
 ConfigName = Literal["2d", "3d_fullres"]
 
@@ -102,7 +104,7 @@ class Network(_Model):
     negative_slope: float = 0.01
     conv_bias: bool = True
     deep_supervision: bool = True
-    dropout_train: float = Field(0.01, ge=0, lt=1, description="rate during training (spec §2); 0 disables dropout")
+    dropout_train: float = Field(0.01, ge=0, lt=1, description="rate during training (docs/design-notes/data-model.md); 0 disables dropout")
     dropout_mc: float = Field(0.1, ge=0, lt=1, description="rate during Monte-Carlo passes")
 
     @model_validator(mode="after")
@@ -128,7 +130,7 @@ class Network(_Model):
 
 
 class Trainer(_Model):
-    """nnU-Net v2's training recipe (spec §5); every field can be overridden from the CLI."""
+    """nnU-Net v2's training recipe (``nnUNetTrainer``'s defaults); every field can be overridden from the CLI."""
 
     loss: Literal["dice_ce"] = "dice_ce"
     optimizer: Literal["sgd"] = "sgd"

@@ -13,9 +13,17 @@ own additions (dropout for MC passes, the trainer recipe), which nnU-Net has no 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from alseg.plans.models import Configuration, Fingerprint, Plans
+from alseg.plans.patch_size import DEFAULT_GPU_MEMORY_GB, patch_and_topology
+
+LOWRES_CREATION_THRESHOLD = 0.25  # 3d_lowres when the fullres patch covers < 25 % of the median image
+LOWRES_SPACING_INCREASE = 1.03  # spacing_increase_factor of the lowres search
+
+__all__ = ["nnunet_would_plan_lowres", "to_nnunet_plans"]
 
 NNUNET_PLANS_NAME = "nnUNetPlans"
 NETWORK_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -78,14 +86,41 @@ def _configuration(conf: Configuration, batch_dice: bool, plans_name: str) -> di
     }
 
 
+def nnunet_would_plan_lowres(
+    fullres: Configuration, median_shape: Sequence[float], n_classes: int, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
+) -> bool:
+    """Whether nnU-Net v2 would add ``3d_lowres`` next to this ``3d_fullres`` (it then sets batch_dice).
+
+    While the patch covers < 25 % of the median image, the spacing grows by 3 % (the anisotropic
+    axes first) and the patch is re-planned; the lowres configuration is dropped again when the
+    median image shrank by less than 2x.
+    """
+    base = np.asarray(fullres.spacing, dtype=np.float64)
+    shape = np.asarray(median_shape, dtype=np.float64)
+    median_voxels = float(np.prod(shape))
+    patch_voxels = float(np.prod(fullres.patch_size, dtype=np.float64))
+    spacing = base.copy()
+    planned = False
+    while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
+        ratio = spacing.max() / spacing
+        if np.any(ratio > 2):
+            spacing[ratio > 2] *= LOWRES_SPACING_INCREASE
+        else:
+            spacing *= LOWRES_SPACING_INCREASE
+        median_voxels = float(np.prod(base / spacing * shape))
+        lowres_shape = [round(i) for i in base / spacing * shape]
+        topo, _, _, _ = patch_and_topology(spacing, lowres_shape, n_classes, gpu_memory_gb)
+        patch_voxels = float(np.prod(topo.patch_size, dtype=np.float64))
+        planned = True
+    return planned and float(np.prod(shape)) / median_voxels >= 2
+
+
 def to_nnunet_plans(plans: Plans, fingerprint: Fingerprint, plans_name: str = NNUNET_PLANS_NAME) -> dict[str, Any]:
     """``nnUNetPlans.json`` content for ``plans``; ``fingerprint`` supplies the intensity statistics.
 
     ``batch_dice`` follows nnU-Net: True for ``2d``; for ``3d_fullres`` True only when nnU-Net
     would also have planned a ``3d_lowres`` configuration.
     """
-    from alseg.plans.planner import nnunet_would_plan_lowres
-
     configurations: dict[str, Any] = {}
     if "2d" in plans.configurations:
         configurations["2d"] = _configuration(plans.configurations["2d"], True, plans_name)

@@ -16,8 +16,9 @@ transposed order. The result is a validated :class:`~alseg.plans.models.Plans`.
 
 nnU-Net also plans ``3d_lowres`` (and the cascade) when the full-resolution patch covers less
 than 25 % of the median image; alseg does not train a cascade, so that configuration is not
-written, but :func:`nnunet_would_plan_lowres` reproduces the decision for the nnU-Net export
-(it sets ``batch_dice`` of ``3d_fullres``).
+written, but :func:`alseg.plans.nnunet_export.nnunet_would_plan_lowres` reproduces the decision
+for the nnU-Net export (it sets ``batch_dice`` of ``3d_fullres``). The patch-size search both
+use is :mod:`alseg.plans.patch_size`.
 
 :func:`plan_dataset` (fingerprint + plan + files) and :func:`summarize_plans` (a rich table) are
 the entry points of ``alseg plan``.
@@ -30,8 +31,13 @@ from typing import Sequence
 
 import numpy as np
 
-from alseg.data.preprocess import compute_new_shape
+from rich.table import Table
+
+from alseg.atomic import atomic_write_json
+from alseg.data.dataset import read_dataset
+from alseg.data.resample import compute_new_shape
 from alseg.errors import AlsegError
+from alseg.plans.fingerprint import extract_fingerprint
 from alseg.plans.models import (
     Configuration,
     Fingerprint,
@@ -41,34 +47,25 @@ from alseg.plans.models import (
     Resampling,
     save_model,
 )
-from alseg.plans.topology import (
-    MIN_FEATURE_MAP_SIZE,
-    conv_feature_map_size,
-    features_per_stage,
-    get_pool_and_conv_props,
+from alseg.plans.nnunet_export import nnunet_would_plan_lowres, to_nnunet_plans  # nnunet_would_plan_lowres: moved to nnunet_export
+from alseg.plans.patch_size import (
+    BASE_FEATURES,
+    DEFAULT_GPU_MEMORY_GB,
+    MAX_FEATURES_2D,
+    MAX_FEATURES_3D,
+    N_CONV_PER_STAGE,
+    initial_patch_size,
+    patch_and_topology,
 )
+from alseg.plans.topology import features_per_stage
 
 # -- nnU-Net v2 constants (default_experiment_planner.py, configuration.py) -----------------
 ANISOTROPY_THRESHOLD = 3.0  # ANISO_THRESHOLD
 ANISOTROPIC_AXIS_PERCENTILE = 10  # target spacing of an anisotropic axis: its 10th percentile
 ANISOTROPIC_SPACING_MARGIN = 1e-5  # added when the anisotropic axis is raised to the others
-BASE_FEATURES = 32  # UNet_base_num_features
-MAX_FEATURES_3D = 320  # UNet_max_features_3d
-MAX_FEATURES_2D = 512  # UNet_max_features_2d
-N_CONV_PER_STAGE = 2  # UNet_blocks_per_stage_encoder / _decoder
-INITIAL_PATCH_EDGE_3D = 256  # initial patch volume 256^3 ...
-INITIAL_PATCH_EDGE_2D = 2048  # ... or 2048^2, before clipping to the median shape
-REFERENCE_VRAM_3D = 560_000_000  # UNet_reference_val_3d (conv feature-map voxels)
-REFERENCE_VRAM_2D = 85_000_000  # UNet_reference_val_2d
-REFERENCE_GPU_GB = 8.0  # UNet_reference_val_corresp_GB
-REFERENCE_BATCH_3D = 2  # UNet_reference_val_corresp_bs_3d
-REFERENCE_BATCH_2D = 12  # UNet_reference_val_corresp_bs_2d
 MIN_BATCH_SIZE = 2  # UNet_min_batch_size
 MAX_DATASET_COVERED = 0.05  # one batch covers at most 5 % of the dataset's voxels
 MASK_FOR_NORM_RELATIVE_SIZE = 0.75  # use_mask_for_norm when cropping kept < 3/4 of the image
-LOWRES_CREATION_THRESHOLD = 0.25  # 3d_lowres when the fullres patch covers < 25 % of the median image
-LOWRES_SPACING_INCREASE = 1.03  # spacing_increase_factor of the lowres search
-DEFAULT_GPU_MEMORY_GB = 8.0
 
 # -- sanity limits of alseg (not nnU-Net's) ----------------------------------------------------
 MAX_SPACING_MM = 1e3  # nnU-Net's fake 999 mm slice spacing of 2D data is below this
@@ -188,45 +185,6 @@ def determine_normalization(fp: Fingerprint) -> list[Normalization]:
     return out
 
 
-def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) -> np.ndarray:
-    """Aspect ratio of 1/spacing scaled to 256^3 (3D) or 2048^2 (2D) voxels, clipped to the median shape."""
-    inv = 1.0 / np.asarray(spacing, dtype=np.float64)
-    dim = len(spacing)
-    edge = INITIAL_PATCH_EDGE_3D if dim == 3 else INITIAL_PATCH_EDGE_2D
-    patch = [round(i) for i in inv * (edge**dim / np.prod(inv)) ** (1 / dim)]
-    return np.array([min(p, m) for p, m in zip(patch, median_shape)], dtype=np.float64)
-
-
-def estimate_vram(patch_size: Sequence[int], strides, n_classes: int, max_features: int) -> int:
-    """The planner's memory proxy for one patch (see :func:`~alseg.plans.topology.conv_feature_map_size`)."""
-    feats = features_per_stage(len(strides), max_features, BASE_FEATURES)
-    return conv_feature_map_size(patch_size, strides, feats, n_classes, N_CONV_PER_STAGE, N_CONV_PER_STAGE)
-
-
-def _patch_and_topology(spacing, median_shape, n_classes: int, gpu_memory_gb: float):
-    """The patch-size search shared by every configuration; returns (topology, estimate, reference, ref_bs)."""
-    dim = len(spacing)
-    max_features = MAX_FEATURES_3D if dim == 3 else MAX_FEATURES_2D
-    reference = (REFERENCE_VRAM_3D if dim == 3 else REFERENCE_VRAM_2D) * gpu_memory_gb / REFERENCE_GPU_GB
-    ref_bs = REFERENCE_BATCH_3D if dim == 3 else REFERENCE_BATCH_2D
-
-    topo = get_pool_and_conv_props(spacing, initial_patch_size(spacing, median_shape), MIN_FEATURE_MAP_SIZE)
-    estimate = estimate_vram(topo.patch_size, topo.strides, n_classes, max_features)
-    # nnU-Net enforces room for batch 2 (the references were measured at ref_bs).
-    while estimate / ref_bs * 2 > reference:
-        patch = list(topo.patch_size)
-        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
-        # Subtract the current divisor, recompute the divisor of the smaller patch and subtract
-        # that instead, so that valid sizes between two multiples are not skipped.
-        trial = list(patch)
-        trial[axis] -= topo.divisible_by[axis]
-        step = get_pool_and_conv_props(spacing, trial, MIN_FEATURE_MAP_SIZE).divisible_by[axis]
-        patch[axis] -= step
-        topo = get_pool_and_conv_props(spacing, patch, MIN_FEATURE_MAP_SIZE)
-        estimate = estimate_vram(topo.patch_size, topo.strides, n_classes, max_features)
-    return topo, estimate, reference, ref_bs
-
-
 def determine_batch_size(estimate: int, reference: float, ref_bs: int, n_voxels_dataset: float, patch_size: Sequence[int]) -> int:
     """``round(reference / estimate * ref_bs)``, capped at 5 % of the dataset's voxels, at least 2."""
     batch = round(reference / estimate * ref_bs)
@@ -252,7 +210,7 @@ def plan_configuration(
     if not all(s > 0 for s in spacing):
         raise AlsegError(f"configuration {name}: spacing must be > 0, got {list(spacing)}")
     dim = len(spacing)
-    topo, estimate, reference, ref_bs = _patch_and_topology(spacing, median_shape, n_classes, gpu_memory_gb)
+    topo, estimate, reference, ref_bs = patch_and_topology(spacing, median_shape, n_classes, gpu_memory_gb)
     batch = determine_batch_size(estimate, reference, ref_bs, n_voxels_dataset, topo.patch_size)
     network = Network(
         n_stages=topo.n_stages,
@@ -272,35 +230,6 @@ def plan_configuration(
         resampling=Resampling(separate_z_anisotropy_threshold=ANISOTROPY_THRESHOLD),
         network=network,
     )
-
-
-def nnunet_would_plan_lowres(
-    fullres: Configuration, median_shape: Sequence[float], n_classes: int, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
-) -> bool:
-    """Whether nnU-Net v2 would add ``3d_lowres`` next to this ``3d_fullres`` (it then sets batch_dice).
-
-    While the patch covers < 25 % of the median image, the spacing grows by 3 % (the anisotropic
-    axes first) and the patch is re-planned; the lowres configuration is dropped again when the
-    median image shrank by less than 2x.
-    """
-    base = np.asarray(fullres.spacing, dtype=np.float64)
-    shape = np.asarray(median_shape, dtype=np.float64)
-    median_voxels = float(np.prod(shape))
-    patch_voxels = float(np.prod(fullres.patch_size, dtype=np.float64))
-    spacing = base.copy()
-    planned = False
-    while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
-        ratio = spacing.max() / spacing
-        if np.any(ratio > 2):
-            spacing[ratio > 2] *= LOWRES_SPACING_INCREASE
-        else:
-            spacing *= LOWRES_SPACING_INCREASE
-        median_voxels = float(np.prod(base / spacing * shape))
-        lowres_shape = [round(i) for i in base / spacing * shape]
-        topo, _, _, _ = _patch_and_topology(spacing, lowres_shape, n_classes, gpu_memory_gb)
-        patch_voxels = float(np.prod(topo.patch_size, dtype=np.float64))
-        planned = True
-    return planned and float(np.prod(shape)) / median_voxels >= 2
 
 
 def plan_experiment(
@@ -353,10 +282,6 @@ def plan_dataset(
 
     All files are written atomically into ``out_dir``; bad input is an :class:`AlsegError`.
     """
-    from alseg.atomic import atomic_write_json
-    from alseg.data.dataset import read_dataset
-    from alseg.plans.fingerprint import extract_fingerprint
-
     info = read_dataset(dataset_dir)
     fingerprint = extract_fingerprint(info, workers=workers, show_progress=show_progress)
     plans = plan_experiment(fingerprint)
@@ -365,16 +290,12 @@ def plan_dataset(
     save_model(fingerprint, out_dir / "fingerprint.json")
     save_model(plans, out_dir / "plans.json")
     if export_nnunet:
-        from alseg.plans.nnunet_export import to_nnunet_plans
-
         atomic_write_json(out_dir / "nnUNetPlans.json", to_nnunet_plans(plans, fingerprint))
     return plans
 
 
 def summarize_plans(plans: Plans):
     """A rich table of the plan, one column per configuration (for ``alseg plan``)."""
-    from rich.table import Table
-
     fmt = lambda xs: " x ".join(f"{x:g}" for x in xs)  # noqa: E731
     names = list(plans.configurations)
     table = Table(title=f"{plans.dataset_name}: {plans.plans_name} (axes in transposed order {plans.transpose_forward})")
