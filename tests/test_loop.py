@@ -250,3 +250,29 @@ def test_redundancy_check_compares_fisher_kernels_and_writes_json(plan_dir: Path
     missing = CliRunner().invoke(app, [*common, "--case", "no_such_case", "--save-model", str(model)])
     assert isinstance(missing.exception, AlsegError) and "no_such_case" in str(missing.exception)
     assert "has no items in the pool" in str(missing.exception) and not model.exists()
+
+
+def test_loop_rounds_and_the_full_data_reference_get_the_same_trainer(plan_dir: Path, tmp_path: Path, monkeypatch):
+    """One Trainer factory: precision, devices, determinism and clipping agree (the report compares them)."""
+    import lightning.pytorch as pl
+
+    from alseg.active.experiments.compare import run_full_reference
+
+    seen: list[dict] = []
+    original = pl.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", spy)
+    settings = LoopOptions(**{**TINY, "rounds": 0})
+    _driver(plan_dir, tmp_path / "run", settings).run_all()
+    run_full_reference(plan_dir, tmp_path / "exp", settings, workers=0)
+    assert len(seen) == 2
+    keys = ("accelerator", "devices", "strategy", "precision", "deterministic", "gradient_clip_val",
+            "gradient_clip_algorithm", "max_epochs")
+    loop_kw, full_kw = seen
+    assert {k: loop_kw[k] for k in keys[:-1]} == {k: full_kw[k] for k in keys[:-1]}
+    assert loop_kw["precision"] == "32-true" and loop_kw["gradient_clip_val"] == 12.0  # CPU here
+    assert full_kw["max_epochs"] == loop_kw["max_epochs"] * (settings.rounds + 1)

@@ -155,7 +155,8 @@ class LoopDriver:
         trainer = make_trainer(
             trainer_settings(self.config), max_epochs=self.config.epochs, callbacks=[ActiveLoop(self, round_)],
             logger=CSVLogger(self.run.path, name=self.run.logs_dir.name, version=f"round_{round_:03d}"),
-            show_progress=self.show_progress, log_every_n_steps=max(1, min(50, self.config.iters_per_epoch)),
+            show_progress=self.show_progress, iterations_per_epoch=self.config.iters_per_epoch,
+            enable_model_summary=False,
         )
         trainer.fit(module, datamodule=dm)
         if trainer.interrupted:
