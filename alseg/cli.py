@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -164,16 +163,19 @@ def train(
     out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
 
 
-def _parse_strategy_options(items: list[str]) -> dict:
+def _parse_strategy_options(items: list[str], strategy: str | None = None) -> dict:
+    """``--option key=value`` pairs as strings; with ``strategy`` validated against its typed
+    options (unknown key or bad value: a one-line error before any work starts)."""
     opts: dict = {}
     for item in items:
         if "=" not in item:
             raise AlsegError(f"--option expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
+        opts[key.strip()] = value.strip()
+    if strategy is not None:
+        from alseg.strategies import parse_strategy_options
+
+        parse_strategy_options(strategy, opts)
     return opts
 
 
@@ -213,7 +215,7 @@ def loop(
     options = LoopOptions(
         strategy=strategy, rounds=rounds, budget=budget, initial=initial, seed=seed, config=config, fold=fold,
         epochs=epochs, iters_per_epoch=iters_per_epoch, mc_passes=mc_passes, batch_size=batch_size, oracle=oracle,
-        devices=devices, workers=workers, strategy_options=_parse_strategy_options(option),
+        devices=devices, workers=workers, strategy_options=_parse_strategy_options(option, strategy),
     )
     driver = LoopDriver(target, run_dir, options, resume=resume)
     try:
@@ -279,6 +281,7 @@ def redundancy_check(
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."),
     mc_passes: int = typer.Option(10, "--mc-passes"),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
+    cases: str = typer.Option("", "--cases", help="A number N of cases (drawn with --seed) or a comma list: duplicate each in turn with one model and one pass, comparing every USIMF variant and USIMC."),
     kernels: str = typer.Option("", "--kernels", help="usimf: Fisher kernels to compare on the same scores, query set and embeddings, e.g. raw,cosine (the first is the main one)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result (ids, shares, timings) to this JSON file."),
 ) -> None:
@@ -286,8 +289,12 @@ def redundancy_check(
     from alseg.atomic import atomic_write_json
     from alseg.strategies.redundancy import run_redundancy_check
 
-    options = _parse_strategy_options(option)
+    options = _parse_strategy_options(option, strategy)
     names = [k.strip() for k in kernels.split(",") if k.strip()]
+    case_list = [c.strip() for c in cases.split(",") if c.strip()]
+    study: list[str] | int | None = None
+    if case_list:
+        study = int(case_list[0]) if len(case_list) == 1 and case_list[0].isdigit() else case_list
     if names and strategy != "usimf":
         raise AlsegError(f"--kernels compares USIMF's Fisher kernels — use it with --strategy usimf, not '{strategy}'")
     if names:
@@ -296,9 +303,13 @@ def redundancy_check(
         plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
         query_size=query_size or None, seed=seed, strategy=strategy, train_epochs=train_epochs, train_iters=train_iters,
         train_batch_size=batch_size, mc_passes=mc_passes, options=options, save_model=save_model, kernels=names[1:],
+        cases=study,
     )
     if json_out is not None:
         atomic_write_json(json_out, result)
+    if study is not None:
+        _print_study(result)
+        return
     table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
     table.add_column("share of the duplicated case in")
     table.add_column("measured", justify="right")
@@ -314,13 +325,34 @@ def redundancy_check(
     out.print(f"repeated content in the batch: {repeats} vs {result['uniform_repeats']} (uniform)")
 
 
+def _print_study(result: dict) -> None:
+    """Per case and as a distribution: shares of the duplicated case and repeats, per variant."""
+    first = result["cases"][0]
+    labels = list(first["variants"])
+    table = Table(title=f"redundancy study: {len(result['cases'])} case(s) x{result['copies']}, B={result['budget']}")
+    for col in ["case", "pool", "query", "uniform (rep)", *labels]:
+        table.add_column(col, justify="right")
+    for r in result["cases"]:
+        cells = [f"{r['variants'][k]['batch_share']:.0%} ({r['variants'][k]['batch_repeats']})" for k in labels]
+        table.add_row(r["case_id"], f"{r['pool_share']:.0%}", f"{r['query_share']:.0%}",
+                      f"{r['uniform_share']:.0%} ({r['uniform_repeats']})", *cells)
+    out.print(table)
+    summ = result["summary"]
+    out.print(f"query share median {summ['query_share']['median']:.0%} (IQR {summ['query_share']['q1']:.0%}-{summ['query_share']['q3']:.0%})")
+    for k in labels:
+        v = summ[k]
+        out.print(f"{k}: batch share median {v['batch_share']['median']:.0%} (IQR {v['batch_share']['q1']:.0%}-"
+                  f"{v['batch_share']['q3']:.0%}), below the query share without repeats in "
+                  f"{v['cases_below_query_without_repeats']}/{len(result['cases'])} cases")
+
+
 @app.command()
 def strategies() -> None:
-    """List the selection strategies."""
-    from alseg.strategies import available
+    """List the selection strategies and their options."""
+    from alseg.strategies import available, option_keys
 
     for name in available():
-        out.print(name)
+        out.print(f"{name}: {', '.join(option_keys(name))}")
 
 
 @app.command()

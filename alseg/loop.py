@@ -31,9 +31,8 @@ from alseg.oracles import FilesOracle, LabelStore, SimulatedOracle
 from alseg.plans.models import Plans, load_plans, save_model
 from alseg.progress import console
 from alseg.runstate import Pending, RunConfig, RunDir, RunState
-from alseg.strategies import SelectionContext, get_strategy
-from alseg.strategies.base import check_selection
-from alseg.strategies.scoring import inference_batch_size
+from alseg.model.pool_inference import inference_batch_size
+from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
 
 @dataclass
@@ -110,6 +109,8 @@ class LoopDriver:
 
         self.run = RunDir(run_dir)
         self.options = options
+        if not resume:  # a bad strategy name or option fails here, before planning or training
+            parse_strategy_options(options.strategy, options.strategy_options or {})
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
         if resume and not self.run.exists():
@@ -149,7 +150,7 @@ class LoopDriver:
                 labels={k: v for k, v in self.plans.labels.items() if k != 0},
             )
             self.state = RunState()
-        self.strategy = get_strategy(self.config.strategy)
+        self.strategy = get_strategy(self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options))
         self._validate_sizes()
         if self.strategy.simulation_only and self.config.oracle != "simulated":
             raise AlsegError(f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated")
@@ -220,25 +221,23 @@ class LoopDriver:
             load_image=self.load_image,
             labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.plans.n_classes),
             n_classes=self.plans.n_classes, device=device, mc_passes=self.config.mc_passes,
-            dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device), options=dict(self.config.strategy_options),
+            dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device),
             ground_truth=self.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.options.show_progress,
         )
-        was_training = net.training
-        sel = check_selection(self.strategy.select(ctx), ctx)
-        net.train(was_training)
-        if sel.record.get("batch_uncertainty") is None:  # every strategy appears in the paper's Fig. 5
-            from alseg.strategies.scoring import selected_batch_uncertainty
-
-            sel.record["batch_uncertainty"] = selected_batch_uncertainty(ctx, sel.indices)
-        seconds = dict(sel.record.pop("seconds", {}))
+        # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
+        sel = select_batch(self.strategy, ctx, uncertainty_seed=self.config.seed * 1000 + round_)
+        seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
-        return {
+        record = {
             "round": round_, "strategy": self.config.strategy, "selected": [self.pool[int(i)].id for i in sel.indices],
-            "scores": scores, "batch_uncertainty": sel.record.pop("batch_uncertainty"),
-            "seconds": seconds, **sel.record,
+            "scores": scores, "batch_uncertainty": sel.batch_uncertainty,
+            "seconds": seconds, **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
+        if sel.embedding_map is not None:
+            record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
+        return record
 
     def prepare_batch(self, round_: int, module=None) -> bool:
         """Make sure round ``round_``'s batch is selected and annotated; False while waiting for a person."""

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from alseg.strategies.scoring import CPU_ACTIVATION_BYTES, inference_batch_size
+from alseg.model.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
 from builders import tiny_plans
 
 PROBE = "import alseg, json, os; from alseg.runtime import tune_process; " \
