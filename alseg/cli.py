@@ -163,9 +163,10 @@ def train(
     out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
 
 
-def _parse_strategy_options(items: list[str], strategy: str | None = None) -> dict:
-    """``--option key=value`` pairs as strings; with ``strategy`` validated against its typed
-    options (unknown key or bad value: a one-line error before any work starts)."""
+def _parse_strategy_options(items: list[str], strategy: str | list[str] | None = None) -> dict:
+    """``--option key=value`` pairs as strings; with ``strategy`` (a name, or several sharing the
+    options) validated against the typed options (unknown key or bad value: a one-line error
+    before any work starts)."""
     opts: dict = {}
     for item in items:
         if "=" not in item:
@@ -173,9 +174,12 @@ def _parse_strategy_options(items: list[str], strategy: str | None = None) -> di
         key, value = item.split("=", 1)
         opts[key.strip()] = value.strip()
     if strategy is not None:
-        from alseg.strategies import parse_strategy_options
+        from alseg.strategies import options_for, parse_strategy_options  # lazy, as the CLI's other imports: start-up time
 
-        parse_strategy_options(strategy, opts)
+        if isinstance(strategy, str):
+            parse_strategy_options(strategy, opts)
+        else:
+            options_for(list(strategy), opts)
     return opts
 
 
@@ -259,7 +263,7 @@ def compare(
     names = parse_strategies(strategies_)
     options = LoopOptions(rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
                           iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
-                          workers=workers, strategy_options=_parse_strategy_options(option))
+                          workers=workers, strategy_options=_parse_strategy_options(option, names))
     cells = run_compare(target, exp_dir, names, seeds, options, jobs=jobs, full_reference=full)
     out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
 
@@ -330,7 +334,8 @@ def _print_study(result: dict) -> None:
     first = result["cases"][0]
     labels = list(first["variants"])
     table = Table(title=f"redundancy study: {len(result['cases'])} case(s) x{result['copies']}, B={result['budget']}")
-    for col in ["case", "pool", "query", "uniform (rep)", *labels]:
+    short = [k.removeprefix("usimf-").replace("multiset", "ms").replace("distinct", "dist") for k in labels]
+    for col in ["case", "pool", "query", "uniform (rep)", *short]:
         table.add_column(col, justify="right")
     for r in result["cases"]:
         cells = [f"{r['variants'][k]['batch_share']:.0%} ({r['variants'][k]['batch_repeats']})" for k in labels]

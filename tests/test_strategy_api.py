@@ -145,3 +145,16 @@ def test_batch_uncertainty_by_hand_with_fixed_dropout_masks():
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     expected = sum(256 * abs(sig(values[i]) - 0.5) / 2 for i in (0, 2))
     assert measure_batch_uncertainty(ctx, np.array([2, 0]), seed=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_options_shared_by_several_strategies_are_split_and_checked():
+    from alseg.strategies import options_for
+
+    out = options_for(["random", "usimf", "badge"], {"query_size": "1000", "seeding": "ash", "batch_uncertainty": "false"})
+    assert out == {"random": {"batch_uncertainty": "false"},
+                   "usimf": {"query_size": "1000", "batch_uncertainty": "false"},
+                   "badge": {"seeding": "ash", "batch_uncertainty": "false"}}
+    with pytest.raises(AlsegError, match="unknown option quer_size for strategies random, usimf"):
+        options_for(["random", "usimf"], {"quer_size": "5"})
+    with pytest.raises(AlsegError, match="invalid option seeding"):
+        options_for(["badge"], {"seeding": "x"})

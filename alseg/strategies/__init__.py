@@ -7,6 +7,7 @@ inference back).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "available",
     "get_strategy",
     "option_keys",
+    "options_for",
     "parse_strategy_options",
     "select_batch",
 ]
@@ -25,13 +27,11 @@ __all__ = [
 _WHERE = {
     "FeatureNetwork": "base", "Selection": "base", "SelectionContext": "base", "Strategy": "base",
     "StrategyOptions": "base", "available": "registry", "get_strategy": "registry",
-    "option_keys": "registry", "parse_strategy_options": "registry", "select_batch": "batch",
+    "option_keys": "registry", "options_for": "registry", "parse_strategy_options": "registry", "select_batch": "batch",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'alseg.strategies' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f"alseg.strategies.{_WHERE[name]}"), name)

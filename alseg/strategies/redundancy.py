@@ -24,11 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from alseg.atomic import atomic_torch_save
 from alseg.data.pool import Item, Pool
 from alseg.errors import AlsegError
 from alseg.model.pool_inference import inference_batch_size
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.registry import get_strategy
+from alseg.strategies.submodular import nonnegative_kernel
+from alseg.strategies.usim import FISHER_KERNELS, USIM, USIMC, USIMF, maximise_flqmi, plan_query_set
+from alseg.strategies.usim.kernels import cosine_kernel, fisher_kernel
 
 __all__ = [
     "DUP_SEPARATOR", "STUDY_VARIANTS", "duplicate_case", "original_id", "redundancy_check", "redundancy_study",
@@ -98,8 +102,6 @@ def redundancy_check(
     * ``case_id``, ``copies``, ``strategy``, ``Q``, ``budget``, ``n_pool``, ``n_unlabelled``,
       ``selected`` (ids) and ``seconds``.
     """
-    from alseg.strategies.usim import FISHER_KERNELS, USIM, USIMF, maximise_flqmi
-
     strat = get_strategy(strategy, dict(options or {}))
     if not isinstance(strat, USIM):
         raise AlsegError(f"the redundancy check runs a USIM strategy (usimc or usimf), not '{strategy}'")
@@ -190,10 +192,6 @@ def redundancy_study(
     case: pool, query-set and uniform-batch shares and repeats, and the batch share and repeats
     of every :data:`STUDY_VARIANTS` entry and of USIMC; ``summary`` gives their distribution
     over the cases."""
-    from alseg.strategies.usim import USIMC, USIMF, maximise_flqmi, plan_query_set
-    from alseg.strategies.usim.kernels import cosine_kernel, fisher_kernel
-    from alseg.strategies.submodular import nonnegative_kernel
-
     t0 = time.perf_counter()
     base = dict(options or {})
     base.pop("max_candidates", None)  # every item is embedded once; its copies reuse the rows
@@ -256,7 +254,7 @@ def redundancy_study(
 
         for kind in ("raw", "cosine"):
             k = full[kind]
-            S = k.S.index_select(0, r.to(k.S.device)).index_select(1, c.to(k.S.device))
+            S = k.S.index_select(1, c.to(k.S.device)).index_select(0, r.to(k.S.device))  # columns first: a small temporary
             if kind == "raw":  # the shift is the candidates' minimum, as in a round on this pool
                 S = nonnegative_kernel(S + k.shift, "fisher")
             for label, kk, ms, eta in STUDY_VARIANTS:
@@ -264,7 +262,7 @@ def redundancy_study(
                     run(label, S, ms, eta)
             del S
         k = full["usimc"]
-        S = k.S.index_select(0, r.to(k.S.device)).index_select(1, c.to(k.S.device))
+        S = k.S.index_select(1, c.to(k.S.device)).index_select(0, r.to(k.S.device))  # columns first: a small temporary
         opts_c = usimc.options
         run("usimc", S, opts_c.query_multiset, opts_c.eta)
         del S
@@ -348,6 +346,7 @@ def run_redundancy_check(
     from the pool with ``seed``) :func:`redundancy_study`'s instead, one model and one pass for
     all of them.
     """
+    # Imported here: Lightning and the training stack cost seconds at start-up; only this entry point trains.
     import lightning.pytorch as pl
 
     from alseg.data.datamodule import Region, SegDataModule, list_cases
@@ -410,8 +409,6 @@ def run_redundancy_check(
         trainer.fit(module, datamodule=dm)
     seconds_train = time.perf_counter() - t0
     if save_model is not None:
-        from alseg.atomic import atomic_torch_save
-
         atomic_torch_save(Path(save_model), {"state_dict": module.state_dict()})
     net = module.net.to(dev)
 

@@ -17,7 +17,7 @@ from alseg.strategies.random import ForegroundRandomStrategy, RandomStrategy
 from alseg.strategies.uncertainty import BALDStrategy, MaxEntropyStrategy, MeanSTDStrategy, StochasticBatchesStrategy
 from alseg.strategies.usim import USIMC, USIMF
 
-__all__ = ["STRATEGIES", "available", "get_strategy", "option_keys", "parse_strategy_options"]
+__all__ = ["STRATEGIES", "available", "get_strategy", "option_keys", "options_for", "parse_strategy_options"]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -81,3 +81,22 @@ def get_strategy(name: str, options: StrategyOptions | Mapping[str, Any] | None 
             raise TypeError("pass either an options model or keyword options, not both")
         return cls(options)
     return cls(parse_strategy_options(name, {**dict(options or {}), **kwargs}))
+
+
+def options_for(names: list[str] | tuple[str, ...], raw: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """One ``--option`` set shared by several strategies (``alseg compare``) split per strategy:
+    each gets the keys it accepts, validated. A key no strategy of ``names`` accepts is an
+    :class:`AlsegError` (a misspelling), raised before any run starts."""
+    raw = dict(raw or {})
+    accepted = {n: set(option_keys(n)) for n in names}
+    stray = sorted(k for k in raw if not any(k in keys for keys in accepted.values()))
+    if stray:
+        valid = sorted(set().union(*accepted.values())) if accepted else []
+        raise AlsegError(f"unknown option{'s' if len(stray) > 1 else ''} {', '.join(stray)} for strategies "
+                         f"{', '.join(names)} — valid keys: {', '.join(valid)}")
+    out = {}
+    for n in names:
+        mine = {k: v for k, v in raw.items() if k in accepted[n]}
+        parse_strategy_options(n, mine)
+        out[n] = mine
+    return out
