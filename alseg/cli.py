@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -117,13 +116,13 @@ def preprocess(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: all cores)."),
 ) -> None:
     """Crop, resample and normalise every case into the plan folder's cache (idempotent, resumable)."""
-    from alseg.data.preprocess import preprocess_dataset
+    from alseg.data.cache import build_cache
     from alseg.plans.models import load_plans
 
     plans = load_plans(plan_dir / "plans.json")
     for name in config:
-        cache = preprocess_dataset(plans, name, plan_dir, workers=workers)
-        out.print(f"{name}: cache complete in {cache}")
+        cache = build_cache(plans, name, plan_dir, workers=workers)
+        out.print(f"{name}: cache complete in {cache.folder}")
 
 
 def _int_or_auto(value: str, flag: str) -> int | str:
@@ -151,12 +150,12 @@ def train(
     init_checkpoint: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
 ) -> None:
     """Train on all training cases of a fold and evaluate on the held-out fold (the full-data reference)."""
-    from alseg.data.preprocess import preprocess_dataset
+    from alseg.data.cache import build_cache
     from alseg.model.train import train as run_training
     from alseg.plans.models import load_plans
 
     plans = load_plans(plan_dir / "plans.json")
-    cache = preprocess_dataset(plans, config, plan_dir)
+    cache = build_cache(plans, config, plan_dir)
     final = run_training(
         plans, config, cache, out_dir, fold=fold, epochs=epochs, iters_per_epoch=iters_per_epoch,
         devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision, resume=resume,
@@ -166,16 +165,23 @@ def train(
     out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
 
 
-def _parse_strategy_options(items: list[str]) -> dict:
+def _parse_strategy_options(items: list[str], strategy: str | list[str] | None = None) -> dict:
+    """``--option key=value`` pairs as strings; with ``strategy`` (a name, or several sharing the
+    options) validated against the typed options (unknown key or bad value: a one-line error
+    before any work starts)."""
     opts: dict = {}
     for item in items:
         if "=" not in item:
             raise AlsegError(f"--option expects key=value, got '{item}'")
         key, value = item.split("=", 1)
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
+        opts[key.strip()] = value.strip()
+    if strategy is not None:
+        from alseg.strategies import options_for, parse_strategy_options  # lazy, as the CLI's other imports: start-up time
+
+        if isinstance(strategy, str):
+            parse_strategy_options(strategy, opts)
+        else:
+            options_for(list(strategy), opts)
     return opts
 
 
@@ -290,7 +296,7 @@ def compare(
     settings = LoopSettings.checked(
         rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
-        strategy_options=_parse_strategy_options(option),
+        strategy_options=_parse_strategy_options(option, names),
     )
     cells = run_compare(target, exp_dir, names, seeds, settings, jobs=jobs, full_reference=full, workers=workers)
     out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
@@ -313,15 +319,20 @@ def redundancy_check(
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."),
     mc_passes: int = typer.Option(10, "--mc-passes"),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
+    cases: str = typer.Option("", "--cases", help="A number N of cases (drawn with --seed) or a comma list: duplicate each in turn with one model and one pass, comparing every USIMF variant and USIMC."),
     kernels: str = typer.Option("", "--kernels", help="usimf: Fisher kernels to compare on the same scores, query set and embeddings, e.g. raw,cosine (the first is the main one)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result (ids, shares, timings) to this JSON file."),
 ) -> None:
     """The paper's Appendix E: duplicate one case 100x; share of duplicates in the query set vs the batch."""
     from alseg.atomic import atomic_write_json
-    from alseg.strategies.redundancy import run_redundancy_check
+    from alseg.active.experiments.redundancy import run_redundancy_check
 
-    options = _parse_strategy_options(option)
+    options = _parse_strategy_options(option, strategy)
     names = [k.strip() for k in kernels.split(",") if k.strip()]
+    case_list = [c.strip() for c in cases.split(",") if c.strip()]
+    study: list[str] | int | None = None
+    if case_list:
+        study = int(case_list[0]) if len(case_list) == 1 and case_list[0].isdigit() else case_list
     if names and strategy != "usimf":
         raise AlsegError(f"--kernels compares USIMF's Fisher kernels — use it with --strategy usimf, not '{strategy}'")
     if names:
@@ -330,9 +341,13 @@ def redundancy_check(
         plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
         query_size=query_size or None, seed=seed, strategy=strategy, train_epochs=train_epochs, train_iters=train_iters,
         train_batch_size=batch_size, mc_passes=mc_passes, options=options, save_model=save_model, kernels=names[1:],
+        cases=study,
     )
     if json_out is not None:
         atomic_write_json(json_out, result)
+    if study is not None:
+        _print_study(result)
+        return
     table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
     table.add_column("share of the duplicated case in")
     table.add_column("measured", justify="right")
@@ -348,13 +363,35 @@ def redundancy_check(
     out.print(f"repeated content in the batch: {repeats} vs {result['uniform_repeats']} (uniform)")
 
 
+def _print_study(result: dict) -> None:
+    """Per case and as a distribution: shares of the duplicated case and repeats, per variant."""
+    first = result["cases"][0]
+    labels = list(first["variants"])
+    table = Table(title=f"redundancy study: {len(result['cases'])} case(s) x{result['copies']}, B={result['budget']}")
+    short = [k.removeprefix("usimf-").replace("multiset", "ms").replace("distinct", "dist") for k in labels]
+    for col in ["case", "pool", "query", "uniform (rep)", *short]:
+        table.add_column(col, justify="right")
+    for r in result["cases"]:
+        cells = [f"{r['variants'][k]['batch_share']:.0%} ({r['variants'][k]['batch_repeats']})" for k in labels]
+        table.add_row(r["case_id"], f"{r['pool_share']:.0%}", f"{r['query_share']:.0%}",
+                      f"{r['uniform_share']:.0%} ({r['uniform_repeats']})", *cells)
+    out.print(table)
+    summ = result["summary"]
+    out.print(f"query share median {summ['query_share']['median']:.0%} (IQR {summ['query_share']['q1']:.0%}-{summ['query_share']['q3']:.0%})")
+    for k in labels:
+        v = summ[k]
+        out.print(f"{k}: batch share median {v['batch_share']['median']:.0%} (IQR {v['batch_share']['q1']:.0%}-"
+                  f"{v['batch_share']['q3']:.0%}), below the query share without repeats in "
+                  f"{v['cases_below_query_without_repeats']}/{len(result['cases'])} cases")
+
+
 @app.command()
 def strategies() -> None:
-    """List the selection strategies."""
-    from alseg.strategies import available
+    """List the selection strategies and their options."""
+    from alseg.strategies import available, option_keys
 
     for name in available():
-        out.print(name)
+        out.print(f"{name}: {', '.join(option_keys(name))}")
 
 
 @app.command()

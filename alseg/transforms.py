@@ -1,4 +1,4 @@
-"""Training augmentation: MONAI dictionary transforms approximating nnU-Net v2's (spec §5).
+"""Training augmentation: MONAI dictionary transforms approximating nnU-Net v2's (the paper's Appendix F; docs/design.md).
 
 Samples are dicts with ``"image"`` ``(C, *S)`` float and ``"label"`` ``(1, *S)`` integer
 values, channel first, no batch axis. The order and probabilities follow nnU-Net v2's

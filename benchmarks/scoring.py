@@ -40,7 +40,7 @@ from alseg.model.network import build_network  # noqa: E402
 from alseg.plans.models import load_plans  # noqa: E402
 from alseg.strategies.base import SelectionContext  # noqa: E402
 from alseg.model.network import mc_dropout  # noqa: E402
-from alseg.strategies.scoring import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
+from alseg.model.pool_inference import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 
 PLAN = ROOT / "plans" / "demo_hippocampus_like" / "plans.json"
 SLICES_PER_CASE = 40
@@ -155,14 +155,14 @@ def main() -> None:
     t_max = max(args.passes)
     for t in args.passes:
         ctx.mc_passes = t
-        ctx.options = {}
         run(f"score_pool MC T={t}", 0, t, lambda: score_pool(ctx, mc=True, deterministic=False))
     for g in args.group:
         if g == 1 or g > t_max:
             continue
-        ctx.mc_passes, ctx.options = t_max, {"mc_passes_per_forward": g}
-        run(f"score_pool MC T={t_max}, {g} passes/forward", 0, t_max, lambda: score_pool(ctx, mc=True, deterministic=False))
-    ctx.mc_passes, ctx.options = t_max, {}
+        ctx.mc_passes = t_max
+        run(f"score_pool MC T={t_max}, {g} passes/forward", 0, t_max,
+            lambda: score_pool(ctx, mc=True, deterministic=False, passes_per_forward=g))
+    ctx.mc_passes = t_max
     run(f"score_pool deterministic + MC T={t_max}", 1, t_max, lambda: score_pool(ctx))
 
     # the plain forwards' seconds per item and pass, with and without dropout: a run's ratio is

@@ -14,17 +14,23 @@ from torch import nn
 
 from alseg.data.pool import Pool
 from alseg.model.network import MCDropout, build_network, head_gradient_embedding
-from alseg.strategies import get_strategy
+from alseg.strategies import get_strategy, select_batch
 from alseg.strategies import diversity
 from alseg.strategies.base import SelectionContext, check_selection
 from alseg.strategies.scores import MCDropoutAccumulator
-from alseg.strategies.scoring import batch_uncertainty, item_batches, score_pool
+from alseg.model.pool_inference import batch_uncertainty, item_batches, score_pool
 from alseg.strategies.uncertainty import top_b
 
 STRATEGIES = ["entropy", "meanstd", "bald", "stochastic-batches", "coreset", "badge"]
 K = 3
 
 
+
+
+def record_of(sel) -> dict:
+    """The strategy's part of the round record, as the loop writes it."""
+    return {"seconds": sel.seconds, "batch_uncertainty": sel.batch_uncertainty,
+            **(sel.artefacts.to_record() if sel.artefacts is not None else {})}
 
 
 def tiny_net(config: str = "2d"):
@@ -118,7 +124,7 @@ def test_mc_passes_disagree_with_dropout_and_are_deterministic_under_the_seed():
 
 def test_grouping_passes_in_one_forward_changes_nothing_without_dropout():
     a = score_pool(make_ctx(dropout_mc=0.0))
-    b = score_pool(make_ctx(dropout_mc=0.0, options={"mc_passes_per_forward": 3}))
+    b = score_pool(make_ctx(dropout_mc=0.0), passes_per_forward=3)
     np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5)
     np.testing.assert_allclose(a.classwise_std, b.classwise_std, atol=1e-4)
 
@@ -175,13 +181,13 @@ def test_top_b_breaks_ties_by_position():
 
 @pytest.mark.parametrize("name,field", [("entropy", "entropy"), ("meanstd", "mean_std"), ("bald", "bald")])
 def test_top_b_strategies_return_the_highest_scores(name: str, field: str):
-    sel = check_selection(get_strategy(name).select(make_ctx(seed=2)), make_ctx(seed=2))
+    sel = select_batch(get_strategy(name), make_ctx(seed=2), uncertainty_seed=0)
     s = score_pool(make_ctx(seed=2))  # the same generator state: the same MC draws
     values = getattr(s, field)
     assert set(sel.indices) == set(s.indices[np.argsort(-values)[:3]])
     np.testing.assert_allclose(sorted(sel.scores, reverse=True), np.sort(values)[::-1][:3], rtol=1e-6)
-    assert sel.record["seconds"]["score"] > 0 and sel.record["batch_uncertainty"] > 0
-    json.dumps(sel.record)
+    assert record_of(sel)["seconds"]["score"] > 0 and record_of(sel)["batch_uncertainty"] > 0
+    json.dumps(record_of(sel))
 
 
 def test_stochastic_batches_selects_the_best_drawn_batch():
@@ -194,11 +200,11 @@ def test_stochastic_batches_selects_the_best_drawn_batch():
     q = n // 3
     batches = [replay.rng.choice(n, size=3, replace=False) for _ in range(q)]
     sums = [ent[b].sum() for b in batches]
-    assert sel.record["stb_batches"] == q == 4
-    assert sel.record["stb_best_batch_score"] == pytest.approx(max(sums))
+    assert record_of(sel)["stb_batches"] == q == 4
+    assert record_of(sel)["stb_best_batch_score"] == pytest.approx(max(sums))
     assert sum(sel.scores) == pytest.approx(max(sums))
     assert set(sel.indices) == set(replay.unlabelled[batches[int(np.argmax(sums))]])
-    assert sel.record["stb_median_batch_score"] == pytest.approx(float(np.median(sums)))
+    assert record_of(sel)["stb_median_batch_score"] == pytest.approx(float(np.median(sums)))
 
 
 def test_coreset_picks_the_farthest_items(monkeypatch):
@@ -247,10 +253,10 @@ def test_every_strategy_returns_b_distinct_unlabelled_items_deterministically(na
     runs = []
     for _ in range(2):
         ctx = make_ctx(seed=21, labelled=(0, 3, 6, 9))
-        sel = check_selection(get_strategy(name).select(ctx), ctx)
+        sel = select_batch(get_strategy(name), ctx, uncertainty_seed=0)
         assert len(sel.indices) == 3 and not ctx.labelled[sel.indices].any()
         assert all(isinstance(s, float) for s in sel.scores)
-        rec = json.loads(json.dumps(sel.record))
+        rec = json.loads(json.dumps(record_of(sel)))
         assert rec["seconds"]["score"] >= 0 and rec["batch_uncertainty"] is not None
         runs.append(list(sel.indices))
     assert runs[0] == runs[1]

@@ -1,4 +1,4 @@
-"""Known answers for k-center greedy (Core-Set baseline, spec §3)."""
+"""Known answers for k-center greedy (Core-Set baseline, paper Appendix C)."""
 
 from __future__ import annotations
 

@@ -132,17 +132,16 @@ def test_sigkill_mid_round_then_resume_matches_uninterrupted(plan_dir: Path, tmp
 
 def _annotate_from_truth(folder: Path, plan_dir: Path, skip: int | None = None, wrong_shape: int | None = None) -> None:
     """The 'person': writes each item's mask, taken from the ground truth, on the exported grid."""
-    from alseg.data.preprocess import cache_dir_for
+    from alseg.data.cache import CaseCache
     from alseg.plans.models import load_plans
 
-    plans = load_plans(plan_dir / "plans.json")
-    cache = cache_dir_for(plan_dir, plans.configuration("2d"))
+    cache = CaseCache.of(plan_dir, load_plans(plan_dir / "plans.json"), "2d")
     for n, item in enumerate(manifest_items(folder)):
         if n == skip:
             continue
         image, geom = read_volume(folder / item["image"])
         case, _, z, y0, x0 = item["id"].split(":")
-        seg = np.load(cache / f"{case}_seg.npy")[0]
+        seg = np.asarray(cache.label(case))
         z, y0, x0 = int(z), int(y0), int(x0)
         patch = seg[z : z + 1, y0 : y0 + image.shape[1], x0 : x0 + image.shape[2]]  # transpose is identity here
         mask = patch.astype(np.uint8)
@@ -180,13 +179,13 @@ def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
     assert state["finished"] and len(state["labelled"]) == 12
     # the imported masks equal the ground truth of the items
     labels = {p.stem: np.load(p) for p in (run / "labels").glob("*.npy")}
-    from alseg.data.preprocess import cache_dir_for
+    from alseg.data.cache import CaseCache
     from alseg.plans.models import load_plans
 
-    cache = cache_dir_for(plan_dir, load_plans(plan_dir / "plans.json").configuration("2d"))
+    cache = CaseCache.of(plan_dir, load_plans(plan_dir / "plans.json"), "2d")
     for item_id in state["labelled"]:
         case, _, z, y0, x0 = item_id.split(":")
-        gt = np.load(cache / f"{case}_seg.npy")[0][int(z)]
+        gt = cache.label(case)[int(z)]
         np.testing.assert_array_equal(labels[case][int(z)], gt)  # a slice fits the patch: item = slice
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from alseg.strategies.scoring import CPU_ACTIVATION_BYTES, inference_batch_size
+from alseg.model.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
 from builders import tiny_plans
 
 # runs the CLI's entry point (the 'strategies' command), then asks what is left to tune

@@ -1,4 +1,4 @@
-"""Known answers for the MC dropout scores (spec §2)."""
+"""Known answers for the MC dropout scores (paper §3.3.1)."""
 
 from __future__ import annotations
 

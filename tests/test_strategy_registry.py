@@ -45,4 +45,4 @@ def test_random_fg_prefers_foreground_items():
     sel = check_selection(get_strategy("random-fg").select(ctx), ctx)
     fg_items = {i for i in range(len(ctx.pool)) if ctx.pool[i].box[0][0] in (7, 8)}
     assert len(fg_items & set(sel.indices.tolist())) >= 4  # 2/3 of 6 drawn among the 4 foreground items
-    assert sel.record["n_foreground_draws"] == 4
+    assert sel.artefacts.to_record() == {"n_foreground_draws": 4}

@@ -1,4 +1,4 @@
-"""Known answers for the pure pieces of USIM (spec §4, paper Appendix A)."""
+"""Known answers for the pure pieces of USIM (paper §3.3, Appendix A)."""
 
 from __future__ import annotations
 

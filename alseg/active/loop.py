@@ -30,9 +30,8 @@ from alseg.atomic import atomic_torch_save
 from alseg.errors import AlsegError
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
-from alseg.strategies import SelectionContext, get_strategy
-from alseg.strategies.base import check_selection
-from alseg.strategies.scoring import inference_batch_size
+from alseg.model.pool_inference import inference_batch_size
+from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
 __all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
 
@@ -57,12 +56,11 @@ class LoopDriver:
         self.run = RunDir(run_dir)
         self.workers = workers
         self.show_progress = show_progress
+        if not resume:  # a bad strategy name or option fails here, before planning or training
+            parse_strategy_options(settings.strategy, settings.strategy_options)
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
         resume = resume and self.run.exists()  # --resume on a run that never started starts it
-        self.strategy = get_strategy(settings.strategy)  # an unknown name fails before any planning
-        if self.strategy.simulation_only and settings.oracle != "simulated":
-            raise AlsegError(f"strategy '{settings.strategy}' reads the ground truth, so it only runs with --oracle simulated")
         self.ws = Workspace.open(Path(target), self.run.path, settings.config, settings.fold, show_progress)
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
@@ -76,6 +74,9 @@ class LoopDriver:
                 plans_hash=self.ws.plans_hash, pool_hash=self.pool.fingerprint(), labels=self.ws.foreground_labels,
             )
             self.state = RunState()
+        self.strategy = get_strategy(self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options))
+        if self.strategy.simulation_only and self.config.oracle != "simulated":
+            raise AlsegError(f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated")
         self._validate_sizes()
         if not resume:
             self.run.path.mkdir(parents=True, exist_ok=True)
@@ -191,8 +192,9 @@ class LoopDriver:
         t0 = time.perf_counter()
         if round_ == 0:
             idx = np.sort(self.rng(0).choice(len(self.pool), size=self.config.initial, replace=False))
-            return {"round": 0, "strategy": "initial-random", "selected": [self.pool[i].id for i in idx],
-                    "scores": [None] * len(idx), "batch_uncertainty": None, "seconds": {"select": time.perf_counter() - t0}}
+            record = {"round": 0, "strategy": "initial-random", "selected": [self.pool[i].id for i in idx],
+                      "scores": [None] * len(idx), "batch_uncertainty": None, "seconds": {"select": time.perf_counter() - t0}}
+            return record
         labelled = self.labelled_mask
         net = module.net
         device = module.device
@@ -203,25 +205,22 @@ class LoopDriver:
             labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.ws.plans.n_classes),
             n_classes=self.ws.plans.n_classes, device=device, mc_passes=self.config.mc_passes,
             dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device),
-            options=dict(self.config.strategy_options),
             ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.show_progress,
         )
-        was_training = net.training
-        sel = check_selection(self.strategy.select(ctx), ctx)
-        net.train(was_training)
-        if sel.record.get("batch_uncertainty") is None:  # every strategy appears in the paper's Fig. 5
-            from alseg.strategies.scoring import selected_batch_uncertainty
-
-            sel.record["batch_uncertainty"] = selected_batch_uncertainty(ctx, sel.indices)
-        seconds = dict(sel.record.pop("seconds", {}))
+        # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
+        sel = select_batch(self.strategy, ctx, uncertainty_seed=self.config.seed * 1000 + round_)
+        seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
-        return {
+        record = {
             "round": round_, "strategy": self.config.strategy, "selected": [self.pool[int(i)].id for i in sel.indices],
-            "scores": scores, "batch_uncertainty": sel.record.pop("batch_uncertainty"),
-            "seconds": seconds, **sel.record,
+            "scores": scores, "batch_uncertainty": sel.batch_uncertainty,
+            "seconds": seconds, **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
+        if sel.embedding_map is not None:
+            record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
+        return record
 
     def evaluate(self, module) -> dict[str, float]:
         """Mean test Dice per class over the held-out cases, on the preprocessed grid."""

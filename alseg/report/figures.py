@@ -107,7 +107,8 @@ def plot_batch_uncertainty(
     title: str,
     colours: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Path:
-    """Mean MC uncertainty of each selected batch per sampling round (paper Fig. 5), ± std over seeds."""
+    """MC uncertainty of each selected batch per sampling round (paper Fig. 5: the sum over the
+    batch's items, foreground classes and pixels of std_t p_t(c)), mean ± std over seeds."""
     colours = colours or strategy_colours(list(curves))
     fig = _new_figure(7.0, 4.2)
     ax = fig.subplots()
@@ -119,7 +120,7 @@ def plot_batch_uncertainty(
         ax.errorbar(curve.rounds[recorded], mean, yerr=std, marker="o", ms=4, capsize=3, lw=1.4,
                     color=colours[name], label=name)
     ax.set_xlabel("sampling round k (batch selected with the round k−1 model)")
-    ax.set_ylabel("batch uncertainty (mean MC-dropout score)")
+    ax.set_ylabel("batch uncertainty (sum of foreground MC-dropout std)")
     ax.set_title(f"{title}\nmean over seeds ± std", fontsize=10)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)

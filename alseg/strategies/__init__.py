@@ -1,6 +1,37 @@
-"""Selection strategies: pool scoring, one module per family, and a registry by name."""
+"""Selection strategies: one module per family, a registry by name, typed options.
 
-from alseg.strategies.base import Selection, SelectionContext, Strategy
-from alseg.strategies.registry import available, get_strategy, register
+Names are loaded lazily (PEP 562): ``alseg.strategies.scores`` is pure maths that pool
+inference imports, and importing it must not pull in every strategy (which import pool
+inference back).
+"""
 
-__all__ = ["Selection", "SelectionContext", "Strategy", "available", "get_strategy", "register"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "FeatureNetwork",
+    "Selection",
+    "SelectionContext",
+    "Strategy",
+    "StrategyOptions",
+    "available",
+    "get_strategy",
+    "option_keys",
+    "options_for",
+    "parse_strategy_options",
+    "select_batch",
+]
+
+_WHERE = {
+    "FeatureNetwork": "base", "Selection": "base", "SelectionContext": "base", "Strategy": "base",
+    "StrategyOptions": "base", "available": "registry", "get_strategy": "registry",
+    "option_keys": "registry", "options_for": "registry", "parse_strategy_options": "registry", "select_batch": "batch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'alseg.strategies' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"alseg.strategies.{_WHERE[name]}"), name)

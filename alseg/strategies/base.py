@@ -1,24 +1,84 @@
-"""What every strategy receives and returns.
+"""What every strategy receives, is configured with, and returns.
 
-A strategy sees the model of the previous round, the pool, which items are labelled, the
-budget and a seeded generator, and returns ``budget`` distinct unlabelled item indices with
-a score per item (None where a strategy has no per-item score) plus anything it wants kept
-in the round record (query set, gains, timings).
+A strategy (BaaL's manner) is one class with one method to override, :meth:`Strategy.select`,
+and a pydantic options model (:class:`StrategyOptions` subclass, unknown keys forbidden) whose
+fields are its typed settings. It sees the model of the previous round, the pool, which items
+are labelled, the budget and a seeded generator (:class:`SelectionContext`), and returns a
+typed :class:`Selection`: ``budget`` distinct unlabelled item indices, a score per item, the
+timings and, where a strategy has them, typed artefacts (query set, gains, embeddings for the
+t-SNE map) that become keys of the round record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from alseg.data.pool import Pool
 
+__all__ = [
+    "Artefacts",
+    "EmbeddingMap",
+    "FeatureNetwork",
+    "Selection",
+    "SelectionContext",
+    "Strategy",
+    "StrategyOptions",
+    "check_selection",
+]
 
+
+# ----------------------------------------------------------------------------- the network
+@runtime_checkable
+class FeatureNetwork(Protocol):
+    """What a strategy needs from a segmentation network, so that it can run on another
+    project's network (alseg's :class:`alseg.model.network.SegNetwork` is one).
+
+    * ``forward(x)``: logits ``(N, K, *S)`` (a list whose first entry is that, under deep
+      supervision); every strategy's probabilities are its softmax.
+    * ``bottleneck_features(x, valid)``: ``(N, F)`` pooled activation of the deepest encoder
+      stage, padding (``~valid``) weighted out (Core-Set).
+    * ``head_parameters() / bottleneck_parameters() / decoder_parameters()``: names (in
+      ``named_parameters()``) of the parameter groups whose per-sample gradients embed items:
+      the segmentation head (BADGE), the bottleneck convs (USIMC), the decoder convs (USIMF).
+    * ``parameter_count(names)``: how many scalars those names hold.
+    * MC dropout: the network's dropout modules are :class:`alseg.model.dropout.MCDropout`, which
+      :func:`alseg.model.network.mc_dropout` switches to train mode at the MC rate while the rest
+      stays in eval mode; ``dropout_mc`` is the default rate.
+
+    Per-sample gradients (:func:`alseg.model.network.per_sample_gradients`) and the BADGE head
+    embedding (:func:`alseg.model.network.head_gradient_embedding`) are computed from these with
+    ``torch.func`` and need nothing more.
+    """
+
+    dropout_mc: float
+
+    def __call__(self, x: Tensor) -> Tensor | list[Tensor]: ...
+
+    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None) -> Tensor: ...
+
+    def head_parameters(self) -> list[str]: ...
+
+    def bottleneck_parameters(self) -> list[str]: ...
+
+    def decoder_parameters(self) -> list[str]: ...
+
+    def parameter_count(self, names: Sequence[str]) -> int: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
+
+
+# ----------------------------------------------------------------------------- inputs
 @dataclass
 class SelectionContext:
+    """The round's inputs; identical for every strategy (its settings live in its options)."""
+
     model: torch.nn.Module
     pool: Pool
     labelled: np.ndarray  # bool mask over pool items
@@ -31,7 +91,6 @@ class SelectionContext:
     mc_passes: int = 10
     dropout_mc: float = 0.1
     batch_size: int = 64
-    options: dict[str, Any] = field(default_factory=dict)
     ground_truth: Callable[[str], np.ndarray] | None = None  # only for simulation-only strategies
     show_progress: bool = True
 
@@ -40,18 +99,90 @@ class SelectionContext:
         return np.flatnonzero(~self.labelled)
 
 
+class StrategyOptions(BaseModel):
+    """Options every strategy accepts (``--option key=value``); subclasses add their own.
+
+    Unknown keys are refused so that a misspelled option fails before any work starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mc_passes_per_forward: int = Field(
+        1, ge=1, description="MC dropout passes run in one forward by repeating the chunk (a positive integer)"
+    )
+    batch_uncertainty: bool = Field(
+        True, description="measure the batch's MC uncertainty for the paper's Fig. 5 (true or false)"
+    )
+
+
+# ----------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class Artefacts:
+    """Strategy-specific results kept in the round record: each field becomes one key of
+    ``rounds/round_XXX.json`` (None fields are left out). Subclass it per strategy family."""
+
+    def to_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+
+
+@dataclass(frozen=True)
+class EmbeddingMap:
+    """A sample of embeddings with a role per row (``labelled`` | ``unlabelled`` | ``query`` |
+    ``selected``) for the t-SNE map of the paper's Fig. 3; stored apart from the round record."""
+
+    embeddings: np.ndarray
+    """(n, D) float32."""
+    role: np.ndarray
+    """(n,) str."""
+
+
 @dataclass
 class Selection:
+    """A strategy's answer for one round."""
+
     indices: np.ndarray
+    """Pool indices of the batch, distinct and unlabelled."""
     scores: list[float | None]
-    record: dict[str, Any] = field(default_factory=dict)
+    """One score per selected item (None where the strategy has none)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Timings by step; ``score`` is the pass over the pool."""
+    artefacts: Artefacts | None = None
+    """Strategy-specific round-record keys (query set, gains, kernel, ...)."""
+    embedding_map: EmbeddingMap | None = None
+    """Embeddings for the t-SNE map, when the strategy has them and they were asked for."""
+    batch_uncertainty: float | None = None
+    """The paper's Fig. 5 measure of this batch, filled by :func:`alseg.strategies.select_batch`."""
 
 
-class Strategy(Protocol):
-    name: str
-    simulation_only: bool
+class Strategy:
+    """Base of every strategy: ``Options`` (a :class:`StrategyOptions` subclass) and ``select``.
 
-    def select(self, ctx: SelectionContext) -> Selection: ...
+    ``name`` is the registry key; ``simulation_only`` strategies read the ground truth."""
+
+    name: ClassVar[str] = ""
+    simulation_only: ClassVar[bool] = False
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+
+    def __init__(self, options: StrategyOptions | None = None, **kwargs: Any):
+        if options is not None and kwargs:
+            raise TypeError("pass either an options model or keyword options, not both")
+        if options is None:
+            options = self.Options(**kwargs)
+        elif not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        """The round's batch; override this."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"
 
 
 def check_selection(sel: Selection, ctx: SelectionContext) -> Selection:

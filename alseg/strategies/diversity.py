@@ -1,35 +1,38 @@
-"""Representation baselines (spec §3): Core-Set and BADGE(LL).
+"""Representation baselines (paper §4.2, Appendix C): Core-Set and BADGE(LL).
 
-Both map items to vectors with one deterministic pass over the pool (through the scoring
-engine's :func:`alseg.strategies.scoring.item_batches`, so padding is masked the same way) and
-then select with a rule that is its own tested function: k-center greedy
-(:mod:`alseg.strategies.kcenter`) and k-means++ seeding (scikit-learn).
+Both map items to vectors with one deterministic pass over the pool (through pool inference's
+:func:`alseg.model.pool_inference.item_batches`, so padding is masked the same way) and then
+select with a rule that is its own tested function: k-center greedy
+(:mod:`alseg.strategies.kcenter`) and BADGE's k-means++ seeding (:func:`badge_seeding`).
 
 * **Core-Set** (Sener & Savarese 2018): the bottleneck activation, globally average-pooled over
   the cells that cover the item (padding cells weighted out), for labelled *and* unlabelled
   items; the labelled items are the initial centres. Memory: ``N x F_b`` floats.
 * **BADGE(LL)** (Ash et al. 2020; ALGES, Aklilu & Yeung 2022): the gradient of the
   pseudo-label cross-entropy, summed over the item's pixels, w.r.t. the segmentation head
-  (weight and bias), in closed form; k-means++ seeding picks B items. Memory: ``|U| x K(F_0+1)``.
+  (weight and bias), in closed form; k-means++ seeding as in Ash et al. 2020 picks B items:
+  the largest-norm embedding first, then each next centre drawn once ∝ D² (squared distance
+  to the nearest centre) from the round's generator. Memory: ``|U| x K(F_0+1)``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.cluster import kmeans_plusplus
+from pydantic import Field
 from torch import Tensor
 
 from alseg.model.network import head_gradient_embedding, unwrap_network
+from alseg.model.pool_inference import ScoringContext, eval_mode, item_batches
 from alseg.progress import console, make_progress
-from alseg.strategies.base import Selection, SelectionContext
+from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.kcenter import k_center_greedy
-from alseg.strategies.registry import register
-from alseg.strategies.scoring import eval_mode, item_batches, selected_batch_uncertainty
 
-__all__ = ["BadgeStrategy", "CoreSetStrategy"]
+__all__ = ["BadgeOptions", "BadgeStrategy", "CoreSetStrategy", "EmbeddingArtefacts", "badge_seeding", "embed_items"]
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -37,7 +40,7 @@ def _bottleneck(net, x: Tensor, valid: Tensor) -> Tensor:
     return net.bottleneck_features(x, valid)
 
 
-def embed_items(ctx: SelectionContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
+def embed_items(ctx: ScoringContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
     """``fn(net, x, valid)`` for every item of ``indices``, rows in the order given, kept on
     ``ctx.device``; returns the ``(N, D)`` embeddings and the seconds taken."""
     t0 = time.perf_counter()
@@ -82,15 +85,71 @@ def _pick_distances(x: Tensor, centres: Tensor, picked: np.ndarray, chunk: int =
     return d.cpu().numpy()
 
 
+# ----------------------------------------------------------------------------- BADGE seeding
+def badge_seeding(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding as in Ash et al. 2020 (BADGE's ``init_centers``): rows of ``x`` in the
+    order they become centres.
+
+    The first centre is the row of largest Euclidean norm (the most uncertain item: the
+    gradient embedding's norm grows with the loss); each next one is drawn once with
+    probability ``D² / Σ D²``, ``D`` the distance to the nearest centre so far, by inverse CDF
+    of one ``rng.random()``. Rows at distance 0 (centres and their duplicates) cannot be drawn;
+    when every remaining row is at distance 0 the rest are drawn uniformly among the rows not
+    chosen, so ``k`` distinct rows always come back."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    k = min(int(k), n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    chosen = [int(np.argmax(np.einsum("ij,ij->i", x, x)))]
+    d2 = np.full(n, np.inf)
+    taken = np.zeros(n, dtype=bool)
+    taken[chosen[0]] = True
+    while len(chosen) < k:
+        c = x[chosen[-1]]
+        d2 = np.minimum(d2, np.einsum("ij,ij->i", x - c, x - c))
+        d2[taken] = 0.0
+        total = d2.sum()
+        if total > 0:
+            cdf = np.cumsum(d2)
+            j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+            j = min(j, n - 1)
+            while d2[j] == 0.0:  # float edge: u * total landed on a zero-width step's boundary
+                j -= 1
+        else:
+            j = int(rng.choice(np.flatnonzero(~taken)))
+        chosen.append(j)
+        taken[j] = True
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def sklearn_seeding(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """scikit-learn's greedy k-means++ (``2 + log k`` local trials per centre, random first
+    centre): the ablation ``seeding=sklearn``, not Ash et al.'s rule. Duplicates (fewer
+    distinct rows than ``k``) are replaced by distinct random rows."""
+    # Imported here: scikit-learn costs ~1 s at start-up and only this ablation needs it.
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.asarray(x, dtype=np.float64)
+    _, pos = kmeans_plusplus(x, n_clusters=min(k, len(x)), random_state=int(rng.integers(2**31 - 1)))
+    return _fill_duplicates(np.asarray(pos, dtype=np.int64), len(x), rng)
+
+
 # ----------------------------------------------------------------------------- strategies
-@register("coreset")
-class CoreSetStrategy:
-    """Core-Set (Sener & Savarese 2018; spec §3): k-center greedy on globally average-pooled
-    bottleneck features of all items; the labelled items are the initial centres. Per-item
-    score: the item's distance to its nearest centre when it was picked."""
+@dataclass(frozen=True)
+class EmbeddingArtefacts(Artefacts):
+    score: str
+    feature_dim: int | None = None
+    embedding_dim: int | None = None
+    seeding: str | None = None
+
+
+class CoreSetStrategy(Strategy):
+    """Core-Set (Sener & Savarese 2018; paper Appendix C): k-center greedy on globally
+    average-pooled bottleneck features of all items; the labelled items are the initial
+    centres. Per-item score: the item's distance to its nearest centre when it was picked."""
 
     name = "coreset"
-    simulation_only = False
 
     def select(self, ctx: SelectionContext) -> Selection:
         all_idx = np.arange(len(ctx.pool), dtype=np.int64)
@@ -100,31 +159,31 @@ class CoreSetStrategy:
         labelled = torch.as_tensor(ctx.labelled, device=feats.device)
         centres = feats[labelled]
         radii = _pick_distances(feats, centres, picked)
-        t_greedy = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        bu = selected_batch_uncertainty(ctx, picked)
         return Selection(
             picked,
             # the first pick has no centre to be far from when nothing is labelled: no score
             [float(r) if np.isfinite(r) else None for r in radii],
-            {
-                "score": "k-center radius",
-                "feature_dim": int(feats.shape[1]),
-                "batch_uncertainty": bu,
-                "seconds": {"score": t_embed, "k_center": t_greedy, "batch_uncertainty": time.perf_counter() - t1},
-            },
+            seconds={"score": t_embed, "k_center": time.perf_counter() - t0},
+            artefacts=EmbeddingArtefacts("k-center radius", feature_dim=int(feats.shape[1])),
         )
 
 
-@register("badge")
-class BadgeStrategy:
-    """BADGE(LL) (Ash et al. 2020; ALGES; spec §3): gradient embeddings of the pseudo-label
-    cross-entropy w.r.t. the segmentation head for the unlabelled items, then k-means++ seeding
-    (``sklearn.cluster.kmeans_plusplus``, seeded from the round's generator) picks B items.
-    Per-item score: the embedding's norm (the gradient length BADGE uses as uncertainty)."""
+class BadgeOptions(StrategyOptions):
+    seeding: Literal["ash", "sklearn"] = Field(
+        "ash", description="'ash' (Ash et al. 2020: largest norm first, then one D² draw per centre) or 'sklearn' (greedy k-means++, an ablation)"
+    )
+
+
+class BadgeStrategy(Strategy):
+    """BADGE(LL) (Ash et al. 2020; ALGES; paper Appendix C): gradient embeddings of the
+    pseudo-label cross-entropy w.r.t. the segmentation head for the unlabelled items, then
+    k-means++ seeding (:func:`badge_seeding`, or scikit-learn's with ``seeding=sklearn``) picks
+    B items. Per-item score: the embedding's norm (the gradient length BADGE uses as
+    uncertainty)."""
 
     name = "badge"
-    simulation_only = False
+    Options = BadgeOptions
+    options: BadgeOptions
 
     def select(self, ctx: SelectionContext) -> Selection:
         unl = ctx.unlabelled
@@ -132,25 +191,18 @@ class BadgeStrategy:
         t0 = time.perf_counter()
         b = min(int(ctx.budget), len(unl))
         x = emb.cpu().numpy().astype(np.float64)
-        seed = int(ctx.rng.integers(2**31 - 1))
         if b == len(unl):
             pos = np.arange(len(unl))
+        elif self.options.seeding == "sklearn":
+            pos = sklearn_seeding(x, b, ctx.rng)
         else:
-            _, pos = kmeans_plusplus(x, n_clusters=b, random_state=seed)
-            pos = _fill_duplicates(np.asarray(pos, dtype=np.int64), len(unl), ctx.rng)
+            pos = badge_seeding(x, b, ctx.rng)
         norms = np.linalg.norm(x[pos], axis=1)
-        t_seed = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        bu = selected_batch_uncertainty(ctx, unl[pos])
         return Selection(
             unl[pos],
             [float(v) for v in norms],
-            {
-                "score": "gradient embedding norm",
-                "embedding_dim": int(x.shape[1]),
-                "batch_uncertainty": bu,
-                "seconds": {"score": t_embed, "kmeans_pp": t_seed, "batch_uncertainty": time.perf_counter() - t1},
-            },
+            seconds={"score": t_embed, "kmeans_pp": time.perf_counter() - t0},
+            artefacts=EmbeddingArtefacts("gradient embedding norm", embedding_dim=int(x.shape[1]), seeding=self.options.seeding),
         )
 
 

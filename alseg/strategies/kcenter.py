@@ -1,4 +1,4 @@
-"""k-center greedy (Sener & Savarese 2018), the selection rule of the Core-Set baseline (spec §3).
+"""k-center greedy (Sener & Savarese 2018), the selection rule of the Core-Set baseline (paper Appendix C).
 
 Each step picks the item farthest (Euclidean) from its nearest centre and makes it a centre.
 Only a min-distance vector of length N is kept; distances are computed in row chunks, so memory
@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "k_center_greedy"]
 
 DEFAULT_CHUNK_ROWS = 8192
 

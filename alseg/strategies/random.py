@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from pydantic import Field
 
-from alseg.strategies.base import Selection, SelectionContext
-from alseg.strategies.registry import register
+from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
+
+__all__ = ["ForegroundRandomOptions", "ForegroundRandomStrategy", "RandomStrategy"]
 
 
-@register("random")
-class RandomStrategy:
+class RandomStrategy(Strategy):
     """B items uniformly from the unlabelled pool."""
 
     name = "random"
-    simulation_only = False
 
     def select(self, ctx: SelectionContext) -> Selection:
         idx = ctx.rng.choice(ctx.unlabelled, size=min(ctx.budget, len(ctx.unlabelled)), replace=False)
         return Selection(np.sort(idx), [None] * len(idx))
 
 
-@register("random-fg")
-class ForegroundRandomStrategy:
+class ForegroundRandomOptions(StrategyOptions):
+    fg_share: float = Field(2 / 3, ge=0.0, le=1.0, description="share of the budget drawn among foreground items, in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ForegroundArtefacts(Artefacts):
+    n_foreground_draws: int
+
+
+class ForegroundRandomStrategy(Strategy):
     """A share of the budget (default 2/3) among items containing foreground, the rest uniform.
 
     nnActive (DKFZ, 2025) found no uncertainty method reliably beats it. It reads the ground
@@ -30,11 +40,13 @@ class ForegroundRandomStrategy:
 
     name = "random-fg"
     simulation_only = True
+    Options = ForegroundRandomOptions
+    options: ForegroundRandomOptions
 
     def select(self, ctx: SelectionContext) -> Selection:
         if ctx.ground_truth is None:
             raise RuntimeError("random-fg needs the ground truth (simulated oracle)")
-        share = float(ctx.options.get("fg_share", 2 / 3))
+        share = self.options.fg_share
         unl = ctx.unlabelled
         budget = min(ctx.budget, len(unl))
         has_fg = np.zeros(len(unl), dtype=bool)
@@ -52,4 +64,4 @@ class ForegroundRandomStrategy:
         more = ctx.rng.choice(rest, size=budget - n_fg, replace=False)
         idx = np.sort(np.concatenate([chosen, more]).astype(np.int64))
         fg_set = set(fg.tolist())
-        return Selection(idx, [1.0 if i in fg_set else 0.0 for i in idx], {"n_foreground_draws": n_fg})
+        return Selection(idx, [1.0 if i in fg_set else 0.0 for i in idx], artefacts=ForegroundArtefacts(n_fg))

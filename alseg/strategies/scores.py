@@ -1,4 +1,4 @@
-"""Uncertainty scores over softmax probabilities, shared by every uncertainty strategy (spec §2).
+"""Uncertainty scores over softmax probabilities, shared by every uncertainty strategy (paper §3.3.1).
 
 All functions take probabilities shaped ``(N, C, *spatial)`` (2D or 3D items) and return one
 value per item: the mean over the item's pixels (voxels), as the paper ranks items by it.
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+__all__ = ["MCDropoutAccumulator", "MCScores", "entropy_map", "item_entropy"]
 
 
 def entropy_map(p: Tensor) -> Tensor:
@@ -54,7 +56,7 @@ def item_entropy(p: Tensor, mask: Tensor | None = None) -> Tensor:
 
 @dataclass(frozen=True)
 class MCScores:
-    """Per-item aggregates of T MC dropout passes (spec §2); every field is a mean over pixels
+    """Per-item aggregates of T MC dropout passes (paper §3.3.1); every field is a mean over pixels
     except ``classwise_std_sum``, which USIM needs summed over pixels."""
 
     mean_std: Tensor

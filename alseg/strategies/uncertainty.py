@@ -1,27 +1,36 @@
-"""Uncertainty baselines (spec §2, §3): Max Entropy, Mean STD, BALD and Stochastic Batches.
+"""Uncertainty baselines (paper §4.2, Appendix C): Max Entropy, Mean STD, BALD and Stochastic Batches.
 
-Each is a small class in BaaL's manner: one score per item from the shared scoring engine
-(:func:`alseg.strategies.scoring.score_pool`), then a reduction to a batch — the B highest
+Each is a small class in BaaL's manner: one score per item from pool inference
+(:func:`alseg.model.pool_inference.score_pool`), then a reduction to a batch — the B highest
 scores, or for Stochastic Batches the best of Q random batches. The per-pixel maths lives in
-:mod:`alseg.strategies.scores`, the pass over the pool in :mod:`alseg.strategies.scoring`.
+:mod:`alseg.strategies.scores`, the pass over the pool in :mod:`alseg.model.pool_inference`.
 
-Round records: ``seconds.score`` (the pass over the pool), ``score`` (which per-item score),
-``batch_uncertainty`` (the paper's Figure 5 measure, Σ over the batch of the foreground
-class-wise MC std summed over pixels; for Max Entropy and Stochastic Batches it costs one
-extra MC pass over the B selected items only).
+Round records: ``seconds.score`` (the pass over the pool) and ``score`` (which per-item score).
+The batch uncertainty of the paper's Fig. 5 is measured for every strategy alike by
+:func:`alseg.strategies.select_batch`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
-from alseg.strategies.base import Selection, SelectionContext
-from alseg.strategies.registry import register
-from alseg.strategies.scoring import PoolScores, batch_uncertainty, score_pool, selected_batch_uncertainty
+from alseg.model.pool_inference import PoolScores, score_pool
+from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 
-__all__ = ["BALDStrategy", "MaxEntropyStrategy", "MeanSTDStrategy", "StochasticBatchesStrategy", "top_b"]
+__all__ = [
+    "BALDStrategy",
+    "MaxEntropyStrategy",
+    "MeanSTDStrategy",
+    "ScoreArtefacts",
+    "StochasticBatchesOptions",
+    "StochasticBatchesStrategy",
+    "top_b",
+]
 
 
 def top_b(scores: np.ndarray, budget: int) -> np.ndarray:
@@ -32,74 +41,79 @@ def top_b(scores: np.ndarray, budget: int) -> np.ndarray:
     return np.lexsort((np.arange(len(s)), -s))[:k]
 
 
-class _TopBUncertainty:
-    """Score every unlabelled item with one engine field, select the B highest."""
+@dataclass(frozen=True)
+class ScoreArtefacts(Artefacts):
+    score: str
+    """Which per-item score ranks the items."""
 
-    name = ""
-    simulation_only = False
-    field = ""  # a PoolScores attribute
-    mc = True
+
+class _TopBUncertainty(Strategy):
+    """Score every unlabelled item with one :class:`PoolScores` field, select the B highest."""
+
+    field: ClassVar[str] = ""
+    mc: ClassVar[bool] = True
 
     def select(self, ctx: SelectionContext) -> Selection:
-        scores: PoolScores = score_pool(ctx, mc=self.mc, deterministic=not self.mc)
+        scores: PoolScores = score_pool(
+            ctx, mc=self.mc, deterministic=not self.mc, passes_per_forward=self.options.mc_passes_per_forward
+        )
         values = getattr(scores, self.field)
         pos = top_b(values, ctx.budget)
-        t0 = time.perf_counter()
-        if self.mc:
-            bu = batch_uncertainty(scores.classwise_std[pos])
-        else:
-            bu = selected_batch_uncertainty(ctx, scores.indices[pos])
         return Selection(
-            scores.indices[pos],
-            [float(v) for v in values[pos]],
-            {
-                "score": self.field,
-                "batch_uncertainty": bu,
-                "seconds": {"score": scores.seconds, "batch_uncertainty": time.perf_counter() - t0},
-            },
+            scores.indices[pos], [float(v) for v in values[pos]],
+            seconds={"score": scores.seconds}, artefacts=ScoreArtefacts(self.field),
         )
 
 
-@register("entropy")
 class MaxEntropyStrategy(_TopBUncertainty):
-    """Max Entropy (spec §2): the B items of highest mean pixel entropy of the deterministic
-    (dropout-off) prediction; one pass over the pool."""
+    """Max Entropy: the B items of highest mean pixel entropy of the deterministic
+    (dropout-off) prediction, one pass over the pool, as the original code does."""
 
     name = "entropy"
     field = "entropy"
     mc = False
 
 
-@register("meanstd")
 class MeanSTDStrategy(_TopBUncertainty):
-    """Mean STD (Kendall et al. 2017; spec §2): the B items of highest mean over pixels of
+    """Mean STD (Kendall et al. 2017; paper §4.2): the B items of highest mean over pixels of
     ``mean_c std_t p_t(c)`` over T MC dropout passes."""
 
     name = "meanstd"
     field = "mean_std"
 
 
-@register("bald")
 class BALDStrategy(_TopBUncertainty):
-    """BALD (Gal et al. 2017; spec §2): the B items of highest mean over pixels of
+    """BALD (Gal et al. 2017; paper §4.2): the B items of highest mean over pixels of
     ``H(p̄) - mean_t H(p_t)`` over T MC dropout passes."""
 
     name = "bald"
     field = "bald"
 
 
-@register("stochastic-batches")
-class StochasticBatchesStrategy:
-    """Stochastic Batches (Gaillochet et al. 2023; spec §3): draw ``Q = floor(|U| / B)`` random
-    batches of B distinct items (independently, so batches may share items), score each by the
-    sum of its items' deterministic entropy, select the highest-scoring batch.
+class StochasticBatchesOptions(StrategyOptions):
+    stb_batches: int | None = Field(None, ge=1, description="a positive number of random batches (default |U| / B)")
 
-    ``--option stb_batches=Q`` overrides Q. The record keeps Q and the best and median batch
-    scores, so one can see how much the choice among random batches bought.
+
+@dataclass(frozen=True)
+class StochasticBatchesArtefacts(Artefacts):
+    score: str
+    stb_batches: int
+    stb_best_batch_score: float
+    stb_median_batch_score: float
+
+
+class StochasticBatchesStrategy(Strategy):
+    """Stochastic Batches (Gaillochet et al. 2023; paper §4.2): draw ``Q = floor(|U| / B)``
+    random batches of B distinct items (independently, so batches may share items), score each
+    by the sum of its items' deterministic entropy, select the highest-scoring batch.
+
+    ``stb_batches`` overrides Q. The record keeps Q and the best and median batch scores, so
+    one can see how much the choice among random batches bought.
     """
 
     name = "stochastic-batches"
-    simulation_only = False
+    Options = StochasticBatchesOptions
+    options: StochasticBatchesOptions
 
     def select(self, ctx: SelectionContext) -> Selection:
         scores = score_pool(ctx, mc=False, deterministic=True)
@@ -107,25 +121,16 @@ class StochasticBatchesStrategy:
         n = len(entropy)
         b = min(int(ctx.budget), n)
         t0 = time.perf_counter()
-        q = int(ctx.options.get("stb_batches", max(n // max(b, 1), 1)))
-        if q < 1:
-            raise ValueError(f"stb_batches must be >= 1, got {q}")
+        q = self.options.stb_batches or max(n // max(b, 1), 1)
         batches = np.stack([ctx.rng.choice(n, size=b, replace=False) for _ in range(q)]) if b else np.zeros((q, 0), np.int64)
         batch_scores = entropy[batches].sum(axis=1)
         best = int(np.argmax(batch_scores))  # first of equal maxima
         pos = np.sort(batches[best])
-        t_draw = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        bu = selected_batch_uncertainty(ctx, scores.indices[pos])
         return Selection(
             scores.indices[pos],
             [float(v) for v in entropy[pos]],
-            {
-                "score": "entropy",
-                "stb_batches": q,
-                "stb_best_batch_score": float(batch_scores[best]),
-                "stb_median_batch_score": float(np.median(batch_scores)),
-                "batch_uncertainty": bu,
-                "seconds": {"score": scores.seconds, "draw_batches": t_draw, "batch_uncertainty": time.perf_counter() - t1},
-            },
+            seconds={"score": scores.seconds, "draw_batches": time.perf_counter() - t0},
+            artefacts=StochasticBatchesArtefacts(
+                "entropy", q, float(batch_scores[best]), float(np.median(batch_scores))
+            ),
         )

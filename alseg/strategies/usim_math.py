@@ -1,4 +1,4 @@
-"""The pure maths of USIM (spec §4; paper §3.3 and Appendix A), apart from any model or pool.
+"""The pure maths of USIM (paper §3.3 and Appendix A), apart from any model or pool.
 
 The strategy itself (gradients, MC passes, bookkeeping) composes these: class weights ->
 weighted uncertainty -> query-set size (elbow) -> query set drawn ∝ uncertainty -> a
@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["DEFAULT_CHUNK_ROWS", "FISHER_DAMPING", "QUERY_SIZE_BUDGET_FACTOR", "class_weights", "cosine_similarity", "draw_query_set", "elbow_index", "fisher_cosine_similarity", "fisher_diagonal", "fisher_similarity", "fisher_whitening", "query_set_size", "sample_fisher_parameters", "weighted_uncertainty"]
+
 QUERY_SIZE_BUDGET_FACTOR = 5
-"""Lower bound of the elbow query-set size in multiples of the budget (spec §4.3)."""
+"""Lower bound of the elbow query-set size in multiples of the budget (paper §3.3.2; elbow rule: docs/design-notes/strategies.md)."""
 DEFAULT_CHUNK_ROWS = 4096
 """Rows of G_u per block when building a kernel: bounds the temporaries, not the output."""
 FISHER_DAMPING = 1e-6
@@ -22,7 +24,7 @@ FISHER_DAMPING = 1e-6
 
 
 def class_weights(voxels_per_class: Sequence[int] | np.ndarray | Tensor) -> Tensor:
-    """``w_c = 1 / #annotated voxels of class c`` for the foreground classes (spec §4.1).
+    """``w_c = 1 / #annotated voxels of class c`` for the foreground classes (paper §3.3.2).
 
     A class with no annotated voxel yet gets the weight of the rarest class seen: it is at
     least as under-represented, but ``1 / 0 = inf`` would turn every item's uncertainty into inf
@@ -43,7 +45,7 @@ def class_weights(voxels_per_class: Sequence[int] | np.ndarray | Tensor) -> Tens
 
 
 def weighted_uncertainty(classwise_std: Tensor, weights: Tensor) -> Tensor:
-    """``u(x) = sum_c w_c Uncert(x, c)`` (spec §4.2): ``(N, C) x (C,) -> (N,)``."""
+    """``u(x) = sum_c w_c Uncert(x, c)`` (paper §3.3.2): ``(N, C) x (C,) -> (N,)``."""
     if classwise_std.ndim != 2 or classwise_std.shape[1] != weights.numel():
         raise ValueError(
             f"classwise_std {tuple(classwise_std.shape)} and weights {tuple(weights.shape)} disagree; "
@@ -53,7 +55,7 @@ def weighted_uncertainty(classwise_std: Tensor, weights: Tensor) -> Tensor:
 
 
 def elbow_index(values_sorted_desc: Tensor | np.ndarray) -> int:
-    """Index of the point farthest from the chord joining the first and last points (spec §4.3).
+    """Index of the point farthest from the chord joining the first and last points (paper §3.3.2; elbow rule: docs/design-notes/strategies.md).
 
     Perpendicular distance to the chord is ``cos(angle) * (chord(x) - y)``, so its argmax is the
     argmax of the vertical gap and does not depend on how either axis is scaled. This is the
@@ -87,7 +89,7 @@ def query_set_size(u: Tensor | np.ndarray, budget: int, fixed: int | None = None
 
 
 def draw_query_set(u: Tensor | np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``size`` items with replacement, ``p(x) = u(x) / sum u`` (spec §4.4).
+    """Draw ``size`` items with replacement, ``p(x) = u(x) / sum u`` (paper §3.3.2, Algorithm 1).
 
     Returns ``(draws, columns)``: the raw draws with duplicates (the ablation statistics count
     them) and their sorted unique values, one column of S each. If every ``u`` is 0 (a model
@@ -104,20 +106,45 @@ def draw_query_set(u: Tensor | np.ndarray, size: int, rng: np.random.Generator) 
     return draws, np.unique(draws)
 
 
-def cosine_similarity(G_u: Tensor, G_q: Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+def cosine_similarity(
+    G_u: Tensor, G_q: Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS, column_weights: Tensor | None = None
+) -> Tensor:
     """USIMC kernel ``S_uq = g_u . g_q / (|g_u| |g_q|)`` (Appendix A, Eq. 2), ``(|U|, |Q|)``
-    float32 on ``G_u``'s device. A zero gradient has no direction; its similarities are 0."""
-    q = torch.nn.functional.normalize(G_q.float(), dim=1)
+    float32 on ``G_u``'s device. A zero gradient has no direction; its similarities are 0.
+
+    ``column_weights`` (``(D,)``, optional) multiplies every row first: the cosine in the metric
+    ``diag(column_weights)²``. A positive scale of a row changes nothing, so float16 rows stored
+    divided by their largest magnitude give the float32 kernel without their scales."""
+    w = None if column_weights is None else column_weights.float().to(G_u.device)
+    q = G_q.float() if w is None else G_q.float() * w.to(G_q.device)
+    q = torch.nn.functional.normalize(q, dim=1)
     out = torch.empty(G_u.shape[0], G_q.shape[0], dtype=torch.float32, device=G_u.device)
     for r0 in range(0, G_u.shape[0], chunk_rows):
-        block = torch.nn.functional.normalize(G_u[r0 : r0 + chunk_rows].float(), dim=1)
+        block = G_u[r0 : r0 + chunk_rows].float()
+        block = torch.nn.functional.normalize(block if w is None else block * w, dim=1)
         out[r0 : r0 + chunk_rows] = block @ q.to(block.device).T
     return out
 
 
+def fisher_whitening(F_sel: Tensor, damping: float = FISHER_DAMPING) -> Tensor:
+    """``1 / sqrt(F + damping * mean(F))`` per sampled parameter: rows multiplied by it have
+    :func:`fisher_similarity` (times ``k``) as their dot product."""
+    f = F_sel.double()
+    return (1.0 / (f + damping * f.mean()).sqrt()).float()
+
+
+def fisher_cosine_similarity(
+    G_u: Tensor, G_q: Tensor, F_sel: Tensor, damping: float = FISHER_DAMPING, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Tensor:
+    """USIMF's ``fisher_kernel=cosine`` ablation: :func:`fisher_similarity` divided by both
+    items' Fisher norms, ``S_uq / sqrt(S_uu S_qq)`` — the cosine of the whitened rows, so it is
+    :func:`cosine_similarity` with :func:`fisher_whitening` as column weights."""
+    return cosine_similarity(G_u, G_q, chunk_rows, column_weights=fisher_whitening(F_sel, damping))
+
+
 def fisher_diagonal(per_sample_grads: Tensor) -> Tensor:
     """Empirical Fisher diagonal ``F = mean_x (grad log p(ȳ|x))²`` over the ``M`` rows of
-    ``(M, P)`` per-sample gradients (Appendix A, Eq. 3; spec §4.8: the mean over the Fisher
+    ``(M, P)`` per-sample gradients (Appendix A, Eq. 3: the mean over the Fisher
     subset, not the original code's repeated square of one sample)."""
     if per_sample_grads.ndim != 2 or per_sample_grads.shape[0] == 0:
         raise ValueError(f"per_sample_grads must be (M, P) with M >= 1, got {tuple(per_sample_grads.shape)}")
@@ -148,7 +175,7 @@ def fisher_similarity(
     damping: float = FISHER_DAMPING,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Tensor:
-    """USIMF kernel ``S_uq = g_u^T diag(F)^-1 g_q / k`` (Appendix A, Eq. 4; spec §4.5) over the
+    """USIMF kernel ``S_uq = g_u^T diag(F)^-1 g_q / k`` (Appendix A, Eq. 4) over the
     ``k`` sampled parameters, ``(|U|, |Q|)`` float32 on ``G_u``'s device.
 
     ``diag(F)`` is damped by ``damping * mean(F_sel)`` before inverting: relative, so the kernel

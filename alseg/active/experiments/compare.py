@@ -63,8 +63,15 @@ def parse_strategies(spec: str) -> list[str]:
 
 
 def loop_command(plan_dir: Path, cell: Cell, settings: LoopSettings, workers: int | None = None) -> list[str]:
-    """Write the cell's settings file and return the ``alseg loop`` command that runs it."""
-    cell_settings = settings.model_copy(update={"strategy": cell.strategy, "seed": cell.seed})
+    """Write the cell's settings file and return the ``alseg loop`` command that runs it.
+
+    The grid's ``--option`` set is shared by all strategies; each cell keeps the keys its own
+    strategy accepts.
+    """
+    from alseg.strategies import options_for  # lazy: the registry imports every strategy
+
+    own = options_for([cell.strategy], settings.strategy_options)[cell.strategy]
+    cell_settings = settings.model_copy(update={"strategy": cell.strategy, "seed": cell.seed, "strategy_options": own})
     cell.settings_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell.settings_path, cell_settings.model_dump_json(indent=2) + "\n")
     cmd = [sys.executable, "-c", "from alseg.cli import main; main()", "loop", str(plan_dir), "-o", str(cell.run_dir),

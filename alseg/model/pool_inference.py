@@ -1,4 +1,4 @@
-"""The pool scoring engine: one streaming pass of the network over pool items (spec §2).
+"""Pool inference: one streaming pass of the network over pool items (paper §3.3.1, MC dropout).
 
 Every uncertainty strategy (Max Entropy, Mean STD, BALD, Stochastic Batches, USIM) needs the
 same thing: per-item aggregates of the network's softmax over many items, with and without MC
@@ -20,11 +20,17 @@ How the pass is organised:
 * **One deterministic pass** (eval mode, dropout off) gives Max Entropy.
 * **T MC dropout passes** (:func:`alseg.model.network.mc_dropout` at ``ctx.dropout_mc``) are
   streamed through :class:`alseg.strategies.scores.MCDropoutAccumulator`. Several passes run
-  in one forward by repeating the chunk (``passes_per_forward``, see
-  :func:`passes_per_forward`); the accumulator still sees one pass at a time.
+  in one forward by repeating the chunk (``passes_per_forward``); the accumulator still sees
+  one pass at a time.
 * **Randomness**: the dropout masks come from torch's generator, seeded from ``ctx.rng`` inside
   a forked RNG state, so a strategy is deterministic under the round's seed and leaves
   torch's global state untouched.
+* **Batch uncertainty** (paper Appendix D, Fig. 5): :func:`measure_batch_uncertainty` is the one
+  definition every strategy's round record uses: fresh MC passes over the selected items only,
+  seeded independently of the strategy, so equal batches give equal numbers.
+
+This module is inference, not a strategy: it needs from its caller only what
+:class:`ScoringContext` lists (a :class:`alseg.strategies.ScoringContext` is one).
 
 Multi-GPU: the loop calls strategies on rank 0 only, so scoring runs on rank 0's device
 (``ctx.device``); the other ranks wait. Splitting the pool across ranks is not implemented.
@@ -38,30 +44,34 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alseg.model.network import eval_mode, mc_dropout  # noqa: F401 (eval_mode re-exported for the strategies)
+from alseg.data.pool import Pool
+from alseg.model.network import eval_mode, mc_dropout
 from alseg.progress import console, make_progress
-from alseg.strategies.base import SelectionContext
 from alseg.strategies.scores import MCDropoutAccumulator, item_entropy
 
 __all__ = [
+    "DEFAULT_PASSES_PER_FORWARD",
     "PoolScores",
+    "ScoringContext",
+    "eval_mode",
+    "measure_batch_uncertainty",
     "batch_uncertainty",
     "inference_batch_size",
     "item_batches",
-    "passes_per_forward",
     "score_pool",
     "seeded_torch",
-    "selected_batch_uncertainty",
+    "seeded_torch_from",
 ]
 
 #: Most samples (items x passes) in one forward, as a multiple of ``ctx.batch_size``: T passes
 #: over a chunk run as ``ceil(T / g)`` forwards of ``g`` repeated copies. Measured in
-#: ``benchmarks/scoring.py``; see :func:`passes_per_forward`.
+#: ``benchmarks/scoring.py``; :func:`score_pool`'s ``passes_per_forward``.
 DEFAULT_PASSES_PER_FORWARD = 1
 
 #: Chunks prepared ahead of the device by the loader thread.
@@ -89,6 +99,25 @@ def inference_batch_size(config, device: torch.device | str) -> int:
     return max(1, min(most, CPU_ACTIVATION_BYTES // per_item))
 
 
+class ScoringContext(Protocol):
+    """What pool inference reads from its caller (:class:`alseg.strategies.ScoringContext`
+    has all of it): the network, the pool and how to read it, the device and the MC settings."""
+
+    model: nn.Module
+    pool: Pool
+    load_image: Callable[[str], np.ndarray]
+    device: torch.device
+    mc_passes: int
+    dropout_mc: float
+    batch_size: int
+    rng: np.random.Generator
+    n_classes: int
+    show_progress: bool
+
+    @property
+    def unlabelled(self) -> np.ndarray: ...
+
+
 @dataclass
 class PoolScores:
     """Per-item aggregates of one scoring pass, aligned with ``indices``."""
@@ -96,7 +125,7 @@ class PoolScores:
     indices: np.ndarray
     """Pool indices scored, in the order given."""
     entropy: np.ndarray | None
-    """(N,) deterministic (dropout off) mean pixel entropy (spec §2 Max Entropy); None unless
+    """(N,) deterministic (dropout off) mean pixel entropy (Max Entropy, as the original code); None unless
     ``deterministic``."""
     mean_std: np.ndarray | None
     """(N,) MC: mean over valid pixels of ``mean_c std_t p_t(c)``; None unless ``mc``."""
@@ -104,7 +133,7 @@ class PoolScores:
     """(N,) MC: ``H(p̄) - mean_t H(p_t)``, mean over valid pixels; None unless ``mc``."""
     classwise_std: np.ndarray | None
     """(N, C) MC: ``Σ_valid pixels std_t p_t(c)`` for every class, background in column 0
-    (spec §2, USIM uses the foreground columns); None unless ``mc``."""
+    (paper §3.3.1; USIM uses the foreground columns); None unless ``mc``."""
     seconds: float
     """Wall time of the pass."""
 
@@ -123,7 +152,7 @@ def _place(item_shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[slice, 
     return tuple(out)
 
 
-def _host_chunks(ctx: SelectionContext, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _host_chunks(ctx: ScoringContext, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Padded numpy chunks ``(indices, images (n, C, *patch) float32, valid (n, *patch) bool)``,
     reading each case's image once (``order`` is grouped by case)."""
     pool = ctx.pool
@@ -185,7 +214,7 @@ def _prefetch(it: Iterator, depth: int) -> Iterator:
         stop.set()
 
 
-def _group_by_case(ctx: SelectionContext, indices: np.ndarray) -> np.ndarray:
+def _group_by_case(ctx: ScoringContext, indices: np.ndarray) -> np.ndarray:
     """``indices`` reordered so each case's items are contiguous (stable within a case)."""
     if len(indices) == 0:
         return indices
@@ -197,7 +226,7 @@ def _group_by_case(ctx: SelectionContext, indices: np.ndarray) -> np.ndarray:
 
 
 def item_batches(
-    ctx: SelectionContext, indices: np.ndarray, batch_size: int | None = None
+    ctx: ScoringContext, indices: np.ndarray, batch_size: int | None = None
 ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     """Chunks of pool items ready for the network.
 
@@ -225,27 +254,19 @@ def _logits(out: Tensor | list[Tensor]) -> Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-
-
 @contextmanager
-def seeded_torch(ctx: SelectionContext) -> Iterator[None]:
-    """Torch's generators (CPU and ``ctx.device``) seeded from ``ctx.rng`` and restored on exit."""
-    device = torch.device(ctx.device)
+def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Torch's generators (CPU and ``device``) seeded with ``seed`` and restored on exit."""
+    device = torch.device(device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    seed = int(ctx.rng.integers(2**62))
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(int(seed))
         yield
 
 
-def passes_per_forward(ctx: SelectionContext) -> int:
-    """How many MC passes run in one forward (the chunk repeated that many times).
-
-    ``ctx.options["mc_passes_per_forward"]`` overrides the default
-    (:data:`DEFAULT_PASSES_PER_FORWARD`); clipped to ``[1, T]``.
-    """
-    g = int(ctx.options.get("mc_passes_per_forward", DEFAULT_PASSES_PER_FORWARD))
-    return max(1, min(g, max(int(ctx.mc_passes), 1)))
+def seeded_torch(ctx: ScoringContext) -> "contextmanager":
+    """Torch's generators seeded from ``ctx.rng`` (one draw) and restored on exit."""
+    return seeded_torch_from(int(ctx.rng.integers(2**62)), ctx.device)
 
 
 def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,7 +286,13 @@ def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int)
 
 
 def score_pool(
-    ctx: SelectionContext, indices: np.ndarray | None = None, mc: bool = True, deterministic: bool = True
+    ctx: ScoringContext,
+    indices: np.ndarray | None = None,
+    mc: bool = True,
+    deterministic: bool = True,
+    *,
+    passes_per_forward: int = DEFAULT_PASSES_PER_FORWARD,
+    seed: int | None = None,
 ) -> PoolScores:
     """Score pool items in one pass (see the module docstring).
 
@@ -275,6 +302,9 @@ def score_pool(
         indices: pool indices to score; default the unlabelled items.
         mc: run the T MC dropout passes (mean STD, BALD, class-wise STD).
         deterministic: run the dropout-off pass (Max Entropy).
+        passes_per_forward: MC passes run in one forward (the chunk repeated), clipped to
+            ``[1, T]``; measured in ``benchmarks/scoring.py``.
+        seed: seeds the dropout masks; default one draw from ``ctx.rng``.
 
     Returns per-item aggregates aligned with ``indices`` (fields not computed are None).
     """
@@ -291,10 +321,11 @@ def score_pool(
     bald = np.zeros(n, np.float32) if mc else None
     classwise = np.zeros((n, ctx.n_classes), np.float32) if mc else None  # resized to the net's K below
     net = ctx.model
-    group = passes_per_forward(ctx)
+    group = max(1, min(int(passes_per_forward), max(int(ctx.mc_passes), 1)))
     show = bool(ctx.show_progress and console.is_terminal and n)
     what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
-    with make_progress() if show else nullcontext() as bar, torch.inference_mode(), eval_mode(net), seeded_torch(ctx):
+    with make_progress() if show else nullcontext() as bar, torch.inference_mode(), eval_mode(net), \
+            (seeded_torch(ctx) if seed is None else seeded_torch_from(seed, ctx.device)):
         task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
         for chunk, x, valid in item_batches(ctx, idx):
             rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))
@@ -325,13 +356,19 @@ def batch_uncertainty(classwise_std: np.ndarray) -> float:
     return float(cw[:, 1:].sum()) if cw.size else 0.0
 
 
-def selected_batch_uncertainty(ctx: SelectionContext, indices: np.ndarray) -> float | None:
-    """:func:`batch_uncertainty` of ``indices`` from T MC passes over those items only (B x T
-    forwards, negligible next to scoring the pool), for strategies that have no MC scores of
-    their own. ``--option batch_uncertainty=false`` skips it (returns None)."""
-    if str(ctx.options.get("batch_uncertainty", "true")).lower() in ("0", "false", "no", "off"):
+def measure_batch_uncertainty(
+    ctx: ScoringContext, indices: np.ndarray, seed: int, passes_per_forward: int = DEFAULT_PASSES_PER_FORWARD
+) -> float | None:
+    """:func:`batch_uncertainty` of the batch ``indices`` from T fresh MC passes over those
+    items only (B x T forwards, negligible next to scoring the pool).
+
+    The one Figure 5 measure for every strategy: the items are sorted and the dropout masks
+    seeded by ``seed`` alone (not by how much of the round's generator a strategy used), so the
+    same batch gives the same number whichever strategy chose it, and Mean STD / BALD are not
+    favoured by re-using the very passes whose spread picked the batch. None without items or
+    passes."""
+    idx = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
+    if len(idx) == 0 or ctx.mc_passes < 1:
         return None
-    if len(indices) == 0 or ctx.mc_passes < 1:
-        return None
-    s = score_pool(ctx, np.asarray(indices, dtype=np.int64), mc=True, deterministic=False)
+    s = score_pool(ctx, idx, mc=True, deterministic=False, passes_per_forward=passes_per_forward, seed=seed)
     return batch_uncertainty(s.classwise_std)

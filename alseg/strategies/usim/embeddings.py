@@ -1,0 +1,140 @@
+"""USIM's gradient embeddings of the pseudo-label loss (paper §3.3.3, Appendix A).
+
+Padding: items smaller than the patch are zero-padded by pool inference's ``item_batches``;
+their padded pixels get the target ``IGNORE_INDEX`` so they add nothing to an item's loss (and
+gradient), exactly as the scores ignore them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from alseg.model.network import IGNORE_INDEX, eval_mode, per_sample_gradients, unwrap_network
+from alseg.model.pool_inference import ScoringContext, item_batches
+from alseg.progress import console, make_progress
+
+__all__ = ["GradientEmbedding", "IGNORE_INDEX", "fisher_information", "gradient_embeddings", "pseudo_label_targets"]
+
+
+@dataclass
+class GradientEmbedding:
+    """One embedding per candidate item, and what is needed to embed more items alike."""
+
+    G: Tensor
+    """(N, D) float32, or float16 rows divided by ``scale``."""
+    scale: Tensor | None
+    """(N,) row scales of float16 rows (``G * scale[:, None]`` is the gradient); None in float32."""
+    params: list[str]
+    """Parameter names the gradient is taken over."""
+    n_parameters: int
+    """Scalars in ``params``."""
+    max_dim: int | None = None
+    """USIMC: the truncation of the flattened gradient."""
+    param_index: np.ndarray | None = None
+    """USIMF: indices of the parameters drawn ∝ F in the flattened decoder gradient."""
+    fisher: Tensor | None = None
+    """USIMF: F on the drawn parameters, ``(k,)``."""
+    fisher_subset: np.ndarray | None = None
+    """USIMF: candidate positions whose gradients estimate F."""
+    seconds_fisher: float = 0.0
+
+    def rows(self, positions: np.ndarray | Tensor) -> "GradientEmbedding":
+        """The same embedding restricted (or repeated) to ``positions``."""
+        r = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.G.device)
+        return GradientEmbedding(
+            self.G[r], None if self.scale is None else self.scale[r], self.params, self.n_parameters,
+            self.max_dim, self.param_index, self.fisher, None, self.seconds_fisher,
+        )
+
+
+def pseudo_label_targets(net: torch.nn.Module, x: Tensor, valid: Tensor) -> Tensor:
+    """``argmax`` of the deterministic prediction (eval mode), ``IGNORE_INDEX`` outside ``valid``:
+    ``(n, *patch)`` long. The pseudo-label ȳ of paper §3.3.3 on the item's own pixels only."""
+    net = unwrap_network(net)
+    with torch.no_grad(), eval_mode(net):
+        out = net(x)
+        logits = out[0] if isinstance(out, (list, tuple)) else out
+        y = logits.argmax(1)
+    return y.masked_fill_(~valid, IGNORE_INDEX)
+
+
+def _grad_batches(
+    ctx: ScoringContext, indices: np.ndarray, batch_size: int | None, params: Sequence[str], max_dim: int | None, label: str
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """Yield ``(rows into indices, per-sample gradients (n, P) float32 on ctx.device)``."""
+    net = unwrap_network(ctx.model)
+    pos = {int(i): j for j, i in enumerate(indices)}
+    show = bool(ctx.show_progress and console.is_terminal and len(indices))
+    with (make_progress() if show else nullcontext()) as bar, torch.enable_grad():
+        task = bar.add_task(f"{label} ({len(indices)} items)", total=len(indices)) if show else None
+        for chunk, x, valid in item_batches(ctx, indices, batch_size):
+            rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))
+            targets = pseudo_label_targets(net, x, valid)
+            g = per_sample_gradients(net, x, params, max_dim=max_dim, targets=targets)
+            yield rows, g
+            if show:
+                bar.advance(task, len(chunk))
+
+
+def gradient_embeddings(
+    ctx: ScoringContext,
+    indices: np.ndarray,
+    params: Sequence[str],
+    *,
+    max_dim: int | None = None,
+    columns: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+    label: str = "gradient embeddings",
+) -> tuple[Tensor, Tensor | None]:
+    """Per-item gradients of the pseudo-label loss, rows aligned with ``indices``, on ``ctx.device``.
+
+    The gradient over ``params`` (flattened in order) is truncated to ``max_dim`` entries
+    (USIMC) and/or restricted to ``columns`` (USIMF's sampled parameters); only ``(N, D)`` is
+    kept, never ``(N, P)``. Returns ``(G, row_scale)``: in float32 ``row_scale`` is None; in
+    float16 each row is divided by its largest magnitude (so no entry overflows or flushes to
+    zero) and ``G * row_scale[:, None]`` is the gradient.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    device = torch.device(ctx.device)
+    cols = None if columns is None else torch.as_tensor(columns, dtype=torch.long, device=device)
+    G: Tensor | None = None
+    scale = torch.ones(len(indices), dtype=torch.float32, device=device) if dtype == torch.float16 else None
+    for rows, g in _grad_batches(ctx, indices, batch_size, params, max_dim, label):
+        if cols is not None:
+            g = g.index_select(1, cols)
+        if G is None:
+            G = torch.empty(len(indices), g.shape[1], dtype=dtype, device=device)
+        r = torch.as_tensor(rows, device=device)
+        if scale is not None:
+            s = g.abs().amax(dim=1).clamp_(min=torch.finfo(torch.float32).tiny)
+            scale[r] = s
+            g = g / s[:, None]
+        G[r] = g.to(dtype)
+    if G is None:
+        G = torch.empty(0, 0 if cols is None else len(cols), dtype=dtype, device=device)
+    return G, scale
+
+
+def fisher_information(
+    ctx: ScoringContext, indices: np.ndarray, params: Sequence[str], batch_size: int | None = None
+) -> Tensor:
+    """Empirical Fisher diagonal ``F = mean_x (∇θ log p(ȳ|x))²`` over the items ``indices``
+    (Appendix A, Eq. 3), ``(P,)`` float64 on ``ctx.device``. The same value as
+    :func:`~alseg.strategies.usim_math.fisher_diagonal` of the stacked ``(M, P)`` gradients,
+    accumulated chunk by chunk so that ``M x P`` is never held."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError("the Fisher subset is empty")
+    total: Tensor | None = None
+    for _, g in _grad_batches(ctx, indices, batch_size, params, None, "Fisher information"):
+        sq = g.double().square().sum(dim=0)
+        total = sq if total is None else total.add_(sq)
+    assert total is not None
+    return total / len(indices)
