@@ -36,10 +36,9 @@ from alseg.model.module import SegmentationModule
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
 
-__all__ = ["fit", "load_weights", "make_split", "read_metrics", "train"]
+__all__ = ["fit", "load_weights", "make_split", "train"]
 
 SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
-# read_metrics: moved to alseg.model.callbacks (re-exported here); GRADIENT_CLIP: moved to alseg.model.trainer
 
 
 def make_split(
