@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+__all__ = ["atomic_save_npy", "atomic_save_npz", "atomic_torch_save", "atomic_write_json", "atomic_write_text"]
+
 
 def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     path = Path(path)
@@ -51,6 +53,6 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    import torch
+    import torch  # lazy: reading and writing JSON or NumPy files should not load torch (start-up)
 
     _atomic(path, lambda tmp: torch.save(obj, tmp))

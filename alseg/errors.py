@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["AlsegError"]
+
 
 class AlsegError(Exception):
     """An error the user can fix. ``str(err)`` is the one line printed on stderr."""

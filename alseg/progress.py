@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+__all__ = ["console", "make_progress", "progress_map"]
+
 console = Console(stderr=True)
 
 

@@ -38,6 +38,7 @@ OLD_BATCH = 292
 def child(args) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    # lazy: the child imports torch only once sys.path points at this checkout and the parent has set its allocator environment
     import torch
 
     from scoring import build_context  # benchmarks/scoring.py

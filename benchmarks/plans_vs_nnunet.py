@@ -45,7 +45,12 @@ from alseg.data.dataset import load_case, read_dataset  # noqa: E402
 from alseg.data.io import read_volume, write_volume  # noqa: E402
 from alseg.plans.fingerprint import extract_fingerprint  # noqa: E402
 from alseg.plans.nnunet_export import to_nnunet_plans  # noqa: E402
+from alseg.data.synthetic import generate_dataset  # noqa: E402
+from alseg.plans.models import Fingerprint, IntensityStats  # noqa: E402
 from alseg.plans.planner import plan_experiment  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
 OK, BAD = "✓", "✗"
@@ -53,7 +58,7 @@ OK, BAD = "✓", "✗"
 
 def nnunet_available() -> bool:
     try:
-        import nnunetv2  # noqa: F401
+        import nnunetv2  # noqa: F401  lazy: optional, see the module docstring
     except ImportError:
         return False
     return True
@@ -101,6 +106,7 @@ def run_alseg(src: Path, workers: int):
 
 
 def run_nnunet(ds: str, workers: int):
+    # lazy: nnunetv2 is optional (installed in a separate venv); only the comparison needs it
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
@@ -172,6 +178,7 @@ def _dig(d, keys):
 
 def compare_preprocessing(src: Path, plans, nnunet_plans: dict, dataset_json: dict, n_cases: int = 3) -> list[str]:
     """Largest |alseg - nnU-Net| of the preprocessed image and label disagreement on a few cases."""
+    # lazy: nnunetv2 is optional (installed in a separate venv); only the comparison needs it
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -215,7 +222,6 @@ SYNTHETIC_FINGERPRINTS = {
 
 
 def synthetic_fingerprint(spacing, shape, n, channel):
-    from alseg.plans.models import Fingerprint, IntensityStats
 
     rng = np.random.default_rng(0)
     jitter = lambda v, k: [float(v[a]) if v[a] == 999.0 else float(v[a]) * (1 + 0.1 * rng.uniform(-1, 1)) for a in range(k)]  # noqa: E731
@@ -231,6 +237,7 @@ def synthetic_fingerprint(spacing, shape, n, channel):
 
 def nnunet_plan_from_fingerprint(fp, raw_root: Path, pre_root: Path, dataset_id: int):
     """nnU-Net's ExperimentPlanner on a given fingerprint (two dummy image files satisfy its reader checks)."""
+    # lazy: nnunetv2 is optional (installed in a separate venv); only the comparison needs it
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     from alseg.data.io import Geometry
@@ -255,13 +262,10 @@ def nnunet_plan_from_fingerprint(fp, raw_root: Path, pre_root: Path, dataset_id:
 
 
 def print_table(title: str, rows, timing: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, caption=timing)
     for col in ("field", "alseg", "nnU-Net v2", ""):
         table.add_column(col, overflow="fold")
-    from rich.markup import escape
 
     for r in rows:
         table.add_row(*[escape(x) for x in r])
@@ -286,7 +290,6 @@ def main() -> int:
         print("nnunetv2 is not importable: showing alseg's plans only. To compare, install it in a separate venv:")
         print(__doc__.split("separate virtual environment (never alseg's own):")[1])
 
-    from alseg.data.synthetic import generate_dataset
 
     sources: dict[str, Path] = {}
     for name in args.datasets.split(","):

@@ -59,6 +59,7 @@ def _reset_peak_rss() -> None:
 
 
 def _kernel(n: int, q: int, seed: int):
+    # lazy: each measurement runs in a spawned process, which re-imports this module; the libraries are imported where they are timed
     import numpy as np
     import torch
 
@@ -77,6 +78,7 @@ def run_method(
 ) -> Result:
     """One measurement, meant to run alone in a fresh process; the fastest of ``repeats`` runs,
     since the machine may be shared."""
+    # lazy: each measurement runs in a spawned process, which re-imports this module; the libraries are imported where they are timed
     import numpy as np
     import submodlib  # imported in both methods: its 1.5 s and ~100 MB are not the optimiser's
     import torch
@@ -132,6 +134,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    # lazy: spawned children re-import this module, so torch stays out of its top level; the parent needs it for the header only
     import torch
 
     print(

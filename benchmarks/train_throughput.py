@@ -95,7 +95,7 @@ def _status_kib(field: str) -> int:
             m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
         return int(m.group(1)) if m else 0
     except OSError:
-        import resource
+        import resource  # lazy: only the fallback off Linux needs it
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) if field == "VmHWM" else 0
 
@@ -119,6 +119,7 @@ def _random_batch(torch, batch: int, channels: int, patch: list[int], n_classes:
 
 class _AlsegSide(_Side):
     def __init__(self, spec: dict[str, Any], torch, device):
+        # lazy: each side runs in its own child process and imports only its own stack (measured in isolation)
         import warnings
 
         from alseg.model.module import SegmentationModule
@@ -192,6 +193,7 @@ def _conv_bias(torch, net, heads: tuple[str, ...]) -> str:
 
 class _NnunetSide(_Side):
     def __init__(self, spec: dict[str, Any], torch, device):
+        # lazy: each side runs in its own child process and imports only its own stack (measured in isolation)
         import torch.nn.functional as F
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -281,13 +283,14 @@ def worker_main(side: str, spec: dict[str, Any]) -> None:
         proto.flush()
 
     try:
+        # lazy: imported in the child, inside try, so a failed import is reported to the parent
         import torch
 
         torch.set_num_threads(spec["threads"])
         if side == "alseg":
-            import alseg.model.module  # noqa: F401  (import baseline: torch + monai + lightning)
+            import alseg.model.module  # noqa: F401  lazy: this side's import baseline (torch + monai + lightning)
         else:
-            import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401
+            import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401  lazy: this side's import baseline
         base_rss = _status_kib("VmRSS")
         device = torch.device(spec["device"])
         if device.type == "cuda":
@@ -296,6 +299,7 @@ def worker_main(side: str, spec: dict[str, Any]) -> None:
         runner = (_AlsegSide if side == "alseg" else _NnunetSide)(spec, torch, device)
         setup_s = time.perf_counter() - t0
     except Exception as e:  # reported by the parent, which goes on with the other side
+        # lazy: only a failure needs it
         import traceback
 
         traceback.print_exc()
@@ -340,6 +344,7 @@ def loader_main(spec: dict[str, Any]) -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     sys.path.insert(0, str(REPO))
+    # lazy: the loader's child process imports once sys.path points at this checkout
     import torch
 
     from alseg.data.cache import CaseCache
@@ -353,6 +358,7 @@ def loader_main(spec: dict[str, Any]) -> None:
     try:
         plans_dir = Path(spec["plans_dir"]) if spec["plans_dir"] else None
         if plans_dir is None:  # --demo-cache
+            # lazy: only --demo-cache builds a cache
             from alseg.data.cache import build_cache
             from alseg.data.synthetic import generate_dataset
             from alseg.plans.planner import plan_dataset
@@ -398,6 +404,7 @@ def loader_main(spec: dict[str, Any]) -> None:
             }
         )
     except Exception as e:
+        # lazy: only a failure needs it
         import traceback
 
         traceback.print_exc()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alseg.data.datamodule import PatchDataset, Region, SegDataModule, list_cases, whole_case_region
+from alseg.data.cache import CaseCache
+from alseg.data.datamodule import PatchDataset, Region, SegDataModule, whole_case_region
 from alseg.errors import AlsegError
 from builders import tiny_plans, write_cache
 
@@ -36,12 +37,12 @@ def _dataset(cache_dir, plans, config, regions, n=64, oversample=0.33, augment=F
     return ds
 
 
-def test_list_cases_and_whole_region(cache):
-    assert list_cases(cache) == [f"case_{i:03d}" for i in range(5)]
+def test_case_ids_and_whole_region(cache):
+    assert CaseCache(cache).case_ids() == [f"case_{i:03d}" for i in range(5)]
     assert whole_case_region(cache, "case_001") == Region("case_001", ((0, 12), (0, 20), (0, 18)))
     (cache / "manifest.json").unlink()
     with pytest.raises(AlsegError, match="manifest"):
-        list_cases(cache)
+        CaseCache(cache).case_ids()
 
 
 @pytest.mark.parametrize("config", ["2d", "3d_fullres"])
@@ -115,7 +116,7 @@ def test_label_dir_replaces_cache_labels(tmp_path):
 def test_sampling_is_reproducible_with_augmentation(tmp_path):
     cache = write_cache(tmp_path / "c", n=3)
     plans = tiny_plans()
-    regions = [whole_case_region(cache, c) for c in list_cases(cache)]
+    regions = [whole_case_region(cache, c) for c in CaseCache(cache).case_ids()]
 
     def draw(seed):
         ds = _dataset(cache, plans, "2d", regions, n=12, augment=True, seed=seed)

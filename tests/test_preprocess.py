@@ -1,5 +1,4 @@
-"""Preprocessing maths (resampling, normalisation), the on-disk cache (CaseCache, build_cache)
-and the compatibility wrappers in ``alseg.data.preprocess`` that code outside data/ still calls."""
+"""Preprocessing maths (resampling, normalisation) and the on-disk cache (CaseCache, build_cache)."""
 
 from __future__ import annotations
 
@@ -13,12 +12,11 @@ from alseg.data.dataset import read_dataset
 from alseg.data.io import Geometry
 from alseg.data.cache import MANIFEST, CaseCache, build_cache
 from alseg.data.pipeline import preprocess_case
-from alseg.data.preprocess import cache_dir_for, load_case_cache, preprocess_dataset, read_manifest
 from alseg.data.resample import resample, separate_axis
 from alseg.data.synthetic import generate_dataset
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
-from alseg.plans.models import Normalization, save_model
+from alseg.plans.models import Normalization, load_plans, save_model
 from alseg.plans.planner import plan_experiment
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -134,16 +132,18 @@ def _mtimes(folder: Path) -> dict[str, int]:
 def test_cache_is_complete_idempotent_and_resumable(planned, tmp_path):
     root, plans = planned
     save_model(plans, tmp_path / "plans.json")
-    cache = preprocess_dataset(tmp_path, "2d", tmp_path, workers=1, show_progress=False)
-    assert cache == cache_dir_for(tmp_path, "2d") == tmp_path / plans.configurations["2d"].data_identifier
-    manifest = read_manifest(cache)
+    built = build_cache(load_plans(tmp_path / "plans.json"), "2d", tmp_path, show_progress=False, workers=1)
+    assert built == CaseCache.of(tmp_path, plans, "2d")
+    cache = built.folder
+    assert cache == tmp_path / plans.configurations["2d"].data_identifier
+    manifest = built.manifest()
     assert manifest["cases"] == ["synth_000", "synth_001", "synth_002"]
-    data, seg, props = load_case_cache(cache, "synth_001")
+    data, seg, props = built.image("synth_001"), built.label("synth_001"), built.properties("synth_001")
     assert isinstance(data, np.memmap) and data.dtype == np.float32 and data.ndim == 4
-    assert seg.shape == (1, *data.shape[1:]) and props["config_hash"] == manifest["config_hash"]
+    assert seg.shape == data.shape[1:] and props["config_hash"] == manifest["config_hash"]
 
     before = _mtimes(cache)
-    preprocess_dataset(plans, "2d", tmp_path, workers=1, show_progress=False)
+    build_cache(plans, "2d", tmp_path, show_progress=False, workers=1)
     assert _mtimes(cache) == before  # complete: nothing rewritten
 
     # killed mid-way: no manifest, one case missing -> only that case is computed again
@@ -151,31 +151,31 @@ def test_cache_is_complete_idempotent_and_resumable(planned, tmp_path):
     for name in ("synth_001.npy", "synth_001_seg.npy", "synth_001.json"):
         (cache / name).unlink()
     (cache / ".synth_002.npy.abc.tmp").write_bytes(b"half")  # debris of a killed atomic write
-    preprocess_dataset(plans, "2d", tmp_path, workers=1, show_progress=False)
+    build_cache(plans, "2d", tmp_path, show_progress=False, workers=1)
     after = _mtimes(cache)
-    assert read_manifest(cache) is not None and "synth_001.npy" in after
+    assert CaseCache(cache).manifest() is not None and "synth_001.npy" in after
     assert after["synth_000.npy"] == before["synth_000.npy"]
     assert not any(n.endswith(".tmp") for n in after)
 
 
 def test_cache_of_a_different_plan_is_detected(planned, tmp_path):
     _, plans = planned
-    cache = preprocess_dataset(plans, "3d_fullres", tmp_path, workers=1, show_progress=False)
-    old_hash = read_manifest(cache)["config_hash"]
+    cache = build_cache(plans, "3d_fullres", tmp_path, show_progress=False, workers=1)
+    old_hash = cache.manifest()["config_hash"]
     other = plans.model_copy(deep=True)
     other.configurations["3d_fullres"].spacing = [1.5, 1.5, 1.5]
     with pytest.raises(AlsegError, match="different plan"):
-        preprocess_dataset(other, "3d_fullres", tmp_path, workers=1, show_progress=False, on_mismatch="error")
-    preprocess_dataset(other, "3d_fullres", tmp_path, workers=1, show_progress=False)
-    new = read_manifest(cache)
+        build_cache(other, "3d_fullres", tmp_path, show_progress=False, workers=1, on_mismatch="error")
+    assert build_cache(other, "3d_fullres", tmp_path, show_progress=False, workers=1) == cache
+    new = CaseCache(cache.folder).manifest()
     assert new["config_hash"] != old_hash
-    _, _, props = load_case_cache(cache, "synth_000")
+    props = CaseCache(cache.folder).properties("synth_000")
     assert props["config_hash"] == new["config_hash"] and props["spacing_after_resampling"] == [1.5, 1.5, 1.5]
 
 
 def test_missing_case_in_cache_is_a_user_error(tmp_path):
     with pytest.raises(AlsegError, match="alseg preprocess"):
-        load_case_cache(tmp_path, "nope")
+        CaseCache(tmp_path).image("nope")
 
 
 def test_case_cache_reads_lazily_what_build_cache_wrote(planned, tmp_path):
@@ -191,10 +191,9 @@ def test_case_cache_reads_lazily_what_build_cache_wrote(planned, tmp_path):
     assert props["case_id"] == "synth_002" and cache.properties("synth_002") is props  # read once
     assert list(props["shape_after_resampling"]) == list(cache.shape("synth_002"))
     assert cache.image_path("synth_002").is_file() and cache.label_path("synth_002").is_file()
-    # the compatibility wrappers see the same files
-    data, seg, _ = load_case_cache(cache.folder, "synth_002")
-    np.testing.assert_array_equal(seg[0], label)
-    assert preprocess_dataset(plans, "3d_fullres", tmp_path, workers=1, show_progress=False) == cache.folder
+    # another reader of the folder sees the same files, and building again returns the same cache
+    np.testing.assert_array_equal(CaseCache(cache.folder).label("synth_002"), label)
+    assert build_cache(plans, "3d_fullres", tmp_path, show_progress=False, workers=1).folder == cache.folder
 
 
 def test_case_cache_without_manifest_is_a_user_error(tmp_path):

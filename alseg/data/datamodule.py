@@ -53,7 +53,6 @@ __all__ = [
     "PatchDataset",
     "Region",
     "SegDataModule",
-    "list_cases",
     "whole_case_region",
 ]
 
@@ -76,12 +75,6 @@ class Region:
 # ---------------------------------------------------------------------------- cache access
 def _as_cache(cache: CaseCache | str | Path) -> CaseCache:
     return cache if isinstance(cache, CaseCache) else CaseCache(cache)
-
-
-def list_cases(cache_dir: CaseCache | str | Path) -> list[str]:
-    """Kept for compatibility (``alseg.loop``, ``alseg.compare``, ``alseg.strategies.redundancy``
-    call it): ``CaseCache(cache_dir).case_ids()``."""
-    return _as_cache(cache_dir).case_ids()
 
 
 def whole_case_region(cache: CaseCache | str | Path, case_id: str) -> Region:

@@ -1,7 +1,7 @@
 """The pool of annotation items: what active learning selects and an annotator labels.
 
 An item is a patch of a preprocessed training case (the paper's annotation unit; see
-docs/design-notes/data-model.md): for the 2D configuration a
+docs/design.md): for the 2D configuration a
 window of one slice along axis 0 of the (transposed) volume, for 3D a box. Windows have the
 plan's patch size and overlap by half a patch where a case is larger than the patch; where
 it is smaller the item is the whole extent (training pads it). Ids are stable strings:

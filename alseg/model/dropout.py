@@ -1,7 +1,7 @@
 """Element-wise dropout for MC sampling, with a sparse implementation for small rates on CPU.
 
 Why not only ``torch.nn.functional.dropout``: alseg keeps dropout on during training at
-p = 0.01 (docs/design-notes/data-model.md), after every encoder/decoder conv. On CPU,
+p = 0.01 (docs/design.md), after every encoder/decoder conv. On CPU,
 ``F.dropout`` draws one random number per element and saves a full-size mask for the backward pass, so at p = 0.01 it spends
 almost all its time deciding *not* to drop; it cost ~15% of a training step
 (``benchmarks/train_throughput.py``). :func:`sparse_dropout` draws only the dropped positions:

@@ -1,5 +1,5 @@
 """Full-volume prediction on the preprocessed grid, as nnU-Net predicts (alseg evaluates on that
-grid: docs/design-notes/data-model.md).
+grid: docs/design.md).
 
 * 3D configuration: MONAI :func:`~monai.inferers.sliding_window_inference` with the plan's
   patch size, overlap 0.5 and Gaussian importance weighting (sigma = 1/8 of the patch,

@@ -1,4 +1,4 @@
-"""Test Dice per foreground class on the preprocessed grid (docs/design-notes/data-model.md), with MONAI's Dice.
+"""Test Dice per foreground class on the preprocessed grid (docs/design.md), with MONAI's Dice.
 
 Empty classes: when a case has no voxel of class ``c`` in the ground truth, its Dice is 1.0
 if the prediction has none either and 0.0 otherwise (MONAI ``ignore_empty=False``). nnU-Net

@@ -4,7 +4,7 @@ Why a subclass of :class:`monai.networks.nets.DynUNet`: the topology (kernels, s
 features per stage, instance norm, leaky ReLU, deep supervision) is exactly nnU-Net's and
 MONAI already builds it from those concepts. Four things differ, three for active learning:
 
-* **Dropout where the paper puts it** (MC dropout; docs/design-notes/data-model.md): one
+* **Dropout where the paper puts it** (MC dropout; docs/design.md): one
   :class:`MCDropout` after *each conv of the encoder and decoder blocks* (``conv -> dropout -> norm -> nonlin``, nnU-Net's
   ``ConvDropoutNormReLU`` order), none after the transposed convs and none in the
   segmentation heads. DynUNet's own ``dropout=`` would also hit the heads, so the network is

@@ -36,10 +36,10 @@ from alseg.model.module import SegmentationModule
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
 
-__all__ = ["fit", "load_weights", "make_split", "read_metrics", "train"]
+__all__ = ["fit", "load_weights", "make_split", "train"]
 
 SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
-# read_metrics: moved to alseg.model.callbacks (re-exported here); GRADIENT_CLIP: moved to alseg.model.trainer
+METRICS_CSV = "metrics.csv"  # alseg train's per-epoch record (OUT/metrics.csv; the run directory has its own)
 
 
 def make_split(
@@ -92,7 +92,7 @@ def fit(
     callbacks = [
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
                         save_top_k=1, monitor=None, save_last="link"),
-        MetricsCSV(out_dir / "metrics.csv", metrics_columns(module.plans.labels)),
+        MetricsCSV(out_dir / METRICS_CSV, metrics_columns(module.plans.labels)),
         FinalCheckpoint(out_dir / "model.ckpt"),
     ]
     if progress:
@@ -109,11 +109,11 @@ def fit(
         check_val_every_n_epoch=val_every,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
-    rows = read_metrics(out_dir / "metrics.csv")
+    rows = read_metrics(out_dir / METRICS_CSV)
     if getattr(datamodule, "val_cases", None) and rows and math.isnan(rows[-1].get("dice_mean", math.nan)):
         # the last epoch was not a validation epoch: validate the final weights once
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        rows = read_metrics(out_dir / "metrics.csv")
+        rows = read_metrics(out_dir / METRICS_CSV)
     return rows[-1] if rows else {}
 
 

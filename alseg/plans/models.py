@@ -104,7 +104,7 @@ class Network(_Model):
     negative_slope: float = 0.01
     conv_bias: bool = True
     deep_supervision: bool = True
-    dropout_train: float = Field(0.01, ge=0, lt=1, description="rate during training (docs/design-notes/data-model.md); 0 disables dropout")
+    dropout_train: float = Field(0.01, ge=0, lt=1, description="rate during training (docs/design.md); 0 disables dropout")
     dropout_mc: float = Field(0.1, ge=0, lt=1, description="rate during Monte-Carlo passes")
 
     @model_validator(mode="after")

@@ -47,7 +47,7 @@ from alseg.plans.models import (
     Resampling,
     save_model,
 )
-from alseg.plans.nnunet_export import nnunet_would_plan_lowres, to_nnunet_plans  # nnunet_would_plan_lowres: moved to nnunet_export
+from alseg.plans.nnunet_export import to_nnunet_plans
 from alseg.plans.patch_size import (
     BASE_FEATURES,
     DEFAULT_GPU_MEMORY_GB,
@@ -329,5 +329,4 @@ __all__ = [
     "plan_experiment",
     "plan_dataset",
     "summarize_plans",
-    "nnunet_would_plan_lowres",
 ]

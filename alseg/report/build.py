@@ -16,6 +16,8 @@ from alseg.report.curves import Curve, common_rounds, full_data_dice, items_to_r
 from alseg.report.penalty import column_phi, penalty_matrix
 from alseg.report.runs import RunRecord, load_runs
 
+__all__ = ["TARGET_FRACTION", "PenaltySummary", "ReportSummary", "SettingSummary", "StrategySummary", "build_report"]
+
 TARGET_FRACTION = 0.95
 """Items-to-reach target: this fraction of the full-data Dice (the paper's 'near full performance')."""
 

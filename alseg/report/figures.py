@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 
 from alseg.report.curves import Curve, mean_std_ci
 
+__all__ = ["plot_batch_uncertainty", "plot_embeddings_tsne", "plot_learning_curves", "plot_penalty_matrix", "strategy_colours"]
+
 DPI = 120
 TSNE_MAX_POINTS = 2000
 """t-SNE of 2000 points takes ~20 s on 2 cores; Liver pools hold ~10^5 items, so larger maps are subsampled."""
@@ -147,7 +149,8 @@ def plot_embeddings_tsne(
     max_points: int = TSNE_MAX_POINTS,
 ) -> Path:
     """2-D t-SNE of item embeddings coloured by role (paper Fig. 3); PCA to 50 dims first if wider."""
-    from sklearn.decomposition import PCA  # imported here: sklearn takes seconds to import
+    # lazy: sklearn takes seconds to import and only the t-SNE map needs it (start-up of alseg report)
+    from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     embeddings = np.asarray(embeddings, dtype=float)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import ttest_rel
 
+__all__ = ["ALPHA", "column_phi", "pairwise_wins", "penalty_matrix"]
+
 ALPHA = 0.05
 
 

@@ -47,7 +47,7 @@ __all__ = [
 
 def nonnegative_kernel(S: KernelT, kind: Literal["cosine", "fisher"]) -> KernelT:
     """Map a similarity kernel to ``S >= 0``, which facility location assumes (see
-    docs/design-notes/strategies.md).
+    docs/design.md).
 
     submodlib silently treats negative similarities as 0 (its maxima start at 0), which would
     make every anti-similar pair equal. Instead: cosine in ``[-1, 1]`` goes to ``(S + 1) / 2``

@@ -16,7 +16,7 @@ from torch import Tensor
 __all__ = ["DEFAULT_CHUNK_ROWS", "FISHER_DAMPING", "QUERY_SIZE_BUDGET_FACTOR", "class_weights", "cosine_similarity", "draw_query_set", "elbow_index", "fisher_cosine_similarity", "fisher_diagonal", "fisher_similarity", "fisher_whitening", "query_set_size", "sample_fisher_parameters", "weighted_uncertainty"]
 
 QUERY_SIZE_BUDGET_FACTOR = 5
-"""Lower bound of the elbow query-set size in multiples of the budget (paper §3.3.2; elbow rule: docs/design-notes/strategies.md)."""
+"""Lower bound of the elbow query-set size in multiples of the budget (paper §3.3.2; elbow rule: docs/design.md)."""
 DEFAULT_CHUNK_ROWS = 4096
 """Rows of G_u per block when building a kernel: bounds the temporaries, not the output."""
 FISHER_DAMPING = 1e-6
@@ -55,7 +55,7 @@ def weighted_uncertainty(classwise_std: Tensor, weights: Tensor) -> Tensor:
 
 
 def elbow_index(values_sorted_desc: Tensor | np.ndarray) -> int:
-    """Index of the point farthest from the chord joining the first and last points (paper §3.3.2; elbow rule: docs/design-notes/strategies.md).
+    """Index of the point farthest from the chord joining the first and last points (paper §3.3.2; elbow rule: docs/design.md).
 
     Perpendicular distance to the chord is ``cos(angle) * (chord(x) - y)``, so its argmax is the
     argmax of the vertical gap and does not depend on how either axis is scaled. This is the
