@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alseg.active.rundir import RunDir
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
@@ -36,6 +39,7 @@ def demo_data(
     test_cases: int = typer.Option(4, "--test-cases", help="Unlabelled cases in imagesTs/."),
 ) -> None:
     """Write the built-in synthetic dataset, shaped like MSD Hippocampus (or CT-like with --ct)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.synthetic import generate_dataset
 
     if dims not in (2, 3):
@@ -47,6 +51,7 @@ def demo_data(
 
 
 def _check(dataset: Path, quiet: bool = False) -> None:
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.dataset import read_dataset
     from alseg.data.validate import check_dataset
 
@@ -66,6 +71,7 @@ def _check(dataset: Path, quiet: bool = False) -> None:
     shapes = [c.shape for c in result.cases]
     spacings = [c.spacing for c in result.cases]
     fmt = lambda a: " x ".join(f"{v:g}" for v in a)  # noqa: E731
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     import numpy as np
 
     table.add_row("shape (z, y, x)", fmt(np.min(shapes, 0)), fmt(np.median(shapes, 0)), fmt(np.max(shapes, 0)))
@@ -97,9 +103,12 @@ def plan(
     dataset: Path = typer.Argument(..., help="Dataset folder (MSD or nnU-Net v2 raw layout)."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="Folder for fingerprint.json and plans.json."),
     export_nnunet: bool = typer.Option(False, "--export-nnunet", help="Also write an nnU-Net v2 nnUNetPlans.json."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes for the fingerprint (default: all cores)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Processes for the fingerprint (default: all cores)."
+    ),
 ) -> None:
     """Fingerprint a dataset and configure it as nnU-Net v2 would; write the plan files."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.plans.planner import plan_dataset, summarize_plans
 
     _check(dataset, quiet=True)
@@ -116,6 +125,7 @@ def preprocess(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: all cores)."),
 ) -> None:
     """Crop, resample and normalise every case into the plan folder's cache (idempotent, resumable)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.cache import build_cache
     from alseg.plans.models import load_plans
 
@@ -143,13 +153,16 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Override the initial learning rate."),
     devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."
+    ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
     init_checkpoint: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
 ) -> None:
     """Train on all training cases of a fold and evaluate on the held-out fold (the full-data reference)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.cache import build_cache
     from alseg.model.train import train as run_training
     from alseg.plans.models import load_plans
@@ -157,9 +170,21 @@ def train(
     plans = load_plans(plan_dir / "plans.json")
     cache = build_cache(plans, config, plan_dir)
     final = run_training(
-        plans, config, cache, out_dir, fold=fold, epochs=epochs, iters_per_epoch=iters_per_epoch,
-        devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision, resume=resume,
-        init_checkpoint=init_checkpoint, seed=seed, overrides={"batch_size": batch_size, "lr": lr}, num_workers=workers,
+        plans,
+        config,
+        cache,
+        out_dir,
+        fold=fold,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        devices=_int_or_auto(devices, "--devices"),
+        strategy=strategy,
+        precision=precision,
+        resume=resume,
+        init_checkpoint=init_checkpoint,
+        seed=seed,
+        overrides={"batch_size": batch_size, "lr": lr},
+        num_workers=workers,
     )
     dice = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k.startswith("dice"))
     out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
@@ -176,7 +201,10 @@ def _parse_strategy_options(items: list[str], strategy: str | list[str] | None =
         key, value = item.split("=", 1)
         opts[key.strip()] = value.strip()
     if strategy is not None:
-        from alseg.strategies import options_for, parse_strategy_options  # lazy, as the CLI's other imports: start-up time
+        from alseg.strategies import (  # lazy, as the CLI's other imports: start-up time
+            options_for,
+            parse_strategy_options,
+        )
 
         if isinstance(strategy, str):
             parse_strategy_options(strategy, opts)
@@ -207,7 +235,9 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_
 McOpt = Annotated[int, typer.Option("--mc-passes", help=_h("mc_passes"))]
 OracleOpt = Annotated[OracleKind, typer.Option("--oracle", help=_h("oracle"))]
 DevicesOpt = Annotated[str, typer.Option("--devices", help=_h("devices"))]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")
+]
 OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
 
 
@@ -220,7 +250,9 @@ def _given(ctx: typer.Context, names: list[str]) -> set[str]:
 @app.command()
 def loop(
     ctx: typer.Context,
-    target: Annotated[Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned on the fly) or a plan folder.")],
+    target: Annotated[
+        Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned on the fly) or a plan folder.")
+    ],
     run_dir: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
     strategy: Annotated[str, typer.Option("--strategy", "-s", help=_h("strategy"))] = _d("strategy"),
     rounds: RoundsOpt = _d("rounds"),
@@ -237,16 +269,37 @@ def loop(
     devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
-    settings_file: Annotated[Optional[Path], typer.Option(
-        "--settings", help="Start from the options in this JSON file (as 'alseg compare' writes); options typed here override it.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped (or start it).")] = False,
+    settings_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--settings",
+            help="Start from the options in this JSON file (as 'alseg compare' writes); options typed here override it.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in -o exactly where it stopped (or start it).")
+    ] = False,
 ) -> None:
     """Run active learning: train, score the pool, select, annotate, fine-tune — resumable."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.active.loop import AnnotationIncomplete, LoopDriver
 
-    values = dict(strategy=strategy, rounds=rounds, budget=budget, initial=initial, seed=seed, config=config, fold=fold,
-                  epochs=epochs, iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes,
-                  oracle=oracle, devices=devices, strategy_options=_parse_strategy_options(option))
+    values = dict(
+        strategy=strategy,
+        rounds=rounds,
+        budget=budget,
+        initial=initial,
+        seed=seed,
+        config=config,
+        fold=fold,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        batch_size=batch_size,
+        mc_passes=mc_passes,
+        oracle=oracle,
+        devices=devices,
+        strategy_options=_parse_strategy_options(option),
+    )
     typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
     given = {("strategy_options" if k == "option" else k) for k in typed}
     if settings_file is not None:
@@ -264,14 +317,20 @@ def loop(
             f"round {e.round}: {len(e.accepted)} mask(s) accepted, {e.n_waiting} still missing, {len(e.problems)} rejected. "
             f"Annotate the items in {e.folder} (see manifest.json), then run the same command with --resume."
         )
-        raise typer.Exit(2 if e.problems else 0)
-    out.print(f"finished {state.round} round(s): {len(state.labelled)} items labelled; see {run_dir / 'metrics.csv'}")
+        raise typer.Exit(2 if e.problems else 0) from None
+    out.print(
+        f"finished {state.round} round(s): {len(state.labelled)} items labelled; see {RunDir(run_dir).metrics_path}"
+    )
 
 
 @app.command()
 def compare(
-    target: Annotated[Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder.")],
-    exp_dir: Annotated[Path, typer.Option("-o", "--out", help="Experiment folder: one run directory per strategy and seed.")],
+    target: Annotated[
+        Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder.")
+    ],
+    exp_dir: Annotated[
+        Path, typer.Option("-o", "--out", help="Experiment folder: one run directory per strategy and seed.")
+    ],
     strategies_: Annotated[str, typer.Option("--strategies", help="'all' or a comma-separated list.")] = "all",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per strategy (0..N-1).")] = 3,
     rounds: RoundsOpt = _d("rounds"),
@@ -286,16 +345,27 @@ def compare(
     devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Runs in parallel (one GPU each when there are GPUs).")] = 1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", min=1, help="Runs in parallel (one GPU each when there are GPUs).")
+    ] = 1,
     full: Annotated[bool, typer.Option("--full/--no-full", help="Also train the full-data reference.")] = True,
 ) -> None:
     """Run strategies x seeds (resumable: finished runs are skipped) plus the full-data reference."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.active.experiments.compare import parse_strategies, run_compare
 
     names = parse_strategies(strategies_)
     settings = LoopSettings.checked(
-        rounds=rounds, budget=budget, initial=initial, config=config, fold=fold, epochs=epochs,
-        iters_per_epoch=iters_per_epoch, batch_size=batch_size, mc_passes=mc_passes, devices=devices,
+        rounds=rounds,
+        budget=budget,
+        initial=initial,
+        config=config,
+        fold=fold,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        batch_size=batch_size,
+        mc_passes=mc_passes,
+        devices=devices,
         strategy_options=_parse_strategy_options(option, names),
     )
     cells = run_compare(target, exp_dir, names, seeds, settings, jobs=jobs, full_reference=full, workers=workers)
@@ -305,7 +375,9 @@ def compare(
 @app.command("redundancy-check")
 def redundancy_check(
     plan_dir: Path = typer.Argument(..., help="Folder written by 'alseg plan'."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model to use (e.g. RUN/checkpoints/round_000.ckpt); default: train one briefly."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Model to use (e.g. RUN/checkpoints/round_000.ckpt); default: train one briefly."
+    ),
     strategy: str = typer.Option("usimf", "--strategy", help="usimf or usimc."),
     copies: int = typer.Option(100, "--copies", help="How often one case's items are duplicated."),
     case_id: Optional[str] = typer.Option(None, "--case", help="The duplicated case (default: drawn at random)."),
@@ -315,17 +387,32 @@ def redundancy_check(
     seed: int = typer.Option(0, "--seed"),
     train_epochs: int = typer.Option(1, "--train-epochs", help="Epochs when no checkpoint is given."),
     train_iters: int = typer.Option(50, "--train-iters", help="Iterations per epoch when no checkpoint is given."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch when no checkpoint is given (default: the plan's)."),
-    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Training batch when no checkpoint is given (default: the plan's)."
+    ),
+    save_model: Optional[Path] = typer.Option(
+        None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."
+    ),
     mc_passes: int = typer.Option(10, "--mc-passes"),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
-    cases: str = typer.Option("", "--cases", help="A number N of cases (drawn with --seed) or a comma list: duplicate each in turn with one model and one pass, comparing every USIMF variant and USIMC."),
-    kernels: str = typer.Option("", "--kernels", help="usimf: Fisher kernels to compare on the same scores, query set and embeddings, e.g. raw,cosine (the first is the main one)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result (ids, shares, timings) to this JSON file."),
+    cases: str = typer.Option(
+        "",
+        "--cases",
+        help="A number N of cases (drawn with --seed) or a comma list: duplicate each in turn with one model and one pass, comparing every USIMF variant and USIMC.",
+    ),
+    kernels: str = typer.Option(
+        "",
+        "--kernels",
+        help="usimf: Fisher kernels to compare on the same scores, query set and embeddings, e.g. raw,cosine (the first is the main one).",
+    ),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the full result (ids, shares, timings) to this JSON file."
+    ),
 ) -> None:
     """The paper's Appendix E: duplicate one case 100x; share of duplicates in the query set vs the batch."""
-    from alseg.atomic import atomic_write_json
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.active.experiments.redundancy import run_redundancy_check
+    from alseg.atomic import atomic_write_json
 
     options = _parse_strategy_options(option, strategy)
     names = [k.strip() for k in kernels.split(",") if k.strip()]
@@ -338,9 +425,22 @@ def redundancy_check(
     if names:
         options["fisher_kernel"] = names[0]
     result = run_redundancy_check(
-        plan_dir, checkpoint, case_id=case_id, copies=copies, budget=budget, initial=initial,
-        query_size=query_size or None, seed=seed, strategy=strategy, train_epochs=train_epochs, train_iters=train_iters,
-        train_batch_size=batch_size, mc_passes=mc_passes, options=options, save_model=save_model, kernels=names[1:],
+        plan_dir,
+        checkpoint,
+        case_id=case_id,
+        copies=copies,
+        budget=budget,
+        initial=initial,
+        query_size=query_size or None,
+        seed=seed,
+        strategy=strategy,
+        train_epochs=train_epochs,
+        train_iters=train_iters,
+        train_batch_size=batch_size,
+        mc_passes=mc_passes,
+        options=options,
+        save_model=save_model,
+        kernels=names[1:],
         cases=study,
     )
     if json_out is not None:
@@ -348,18 +448,27 @@ def redundancy_check(
     if study is not None:
         _print_study(result)
         return
-    table = Table(title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}")
+    table = Table(
+        title=f"redundancy check: case {result['case_id']} x{result['copies']}, {result['strategy']}, Q={result['Q']}, B={result['budget']}"
+    )
     table.add_column("share of the duplicated case in")
     table.add_column("measured", justify="right")
     table.add_column("paper (Hippocampus)", justify="right")
     table.add_row("unlabelled pool", f"{result['pool_share']:.0%}", "")
     table.add_row("query set (draws)", f"{result['query_share']:.0%}", "45%")
     table.add_row("batch, uniform from the query set", f"{result['uniform_share']:.0%}", "45%")
-    table.add_row(f"batch, {result['strategy']} (FLQMI, {result['kernel']} kernel)", f"{result['batch_share']:.0%}", "18% (USIMF)")
+    table.add_row(
+        f"batch, {result['strategy']} (FLQMI, {result['kernel']} kernel)", f"{result['batch_share']:.0%}", "18% (USIMF)"
+    )
     for v in result["variants"]:
         table.add_row(f"batch, {result['strategy']} (FLQMI, {v['kernel']} kernel)", f"{v['batch_share']:.0%}", "")
     out.print(table)
-    repeats = ", ".join([f"{result['batch_repeats']} ({result['kernel']})", *(f"{v['batch_repeats']} ({v['kernel']})" for v in result["variants"])])
+    repeats = ", ".join(
+        [
+            f"{result['batch_repeats']} ({result['kernel']})",
+            *(f"{v['batch_repeats']} ({v['kernel']})" for v in result["variants"]),
+        ]
+    )
     out.print(f"repeated content in the batch: {repeats} vs {result['uniform_repeats']} (uniform)")
 
 
@@ -373,21 +482,31 @@ def _print_study(result: dict) -> None:
         table.add_column(col, justify="right")
     for r in result["cases"]:
         cells = [f"{r['variants'][k]['batch_share']:.0%} ({r['variants'][k]['batch_repeats']})" for k in labels]
-        table.add_row(r["case_id"], f"{r['pool_share']:.0%}", f"{r['query_share']:.0%}",
-                      f"{r['uniform_share']:.0%} ({r['uniform_repeats']})", *cells)
+        table.add_row(
+            r["case_id"],
+            f"{r['pool_share']:.0%}",
+            f"{r['query_share']:.0%}",
+            f"{r['uniform_share']:.0%} ({r['uniform_repeats']})",
+            *cells,
+        )
     out.print(table)
     summ = result["summary"]
-    out.print(f"query share median {summ['query_share']['median']:.0%} (IQR {summ['query_share']['q1']:.0%}-{summ['query_share']['q3']:.0%})")
+    out.print(
+        f"query share median {summ['query_share']['median']:.0%} (IQR {summ['query_share']['q1']:.0%}-{summ['query_share']['q3']:.0%})"
+    )
     for k in labels:
         v = summ[k]
-        out.print(f"{k}: batch share median {v['batch_share']['median']:.0%} (IQR {v['batch_share']['q1']:.0%}-"
-                  f"{v['batch_share']['q3']:.0%}), below the query share without repeats in "
-                  f"{v['cases_below_query_without_repeats']}/{len(result['cases'])} cases")
+        out.print(
+            f"{k}: batch share median {v['batch_share']['median']:.0%} (IQR {v['batch_share']['q1']:.0%}-"
+            f"{v['batch_share']['q3']:.0%}), below the query share without repeats in "
+            f"{v['cases_below_query_without_repeats']}/{len(result['cases'])} cases"
+        )
 
 
 @app.command()
 def strategies() -> None:
     """List the selection strategies and their options."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.strategies import available, option_keys
 
     for name in available():
@@ -400,6 +519,7 @@ def report(
     out_dir: Path = typer.Option(..., "-o", "--out", help="Report folder: report.html, summary.json, PNGs."),
 ) -> None:
     """Learning curves, AUC, pairwise penalty matrix and figures from finished runs."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.report import build_report
 
     build_report(list(exp_dirs), out_dir)
@@ -413,8 +533,9 @@ def demo(
     rounds: int = typer.Option(3, "--rounds"),
 ) -> None:
     """The main job on built-in data: synthetic dataset → check → plan → active loop → report."""
-    from alseg.data.synthetic import generate_dataset
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.active.loop import LoopDriver
+    from alseg.data.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset, summarize_plans
     from alseg.report import build_report
 
@@ -426,8 +547,16 @@ def demo(
     out.print(summarize_plans(plans))
     out.print(f"[bold]2/4[/bold] dataset checked and planned in {out_dir / 'plan'}")
     run_dir = out_dir / "runs" / f"{strategy}_seed0"
-    settings = LoopSettings.checked(strategy=strategy, rounds=rounds, budget=30, initial=30, epochs=2,
-                                    iters_per_epoch=40, batch_size=16, mc_passes=4)
+    settings = LoopSettings.checked(
+        strategy=strategy,
+        rounds=rounds,
+        budget=30,
+        initial=30,
+        epochs=2,
+        iters_per_epoch=40,
+        batch_size=16,
+        mc_passes=4,
+    )
     driver = LoopDriver(out_dir / "plan", run_dir, settings, resume=True, workers=0)
     state = driver.run_all()
     out.print(f"[bold]3/4[/bold] active loop: {state.round} rounds, {len(state.labelled)} items labelled ({run_dir})")
@@ -437,9 +566,6 @@ def demo(
 
 def _quiet_libraries() -> None:
     """Keep the terminal for alseg's own progress: Lightning's banners and tips are noise here."""
-    import logging
-    import warnings
-
     # Lightning sets its package loggers to INFO when it is imported (lazily, after this runs),
     # but not the loggers its banners and tips go through: those keep this level.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -470,12 +596,18 @@ def main() -> None:
             sys.exit(code)
     except _CLICK_EXCEPTION as e:  # a usage error: one line, naming the option, like every user error
         if type(e).__name__ == "NoArgsIsHelpError":  # bare 'alseg' or 'alseg loop': the help
-            out.print(e.ctx.get_help() if getattr(e, "ctx", None) else e.format_message(), markup=False, highlight=False)
+            out.print(
+                e.ctx.get_help() if getattr(e, "ctx", None) else e.format_message(), markup=False, highlight=False
+            )
             sys.exit(0 if len(sys.argv) <= 1 else 2)
         if debug:
             raise
-        err.print(f"error: {e.format_message()} (see 'alseg {' '.join(a for a in sys.argv[1:2])} --help')",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"error: {e.format_message()} (see 'alseg {' '.join(a for a in sys.argv[1:2])} --help')",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except typer.Abort:
         err.print("interrupted")

@@ -25,7 +25,9 @@ def make_progress() -> Progress:
     )
 
 
-def progress_map(mapper: Callable, fn: Callable, items: list, description: str, show: bool = True, **kwargs: Any) -> list:
+def progress_map(
+    mapper: Callable, fn: Callable, items: list, description: str, show: bool = True, **kwargs: Any
+) -> list:
     """``list(mapper(fn, items))`` with a progress bar; ``mapper`` is ``map`` or a pool's ``map``."""
     results: Iterable = mapper(fn, items, **kwargs)
     if not (show and console.is_terminal):

@@ -40,7 +40,6 @@ def child(args) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     # lazy: the child imports torch only once sys.path points at this checkout and the parent has set its allocator environment
     import torch
-
     from scoring import build_context  # benchmarks/scoring.py
 
     from alseg.model.pool_inference import score_pool
@@ -52,8 +51,17 @@ def child(args) -> None:
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     score_pool(ctx)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"wall": time.perf_counter() - t0, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
-                      "minflt": r1.ru_minflt - r0.ru_minflt, "batch": ctx.batch_size}))
+    print(
+        json.dumps(
+            {
+                "wall": time.perf_counter() - t0,
+                "user": r1.ru_utime - r0.ru_utime,
+                "sys": r1.ru_stime - r0.ru_stime,
+                "minflt": r1.ru_minflt - r0.ru_minflt,
+                "batch": ctx.batch_size,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -75,8 +83,19 @@ def main() -> None:
             env = {k: v for k, v in os.environ.items() if k != "ALSEG_KEEP_MALLOC"}
             if alloc == "glibc":
                 env["ALSEG_KEEP_MALLOC"] = "1"
-            cmd = [sys.executable, __file__, "--child", "--items", str(args.items), "--passes", str(args.passes),
-                   "--threads", str(args.threads), "--batch-size", str(batch)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--items",
+                str(args.items),
+                "--passes",
+                str(args.passes),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(batch),
+            ]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             results[(alloc, batch)].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -85,14 +104,20 @@ def main() -> None:
         return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
     base = med([r["wall"] for r in results[("glibc", OLD_BATCH)]])
-    print(f"scoring {args.items} items x ({args.passes} MC + 1) passes, demo 2D network, {args.threads} thread(s), "
-          f"{args.repeats} repeats; medians")
-    print(f"{'allocator':<10}| {'batch':>5} | {'wall s':>7} | {'user s':>7} | {'sys s':>6} | {'minor faults':>12} | wall vs glibc/292")
+    print(
+        f"scoring {args.items} items x ({args.passes} MC + 1) passes, demo 2D network, {args.threads} thread(s), "
+        f"{args.repeats} repeats; medians"
+    )
+    print(
+        f"{'allocator':<10}| {'batch':>5} | {'wall s':>7} | {'user s':>7} | {'sys s':>6} | {'minor faults':>12} | wall vs glibc/292"
+    )
     for alloc, batch in rows:
         rs = results[(alloc, batch)]
         wall = med([r["wall"] for r in rs])
-        print(f"{alloc:<10}| {rs[0]['batch']:>5} | {wall:7.1f} | {med([r['user'] for r in rs]):7.1f} | "
-              f"{med([r['sys'] for r in rs]):6.1f} | {int(med([r['minflt'] for r in rs])):>12,} | {base / wall:.2f}x")
+        print(
+            f"{alloc:<10}| {rs[0]['batch']:>5} | {wall:7.1f} | {med([r['user'] for r in rs]):7.1f} | "
+            f"{med([r['sys'] for r in rs]):6.1f} | {int(med([r['minflt'] for r in rs])):>12,} | {base / wall:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alseg.data.dataset import load_case, read_dataset  # noqa: E402
-from alseg.data.io import read_volume, write_volume  # noqa: E402
-from alseg.plans.fingerprint import extract_fingerprint  # noqa: E402
-from alseg.plans.nnunet_export import to_nnunet_plans  # noqa: E402
-from alseg.data.synthetic import generate_dataset  # noqa: E402
-from alseg.plans.models import Fingerprint, IntensityStats  # noqa: E402
-from alseg.plans.planner import plan_experiment  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from alseg.data.dataset import load_case, read_dataset  # noqa: E402
+from alseg.data.io import read_volume, write_volume  # noqa: E402
+from alseg.data.synthetic import generate_dataset  # noqa: E402
+from alseg.plans.fingerprint import extract_fingerprint  # noqa: E402
+from alseg.plans.models import Fingerprint, IntensityStats  # noqa: E402
+from alseg.plans.nnunet_export import to_nnunet_plans  # noqa: E402
+from alseg.plans.planner import plan_experiment  # noqa: E402
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
 OK, BAD = "✓", "✗"
@@ -124,7 +125,9 @@ def run_nnunet(ds: str, workers: int):
 
 def _same(a, b, tol: float = 1e-4) -> bool:
     try:
-        return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=tol, atol=tol)) and np.shape(a) == np.shape(b)
+        return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=tol, atol=tol)) and np.shape(
+            a
+        ) == np.shape(b)
     except (TypeError, ValueError):
         return a == b
 
@@ -151,10 +154,16 @@ def compare(mine: dict, theirs: dict | None, fp_mine, fp_theirs: dict | None) ->
         c = mine["configurations"].get(name)
         t = get(theirs, "configurations", name)
         if c is None:
-            rows.append((f"{name}", "(not planned by alseg)", "planned" if t else "-", "" if name == "3d_lowres" else BAD))
+            rows.append(
+                (f"{name}", "(not planned by alseg)", "planned" if t else "-", "" if name == "3d_lowres" else BAD)
+            )
             continue
         a_kw, t_kw = c["architecture"]["arch_kwargs"], get(t, "architecture", "arch_kwargs")
-        add(f"{name} spacing", [round(s, 5) for s in c["spacing"]], None if t is None else [round(s, 5) for s in t["spacing"]])
+        add(
+            f"{name} spacing",
+            [round(s, 5) for s in c["spacing"]],
+            None if t is None else [round(s, 5) for s in t["spacing"]],
+        )
         add(f"{name} median shape", c["median_image_size_in_voxels"], get(t, "median_image_size_in_voxels"), 0.51)
         add(f"{name} patch size", c["patch_size"], get(t, "patch_size"))
         add(f"{name} batch size", c["batch_size"], get(t, "batch_size"))
@@ -189,7 +198,9 @@ def compare_preprocessing(src: Path, plans, nnunet_plans: dict, dataset_json: di
     pre = DefaultPreprocessor(verbose=False)
     # prefer cases that need resampling (spacing differs from the target)
     target = np.asarray(plans.configurations.get("3d_fullres", plans.configurations["2d"]).spacing)
-    cases = sorted(info.training, key=lambda c: read_volume(c.images[0])[1].spacing == tuple(target[plans.transpose_backward]))
+    cases = sorted(
+        info.training, key=lambda c: read_volume(c.images[0])[1].spacing == tuple(target[plans.transpose_backward])
+    )
     out = []
     for config in plans.configurations:
         worst_img, worst_seg, n_vox = 0.0, 0, 0
@@ -197,7 +208,9 @@ def compare_preprocessing(src: Path, plans, nnunet_plans: dict, dataset_json: di
             image, label, geom = load_case(case, info.n_channels)
             data, seg, _ = preprocess_case(image, label, geom, plans, config)
             with contextlib.redirect_stdout(io.StringIO()):
-                nd, ns, _ = pre.run_case([str(p) for p in case.images], str(case.label), pm, pm.get_configuration(config), dataset_json)
+                nd, ns, _ = pre.run_case(
+                    [str(p) for p in case.images], str(case.label), pm, pm.get_configuration(config), dataset_json
+                )
             if nd.shape != data.shape:
                 out.append(f"{config}: shape {data.shape} vs nnU-Net {nd.shape} ({case.case_id})")
                 break
@@ -206,7 +219,9 @@ def compare_preprocessing(src: Path, plans, nnunet_plans: dict, dataset_json: di
             worst_seg += int((ns != seg).sum())
             n_vox += seg.size
         else:
-            out.append(f"{config}: max |image diff| {worst_img:.2e}, label voxels differing {worst_seg}/{n_vox} ({n_cases} cases)")
+            out.append(
+                f"{config}: max |image diff| {worst_img:.2e}, label voxels differing {worst_seg}/{n_vox} ({n_cases} cases)"
+            )
     return out
 
 
@@ -224,14 +239,27 @@ SYNTHETIC_FINGERPRINTS = {
 def synthetic_fingerprint(spacing, shape, n, channel):
 
     rng = np.random.default_rng(0)
-    jitter = lambda v, k: [float(v[a]) if v[a] == 999.0 else float(v[a]) * (1 + 0.1 * rng.uniform(-1, 1)) for a in range(k)]  # noqa: E731
+    jitter = lambda v, k: [
+        float(v[a]) if v[a] == 999.0 else float(v[a]) * (1 + 0.1 * rng.uniform(-1, 1)) for a in range(k)
+    ]  # noqa: E731
     spacings = [jitter(spacing, 3) for _ in range(n)]
-    shapes = [[max(1, int(round(s * (1 + 0.15 * rng.uniform(-1, 1))))) if s > 1 else 1 for s in shape] for _ in range(n)]
-    stats = IntensityStats(mean=50.0, median=45.0, std=100.0, min=-1000.0, max=2000.0, percentile_00_5=-900.0, percentile_99_5=1500.0)
+    shapes = [
+        [max(1, int(round(s * (1 + 0.15 * rng.uniform(-1, 1))))) if s > 1 else 1 for s in shape] for _ in range(n)
+    ]
+    stats = IntensityStats(
+        mean=50.0, median=45.0, std=100.0, min=-1000.0, max=2000.0, percentile_00_5=-900.0, percentile_99_5=1500.0
+    )
     return Fingerprint(
-        dataset_name="synthetic", dataset_root="/nowhere", channel_names={0: channel}, labels={0: "background", 1: "a", 2: "b"},
-        case_ids=[f"c{i}" for i in range(n)], spacings=spacings, shapes_after_crop=shapes, median_relative_size_after_cropping=0.9,
-        foreground_intensity_properties_per_channel={0: stats}, voxels_per_class={0: 10**9, 1: 10**6, 2: 10**5},
+        dataset_name="synthetic",
+        dataset_root="/nowhere",
+        channel_names={0: channel},
+        labels={0: "background", 1: "a", 2: "b"},
+        case_ids=[f"c{i}" for i in range(n)],
+        spacings=spacings,
+        shapes_after_crop=shapes,
+        median_relative_size_after_cropping=0.9,
+        foreground_intensity_properties_per_channel={0: stats},
+        voxels_per_class={0: 10**9, 1: 10**6, 2: 10**5},
     )
 
 
@@ -247,13 +275,22 @@ def nnunet_plan_from_fingerprint(fp, raw_root: Path, pre_root: Path, dataset_id:
     for c in ("c0", "c1"):
         write_volume(np.zeros((4, 4, 4), np.float32), geom, raw_root / ds / "imagesTr" / f"{c}_0000.nii.gz")
         write_volume(np.zeros((4, 4, 4), np.uint8), geom, raw_root / ds / "labelsTr" / f"{c}.nii.gz")
-    meta = {"channel_names": {str(k): v for k, v in fp.channel_names.items()}, "labels": {v: k for k, v in fp.labels.items()},
-            "numTraining": len(fp.case_ids), "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {str(k): v for k, v in fp.channel_names.items()},
+        "labels": {v: k for k, v in fp.labels.items()},
+        "numTraining": len(fp.case_ids),
+        "file_ending": ".nii.gz",
+    }
     (raw_root / ds / "dataset.json").write_text(json.dumps(meta))
     (pre_root / ds).mkdir(parents=True, exist_ok=True)
-    nn_fp = {"spacings": fp.spacings, "shapes_after_crop": fp.shapes_after_crop,
-             "median_relative_size_after_cropping": fp.median_relative_size_after_cropping,
-             "foreground_intensity_properties_per_channel": {str(k): v.model_dump() for k, v in fp.foreground_intensity_properties_per_channel.items()}}
+    nn_fp = {
+        "spacings": fp.spacings,
+        "shapes_after_crop": fp.shapes_after_crop,
+        "median_relative_size_after_cropping": fp.median_relative_size_after_cropping,
+        "foreground_intensity_properties_per_channel": {
+            str(k): v.model_dump() for k, v in fp.foreground_intensity_properties_per_channel.items()
+        },
+    }
     (pre_root / ds / "dataset_fingerprint.json").write_text(json.dumps(nn_fp))
     with contextlib.redirect_stdout(io.StringIO()):
         t0 = time.perf_counter()
@@ -289,7 +326,6 @@ def main() -> int:
     if not use_nnunet:
         print("nnunetv2 is not importable: showing alseg's plans only. To compare, install it in a separate venv:")
         print(__doc__.split("separate virtual environment (never alseg's own):")[1])
-
 
     sources: dict[str, Path] = {}
     for name in args.datasets.split(","):
@@ -334,7 +370,9 @@ def main() -> int:
             theirs, n_plan = nnunet_plan_from_fingerprint(fp, tmp / "nnUNet_raw", tmp / "nnUNet_preprocessed", j)
         rows = [r for r in compare(to_nnunet_plans(plans, fp), theirs, fp, None) if not r[0].startswith("fingerprint")]
         n_bad += sum(r[3] == BAD for r in rows)
-        timing = f"alseg plan {t_plan * 1e3:.0f} ms" + ("" if n_plan is None else f" | nnU-Net v2 plan {n_plan * 1e3:.0f} ms | ratio {t_plan / n_plan:.3f}")
+        timing = f"alseg plan {t_plan * 1e3:.0f} ms" + (
+            "" if n_plan is None else f" | nnU-Net v2 plan {n_plan * 1e3:.0f} ms | ratio {t_plan / n_plan:.3f}"
+        )
         print_table(f"planner only, synthetic fingerprint: {label} {spec}", rows, timing)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

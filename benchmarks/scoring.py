@@ -36,11 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alseg.data.pool import Pool  # noqa: E402
-from alseg.model.network import build_network  # noqa: E402
+from alseg.model.network import (  # noqa: E402
+    build_network,
+    mc_dropout,  # noqa: E402
+)
+from alseg.model.pool_inference import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 from alseg.plans.models import load_plans  # noqa: E402
 from alseg.strategies.base import SelectionContext  # noqa: E402
-from alseg.model.network import mc_dropout  # noqa: E402
-from alseg.model.pool_inference import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 
 PLAN = ROOT / "plans" / "demo_hippocampus_like" / "plans.json"
 SLICES_PER_CASE = 40
@@ -105,16 +107,27 @@ def build_context(n_items: int, device: torch.device, batch_size: int | None) ->
     labelled = np.zeros(len(pool), bool)
     labelled[n_items:] = True  # score exactly n_items
     return SelectionContext(
-        model=net, pool=pool, labelled=labelled, budget=10, rng=np.random.default_rng(0),
-        load_image=SyntheticImages(shapes), labelled_voxels_per_class=np.ones(plans.n_classes),
-        n_classes=plans.n_classes, device=device, batch_size=batch_size or inference_batch_size(conf, device),
+        model=net,
+        pool=pool,
+        labelled=labelled,
+        budget=10,
+        rng=np.random.default_rng(0),
+        load_image=SyntheticImages(shapes),
+        labelled_voxels_per_class=np.ones(plans.n_classes),
+        n_classes=plans.n_classes,
+        device=device,
+        batch_size=batch_size or inference_batch_size(conf, device),
         show_progress=False,
     )
 
 
 def plain_forward(ctx: SelectionContext, dropout: bool = False) -> None:
     """One forward per chunk and nothing else; with ``dropout`` the MC dropout modules are on."""
-    with torch.inference_mode(), eval_mode(ctx.model), mc_dropout(ctx.model, ctx.dropout_mc) if dropout else eval_mode(ctx.model):
+    with (
+        torch.inference_mode(),
+        eval_mode(ctx.model),
+        mc_dropout(ctx.model, ctx.dropout_mc) if dropout else eval_mode(ctx.model),
+    ):
         for _, x, _ in item_batches(ctx, ctx.unlabelled):
             ctx.model(x)
     if ctx.device.type == "cuda":
@@ -125,8 +138,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=50_000, help="pool items to score (default 50,000)")
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 10], help="MC passes T to time (default 1 10)")
-    ap.add_argument("--group", type=int, nargs="+", default=[1, 5], help="MC passes per forward to compare at the largest T")
-    ap.add_argument("--batch-size", type=int, default=None, help="items per forward (default: the loop's, inference_batch_size)")
+    ap.add_argument(
+        "--group", type=int, nargs="+", default=[1, 5], help="MC passes per forward to compare at the largest T"
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="items per forward (default: the loop's, inference_batch_size)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -160,8 +177,12 @@ def main() -> None:
         if g == 1 or g > t_max:
             continue
         ctx.mc_passes = t_max
-        run(f"score_pool MC T={t_max}, {g} passes/forward", 0, t_max,
-            lambda: score_pool(ctx, mc=True, deterministic=False, passes_per_forward=g))
+        run(
+            f"score_pool MC T={t_max}, {g} passes/forward",
+            0,
+            t_max,
+            lambda g=g: score_pool(ctx, mc=True, deterministic=False, passes_per_forward=g),
+        )
     ctx.mc_passes = t_max
     run(f"score_pool deterministic + MC T={t_max}", 1, t_max, lambda: score_pool(ctx))
 
@@ -169,11 +190,17 @@ def main() -> None:
     # the time its forwards alone would take over the time it took
     off, on = rows[0][3] / n, rows[1][3] / n
     print(f"# pool scoring benchmark — {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)"
+    dev = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)"
+    )
     print(f"# {n} items of 56 x 40 (demo 2d plan), batch {ctx.batch_size}, {dev}, torch {torch.__version__}")
     print()
     gpu_col = device.type == "cuda"
-    head = "| run | passes | seconds | items/s | passes/s | ratio to plain | peak RSS MiB |" + (" peak CUDA MiB |" if gpu_col else "")
+    head = "| run | passes | seconds | items/s | passes/s | ratio to plain | peak RSS MiB |" + (
+        " peak CUDA MiB |" if gpu_col else ""
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for label, det, mc, dt, rss, gpu in rows:

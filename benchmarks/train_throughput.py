@@ -83,7 +83,9 @@ PLANS = {
 SIDES = ("alseg", "nnunet")
 LABEL = {"alseg": "alseg", "nnunet": "nnU-Net v2"}
 GRADIENT_CLIP = 12.0  # alseg.model.trainer.GRADIENT_CLIP; nnUNetTrainer.train_step hard-codes 12
-NNUNET_INSTALL = __doc__.split("separate virtual environment (never alseg's own), see ``benchmarks/plans_vs_nnunet.py``:")[1]
+NNUNET_INSTALL = __doc__.split(
+    "separate virtual environment (never alseg's own), see ``benchmarks/plans_vs_nnunet.py``:"
+)[1]
 NNUNET_INSTALL = NNUNET_INSTALL.split("\n\nThe nnU-Net worker")[0]
 
 
@@ -185,8 +187,11 @@ class _AlsegSide(_Side):
 def _conv_bias(torch, net, heads: tuple[str, ...]) -> str:
     """How many of the network's block convs (not the 1x1 segmentation heads named by the
     prefixes ``heads``, not the transposed convs) have a bias."""
-    convs = [m for name, m in net.named_modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and not name.startswith(heads)]
+    convs = [
+        m
+        for name, m in net.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and not name.startswith(heads)
+    ]
     with_bias = sum(m.bias is not None for m in convs)
     return f"{with_bias}/{len(convs)} block convs"
 
@@ -532,8 +537,11 @@ def measure(plan: str, plans_dir: Path, config: str, batch: int, args, pythons: 
                 row[s]["cpu"].extend(r["cpu"])
                 row[s]["block_its"].append(1 / statistics.median(r["times"]))
                 row[s]["loss"] = r["loss"]
-            print(f"  . {plan} {config} round {k + 1}/{args.repeats}: "
-                  + ", ".join(f"{LABEL[s]} {row[s]['block_its'][-1]:.3f} it/s" for s in sides), flush=True)
+            print(
+                f"  . {plan} {config} round {k + 1}/{args.repeats}: "
+                + ", ".join(f"{LABEL[s]} {row[s]['block_its'][-1]:.3f} it/s" for s in sides),
+                flush=True,
+            )
     finally:
         for s in sides:
             row[s]["final"] = workers[s].close()
@@ -550,8 +558,19 @@ def measure(plan: str, plans_dir: Path, config: str, batch: int, args, pythons: 
 
 
 def print_table(rows: list[dict[str, Any]], cuda: bool) -> None:
-    cols = ["config", "batch", "patch", "alseg it/s", "nnU-Net it/s", "ratio alseg/nnU-Net", "best-of ratio",
-            "alseg peak RSS", "nnU-Net peak RSS", "params alseg", "params nnU-Net"]
+    cols = [
+        "config",
+        "batch",
+        "patch",
+        "alseg it/s",
+        "nnU-Net it/s",
+        "ratio alseg/nnU-Net",
+        "best-of ratio",
+        "alseg peak RSS",
+        "nnU-Net peak RSS",
+        "params alseg",
+        "params nnU-Net",
+    ]
     if cuda:
         cols += ["alseg CUDA peak", "nnU-Net CUDA peak"]
     table = []
@@ -592,9 +611,11 @@ def print_details(rows: list[dict[str, Any]]) -> None:
         for side, err in r["errors"].items():
             print(f"  {LABEL[side]}: FAILED — {err}")
         if "ratio" in r:
-            print(f"  ratio alseg/nnU-Net {r['ratio']:.2f}x (1 / median wall s/it); per round "
-                  f"[{', '.join(f'{v:.2f}' for v in r['paired'])}], median {statistics.median(r['paired']):.2f}x; "
-                  f"fastest iteration of each side {r['best_ratio']:.2f}x; by median CPU time (all threads) {r['cpu_ratio']:.2f}x")
+            print(
+                f"  ratio alseg/nnU-Net {r['ratio']:.2f}x (1 / median wall s/it); per round "
+                f"[{', '.join(f'{v:.2f}' for v in r['paired'])}], median {statistics.median(r['paired']):.2f}x; "
+                f"fastest iteration of each side {r['best_ratio']:.2f}x; by median CPU time (all threads) {r['cpu_ratio']:.2f}x"
+            )
         for side in SIDES:
             s = r.get(side)
             if not s:
@@ -603,24 +624,48 @@ def print_details(rows: list[dict[str, Any]]) -> None:
             warm = ", ".join(f"{t:.2f}" for t in s.get("warmup_s", []))
             rounds = ", ".join(f"{v:.3f}" for v in s["block_its"])
             times = [t for block in s["blocks"] for t in block]
-            spread = (f"wall s/it min {min(times):.2f} median {statistics.median(times):.2f} max {max(times):.2f}, "
-                      f"CPU s/it median {statistics.median(s['cpu']):.2f}") if times else ""
-            print(f"  {LABEL[side]:<10} {ready['network']}; torch threads {ready['threads']}; {ready['outputs']} outputs, loss weights "
-                  f"{ready['loss_weights']}; dropout {ready['dropout']}; conv bias {ready['conv_bias']}; {ready['optimizer']}")
-            print(f"  {'':<10} it/s per round [{rounds}]; {spread}; warm-up s/it [{warm}]; setup {ready['setup_s']:.1f} s; "
-                  f"RSS after imports {_mib(ready['base_rss_kib'])}, peak {_mib(final.get('peak_rss_kib'))} "
-                  f"(+{_mib(final.get('peak_rss_kib', 0) - ready['base_rss_kib'])}); last loss {s.get('loss', float('nan')):.4f}")
+            spread = (
+                (
+                    f"wall s/it min {min(times):.2f} median {statistics.median(times):.2f} max {max(times):.2f}, "
+                    f"CPU s/it median {statistics.median(s['cpu']):.2f}"
+                )
+                if times
+                else ""
+            )
+            print(
+                f"  {LABEL[side]:<10} {ready['network']}; torch threads {ready['threads']}; {ready['outputs']} outputs, loss weights "
+                f"{ready['loss_weights']}; dropout {ready['dropout']}; conv bias {ready['conv_bias']}; {ready['optimizer']}"
+            )
+            print(
+                f"  {'':<10} it/s per round [{rounds}]; {spread}; warm-up s/it [{warm}]; setup {ready['setup_s']:.1f} s; "
+                f"RSS after imports {_mib(ready['base_rss_kib'])}, peak {_mib(final.get('peak_rss_kib'))} "
+                f"(+{_mib(final.get('peak_rss_kib', 0) - ready['base_rss_kib'])}); last loss {s.get('loss', float('nan')):.4f}"
+            )
 
 
 def run_loader(args, python: str, plans_dir: Path | None) -> None:
-    spec = {"plans_dir": str(plans_dir) if plans_dir else None, "config": "2d", "batch_size": args.batch_size,
-            "threads": args.threads, "num_workers": args.loader_workers, "batches": args.loader_batches}
-    what = f"cache {plans_dir}" if plans_dir else "a synthetic demo cache (generate_dataset + plan + preprocess, in /tmp)"
+    spec = {
+        "plans_dir": str(plans_dir) if plans_dir else None,
+        "config": "2d",
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "num_workers": args.loader_workers,
+        "batches": args.loader_batches,
+    }
+    what = (
+        f"cache {plans_dir}" if plans_dir else "a synthetic demo cache (generate_dataset + plan + preprocess, in /tmp)"
+    )
     print(f"\nalseg data loader alone (SegDataModule 2d, augmentation on), {what}:", flush=True)
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
-    proc = subprocess.run([python, str(Path(__file__).resolve()), "--_loader", "--_spec", json.dumps(spec)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    proc = subprocess.run(
+        [python, str(Path(__file__).resolve()), "--_loader", "--_spec", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
     lines = proc.stdout.strip().splitlines()
     if not lines:
         tail = " | ".join(proc.stderr.strip().splitlines()[-4:])
@@ -631,10 +676,12 @@ def run_loader(args, python: str, plans_dir: Path | None) -> None:
         print(f"  FAILED: {r['error']}")
         return
     built = f"; cache built in {r['build_s']:.0f} s" if "build_s" in r else ""
-    print(f"  {r['dataset']} ({r['cases']} cases), patch {'x'.join(map(str, r['patch']))}, batch {r['batch']}, "
-          f"{r['num_workers']} worker processes: {r['patches_per_s']:.0f} patches/s "
-          f"= {r['patches_per_s'] / r['batch']:.2f} batches/s over {args.loader_batches} batches "
-          f"(first batch {r['first_batch_s']:.1f} s, worker start-up){built}; main-process peak RSS {_mib(r['peak_rss_kib'])}")
+    print(
+        f"  {r['dataset']} ({r['cases']} cases), patch {'x'.join(map(str, r['patch']))}, batch {r['batch']}, "
+        f"{r['num_workers']} worker processes: {r['patches_per_s']:.0f} patches/s "
+        f"= {r['patches_per_s'] / r['batch']:.2f} batches/s over {args.loader_batches} batches "
+        f"(first batch {r['first_batch_s']:.1f} s, worker start-up){built}; main-process peak RSS {_mib(r['peak_rss_kib'])}"
+    )
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -656,50 +703,89 @@ def main() -> int:
             worker_main(sys.argv[sys.argv.index("--_worker") + 1], spec)
         return 0
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plans", default="demo,task04",
-                    help="comma-separated: demo, task04, or folders holding plans.json + fingerprint.json ('' : none, e.g. loader only)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--plans",
+        default="demo,task04",
+        help="comma-separated: demo, task04, or folders holding plans.json + fingerprint.json ('' : none, e.g. loader only)",
+    )
     ap.add_argument("--configs", default="2d", help="comma-separated: 2d, 3d_fullres")
-    ap.add_argument("--batch-size", type=int, default=32, help="2d batch size (0: the plan's; default 32, the Task04 plan's 292 is slow on a CPU)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="2d batch size (0: the plan's; default 32, the Task04 plan's 292 is slow on a CPU)",
+    )
     ap.add_argument("--batch-size-3d", type=int, default=2, help="3d_fullres batch size (0: the plan's)")
     ap.add_argument("--iters", type=int, default=1, help="timed iterations per round and side")
     ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per side first")
     ap.add_argument("--repeats", type=int, default=8, help="rounds; the sides take turns")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on both sides")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    ap.add_argument("--no-amp", action="store_true", help="fp32 on a GPU too (alseg side only; nnU-Net always uses AMP there)")
+    ap.add_argument(
+        "--no-amp", action="store_true", help="fp32 on a GPU too (alseg side only; nnU-Net always uses AMP there)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--alseg-python", default=sys.executable, help="interpreter with alseg's dependencies (default: this one)")
+    ap.add_argument(
+        "--alseg-python", default=sys.executable, help="interpreter with alseg's dependencies (default: this one)"
+    )
     ap.add_argument("--nnunet-python", default=sys.executable, help="interpreter with nnunetv2 (default: this one)")
     ap.add_argument("--no-nnunet", action="store_true", help="alseg only")
-    ap.add_argument("--dense-dropout", action="store_true", help="alseg's dropout through F.dropout (the reference) instead of sparse_dropout")
-    ap.add_argument("--alseg-override", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                    help="alseg setting for the module (e.g. dropout_train=0), repeatable")
-    ap.add_argument("--cache", type=Path, help="an 'alseg preprocess' plans folder with a 2d cache: time alseg's loader too")
-    ap.add_argument("--demo-cache", action="store_true", help="build a synthetic 2d cache in /tmp and time alseg's loader")
+    ap.add_argument(
+        "--dense-dropout",
+        action="store_true",
+        help="alseg's dropout through F.dropout (the reference) instead of sparse_dropout",
+    )
+    ap.add_argument(
+        "--alseg-override",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="alseg setting for the module (e.g. dropout_train=0), repeatable",
+    )
+    ap.add_argument(
+        "--cache", type=Path, help="an 'alseg preprocess' plans folder with a 2d cache: time alseg's loader too"
+    )
+    ap.add_argument(
+        "--demo-cache", action="store_true", help="build a synthetic 2d cache in /tmp and time alseg's loader"
+    )
     ap.add_argument("--loader-batches", type=int, default=10)
-    ap.add_argument("--loader-workers", type=int, default=2, help="loader processes (alseg's CPU default is min(2, CPUs))")
+    ap.add_argument(
+        "--loader-workers", type=int, default=2, help="loader processes (alseg's CPU default is min(2, CPUs))"
+    )
     args = ap.parse_args()
 
     err = _check(args.alseg_python, "import alseg.model.module")
     if err:
         venv = REPO / ".venv" / "bin" / "python"
-        print(f"alseg's side cannot run in {args.alseg_python}: {err}\n"
-              f"Run this script with alseg's venv or pass --alseg-python (e.g. --alseg-python {venv}).")
+        print(
+            f"alseg's side cannot run in {args.alseg_python}: {err}\n"
+            f"Run this script with alseg's venv or pass --alseg-python (e.g. --alseg-python {venv})."
+        )
         return 1
     device = args.device
     if device == "auto":
-        device = "cuda" if _check(args.alseg_python, "import torch; assert torch.cuda.is_available()") is None else "cpu"
+        device = (
+            "cuda" if _check(args.alseg_python, "import torch; assert torch.cuda.is_available()") is None else "cpu"
+        )
     args.device = device
     pythons = {"alseg": args.alseg_python}
     nnunet_note = ""
     if not args.no_nnunet:
-        err = _check(args.nnunet_python, "import nnunetv2.training.nnUNetTrainer.nnUNetTrainer, alseg.plans.nnunet_export, alseg.plans.planner")
+        err = _check(
+            args.nnunet_python,
+            "import nnunetv2.training.nnUNetTrainer.nnUNetTrainer, alseg.plans.nnunet_export, alseg.plans.planner",
+        )
         if err is None:
             pythons["nnunet"] = args.nnunet_python
         else:
-            nnunet_note = (f"nnU-Net v2 is not importable in {args.nnunet_python} ({err}): alseg's numbers only. "
-                           f"To compare, install nnU-Net in a separate venv and pass --nnunet-python:{NNUNET_INSTALL}")
+            nnunet_note = (
+                f"nnU-Net v2 is not importable in {args.nnunet_python} ({err}): alseg's numbers only. "
+                f"To compare, install nnU-Net in a separate venv and pass --nnunet-python:{NNUNET_INSTALL}"
+            )
 
     versions = {}
     for side, python in pythons.items():
@@ -707,30 +793,50 @@ def main() -> int:
         r = subprocess.run([python, "-c", code], capture_output=True, text=True)
         versions[side] = r.stdout.strip()
     if "nnunet" in pythons:
-        r = subprocess.run([pythons["nnunet"], "-c", "import importlib.metadata as m; print(m.version('nnunetv2'), m.version('dynamic_network_architectures'))"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                pythons["nnunet"],
+                "-c",
+                "import importlib.metadata as m; print(m.version('nnunetv2'), m.version('dynamic_network_architectures'))",
+            ],
+            capture_output=True,
+            text=True,
+        )
         versions["nnunetv2"] = r.stdout.strip()
 
     load = os.getloadavg()
-    print(f"# train_throughput {date.today()}  {platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; device {device}; torch threads {args.threads} on both sides")
+    print(
+        f"# train_throughput {date.today()}  {platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; device {device}; torch threads {args.threads} on both sides"
+    )
     for side, python in pythons.items():
-        print(f"# {LABEL[side]:<10} {python}: torch, python {versions[side]}"
-              + (f"; nnunetv2, dynamic_network_architectures {versions['nnunetv2']}" if side == "nnunet" else ""))
+        print(
+            f"# {LABEL[side]:<10} {python}: torch, python {versions[side]}"
+            + (f"; nnunetv2, dynamic_network_architectures {versions['nnunetv2']}" if side == "nnunet" else "")
+        )
     if len({versions[s].split()[0] for s in pythons}) > 1:
         print("# WARNING: the two sides run different torch versions; the ratio compares them too")
-    print(f"# model step only, no data loading: one random batch in memory, {args.warmup} warm-up + "
-          f"{args.repeats} rounds x {args.iters} iterations per side, sides alternating (AB BA AB ...); "
-          f"it/s = 1 / median s/it, ratio = alseg / nnU-Net of those (per-round ratios min–max in brackets; goal >= 1.0x)")
-    print(f"# batch: 2d {args.batch_size or 'plan'}, 3d_fullres {args.batch_size_3d or 'plan'} "
-          f"(overriding the plan's); peak RSS = VmHWM of each side's own worker process"
-          + (f"; alseg overrides {dict(args.alseg_override)}" if args.alseg_override else ""))
+    print(
+        f"# model step only, no data loading: one random batch in memory, {args.warmup} warm-up + "
+        f"{args.repeats} rounds x {args.iters} iterations per side, sides alternating (AB BA AB ...); "
+        f"it/s = 1 / median s/it, ratio = alseg / nnU-Net of those (per-round ratios min–max in brackets; goal >= 1.0x)"
+    )
+    print(
+        f"# batch: 2d {args.batch_size or 'plan'}, 3d_fullres {args.batch_size_3d or 'plan'} "
+        f"(overriding the plan's); peak RSS = VmHWM of each side's own worker process"
+        + (f"; alseg overrides {dict(args.alseg_override)}" if args.alseg_override else "")
+    )
     if device == "cuda":
-        print("# GPU: AMP (fp16 autocast + GradScaler) on both sides" + (" (alseg: --no-amp, fp32)" if args.no_amp else "")
-              + "; nnU-Net compiles its network unless nnUNet_compile=f")
+        print(
+            "# GPU: AMP (fp16 autocast + GradScaler) on both sides"
+            + (" (alseg: --no-amp, fp32)" if args.no_amp else "")
+            + "; nnU-Net compiles its network unless nnUNet_compile=f"
+        )
     if "nnunet" in pythons:
-        print("# nnU-Net side: to_nnunet_plans -> PlansManager -> nnUNetTrainer.build_network_architecture, "
-              "configure_optimizers, _build_loss, train_step (nnU-Net's own code; targets downsampled outside the step, as its loader does)")
+        print(
+            "# nnU-Net side: to_nnunet_plans -> PlansManager -> nnUNetTrainer.build_network_architecture, "
+            "configure_optimizers, _build_loss, train_step (nnU-Net's own code; targets downsampled outside the step, as its loader does)"
+        )
     if nnunet_note:
         print(nnunet_note)
     sys.stdout.flush()
@@ -756,7 +862,9 @@ def main() -> int:
             row = measure(name, plans_dir, config, batch, args, run_pythons)
             row["plan_batch"] = plan_batch
             rows.append(row)
-    print(f"\n# {time.perf_counter() - t_start:.0f} s; load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"\n# {time.perf_counter() - t_start:.0f} s; load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     if rows:
         print_table(rows, device == "cuda")
         print_details(rows)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from builders import write_msd, write_nnunet
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from test_baselines import make_ctx
 
 from alseg.strategies import diversity, get_strategy
 from alseg.strategies.base import check_selection
 from alseg.strategies.diversity import badge_seeding
-
-from test_baselines import make_ctx
 
 X = np.array([[3.0, 0.0], [0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.9, 0.1]])
 

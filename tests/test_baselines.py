@@ -14,23 +14,23 @@ from torch import nn
 
 from alseg.data.pool import Pool
 from alseg.model.network import MCDropout, build_network, head_gradient_embedding
-from alseg.strategies import get_strategy, select_batch
-from alseg.strategies import diversity
+from alseg.model.pool_inference import batch_uncertainty, item_batches, score_pool
+from alseg.strategies import diversity, get_strategy, select_batch
 from alseg.strategies.base import SelectionContext, check_selection
 from alseg.strategies.scores import MCDropoutAccumulator
-from alseg.model.pool_inference import batch_uncertainty, item_batches, score_pool
 from alseg.strategies.uncertainty import top_b
 
 STRATEGIES = ["entropy", "meanstd", "bald", "stochastic-batches", "coreset", "badge"]
 K = 3
 
 
-
-
 def record_of(sel) -> dict:
     """The strategy's part of the round record, as the loop writes it."""
-    return {"seconds": sel.seconds, "batch_uncertainty": sel.batch_uncertainty,
-            **(sel.artefacts.to_record() if sel.artefacts is not None else {})}
+    return {
+        "seconds": sel.seconds,
+        "batch_uncertainty": sel.batch_uncertainty,
+        **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
+    }
 
 
 def tiny_net(config: str = "2d"):
@@ -56,7 +56,9 @@ class CountingImages:
 SHAPES_2D = {"a": (4, 12, 16), "b": (3, 24, 20)}
 
 
-def make_ctx(net=None, shapes=SHAPES_2D, patch=(16, 16), config="2d", labelled=(0, 5), seed=0, **kw) -> SelectionContext:
+def make_ctx(
+    net=None, shapes=SHAPES_2D, patch=(16, 16), config="2d", labelled=(0, 5), seed=0, **kw
+) -> SelectionContext:
     if net is None:
         net, patch = tiny_net(config)
     pool = Pool.build(shapes, config, patch)
@@ -65,8 +67,14 @@ def make_ctx(net=None, shapes=SHAPES_2D, patch=(16, 16), config="2d", labelled=(
     args = dict(budget=3, mc_passes=3, batch_size=5, show_progress=False)
     args.update(kw)
     return SelectionContext(
-        model=net, pool=pool, labelled=mask, rng=np.random.default_rng(seed), load_image=CountingImages(shapes),
-        labelled_voxels_per_class=np.ones(K), n_classes=K, **args,
+        model=net,
+        pool=pool,
+        labelled=mask,
+        rng=np.random.default_rng(seed),
+        load_image=CountingImages(shapes),
+        labelled_voxels_per_class=np.ones(K),
+        n_classes=K,
+        **args,
     )
 
 
@@ -227,7 +235,9 @@ def test_embeddings_with_a_valid_mask_equal_the_plain_ones_when_unpadded_and_ign
     x = torch.randn(3, 1, 16, 16)
     full = torch.ones(3, 16, 16, dtype=torch.bool)
     with torch.no_grad():
-        torch.testing.assert_close(head_gradient_embedding(net, x, full), head_gradient_embedding(net, x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            head_gradient_embedding(net, x, full), head_gradient_embedding(net, x), rtol=1e-4, atol=1e-4
+        )
         torch.testing.assert_close(net.bottleneck_features(x, full), net.bottleneck_features(x))
         part = full.clone()
         part[:, :4] = False

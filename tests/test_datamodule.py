@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_plans, write_cache
 
 from alseg.data.cache import CaseCache
 from alseg.data.datamodule import PatchDataset, Region, SegDataModule, whole_case_region
 from alseg.errors import AlsegError
-from builders import tiny_plans, write_cache
 
 
 @pytest.fixture
@@ -67,7 +67,9 @@ def test_patches_come_from_inside_the_region(tmp_path, config):
         # the label travels with the image
         idx = s["image"].long() - 1
         nz = idx >= 0
-        np.testing.assert_array_equal(s["label"][nz].numpy(), np.load(cache / "case_000_seg.npy").ravel()[idx[nz].numpy()])
+        np.testing.assert_array_equal(
+            s["label"][nz].numpy(), np.load(cache / "case_000_seg.npy").ravel()[idx[nz].numpy()]
+        )
 
 
 def test_2d_items_give_2d_patches_of_that_slice(tmp_path):

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import IDENTITY, write_msd
 
 from alseg.cli import main
 from alseg.data.dataset import load_case, read_dataset
 from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.validate import check_dataset
 from alseg.errors import AlsegError
-from builders import IDENTITY, write_msd
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -134,16 +134,32 @@ def _corrupt_duplicate(root: Path) -> None:
 
 def _corrupt_all_background(root: Path) -> None:
     for i in range(3):
-        write_volume(np.zeros((8, 10, 9), np.uint8), Geometry((1.0,) * 3, (0.0,) * 3, IDENTITY), root / "labelsTr" / f"case_{i:03d}.nii.gz")
+        write_volume(
+            np.zeros((8, 10, 9), np.uint8),
+            Geometry((1.0,) * 3, (0.0,) * 3, IDENTITY),
+            root / "labelsTr" / f"case_{i:03d}.nii.gz",
+        )
 
 
 CORRUPTIONS = {
     "missing dataset.json": (_corrupt_missing_json, "dataset.json: dataset.json not found"),
     "invalid JSON": (_corrupt_invalid_json, "dataset.json: invalid JSON at line 1"),
-    "missing file": (_corrupt_missing_file, "imagesTr/case_001.nii.gz: file not found — add it or remove it from dataset.json"),
-    "truncated file": (_corrupt_truncated, "imagesTr/case_001.nii.gz: cannot be read (truncated or corrupt image file)"),
-    "shape mismatch": (_corrupt_shape, "labelsTr/case_001.nii.gz: shape (8, 11, 9) differs from its image (8, 10, 9) — re-export the label on the image grid"),
-    "spacing mismatch": (_corrupt_spacing, "labelsTr/case_001.nii.gz: spacing (1.0, 1.0, 1.5) differs from its image (1.0, 1.0, 1.0)"),
+    "missing file": (
+        _corrupt_missing_file,
+        "imagesTr/case_001.nii.gz: file not found — add it or remove it from dataset.json",
+    ),
+    "truncated file": (
+        _corrupt_truncated,
+        "imagesTr/case_001.nii.gz: cannot be read (truncated or corrupt image file)",
+    ),
+    "shape mismatch": (
+        _corrupt_shape,
+        "labelsTr/case_001.nii.gz: shape (8, 11, 9) differs from its image (8, 10, 9) — re-export the label on the image grid",
+    ),
+    "spacing mismatch": (
+        _corrupt_spacing,
+        "labelsTr/case_001.nii.gz: spacing (1.0, 1.0, 1.5) differs from its image (1.0, 1.0, 1.0)",
+    ),
     "unknown label": (_corrupt_label_value, "labelsTr/case_001.nii.gz: holds label value(s) [7] not declared"),
     "NaN": (_corrupt_nan, "imagesTr/case_001.nii.gz: contains NaN in 1 voxel(s)"),
     "channel count": (_corrupt_channels, "has 1 channel(s), dataset.json declares 2"),

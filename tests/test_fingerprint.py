@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
 from alseg.data.dataset import read_dataset
 from alseg.data.io import Geometry, write_volume
-from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 
@@ -26,7 +26,12 @@ def write_cases(root: Path, cases: list[tuple[np.ndarray, np.ndarray, tuple]], c
         write_volume(img.astype(np.float32), geom, root / "imagesTr" / f"c{i}.nii.gz")
         write_volume(lab.astype(np.uint8), geom, root / "labelsTr" / f"c{i}.nii.gz")
         training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
-    meta = {"name": "Hand", "modality": {"0": channel}, "labels": {"0": "background", "1": "one", "2": "two"}, "training": training}
+    meta = {
+        "name": "Hand",
+        "modality": {"0": channel},
+        "labels": {"0": "background", "1": "one", "2": "two"},
+        "training": training,
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 

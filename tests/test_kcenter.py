@@ -36,7 +36,10 @@ def test_torch_and_numpy_agree_and_chunking_changes_nothing() -> None:
     x = rng.normal(size=(300, 8))
     labelled = rng.random(300) < 0.1
     ref = k_center_greedy(x, labelled, 20)
-    assert k_center_greedy(torch.from_numpy(x).float(), torch.from_numpy(labelled), 20, chunk_rows=7).tolist() == ref.tolist()
+    assert (
+        k_center_greedy(torch.from_numpy(x).float(), torch.from_numpy(labelled), 20, chunk_rows=7).tolist()
+        == ref.tolist()
+    )
 
 
 def test_result_is_the_greedy_max_min_distance() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alseg.data.io import read_volume, write_volume
-from alseg.errors import AlsegError
 from alseg.active.loop import LoopDriver
 from alseg.active.oracles import manifest_items
 from alseg.active.settings import LoopSettings
+from alseg.data.io import read_volume, write_volume
+from alseg.errors import AlsegError
 
 TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2)
 
@@ -46,9 +46,31 @@ def _cli(*args: str) -> list[str]:
 
 
 def _loop_args(plan_dir: Path, run: Path, *extra: str) -> list[str]:
-    return _cli("loop", str(plan_dir), "-o", str(run), "--strategy", "random", "--rounds", "2", "--budget", "4",
-                "--initial", "8", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "4", "--workers", "0",
-                "--seed", "3", *extra)
+    return _cli(
+        "loop",
+        str(plan_dir),
+        "-o",
+        str(run),
+        "--strategy",
+        "random",
+        "--rounds",
+        "2",
+        "--budget",
+        "4",
+        "--initial",
+        "8",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--seed",
+        "3",
+        *extra,
+    )
 
 
 def _rows(run: Path) -> list[dict]:
@@ -214,9 +236,27 @@ def test_redundancy_check_command_trains_saves_and_reuses_its_model(plan_dir: Pa
     from alseg.cli import app
 
     model = tmp_path / "m.pt"
-    common = ["redundancy-check", str(plan_dir), "--strategy", "usimc", "--copies", "3", "--budget", "4",
-              "--initial", "8", "--query-size", "20", "--mc-passes", "2", "--seed", "1"]
-    first = CliRunner().invoke(app, [*common, "--train-epochs", "1", "--train-iters", "2", "--batch-size", "2", "--save-model", str(model)])
+    common = [
+        "redundancy-check",
+        str(plan_dir),
+        "--strategy",
+        "usimc",
+        "--copies",
+        "3",
+        "--budget",
+        "4",
+        "--initial",
+        "8",
+        "--query-size",
+        "20",
+        "--mc-passes",
+        "2",
+        "--seed",
+        "1",
+    ]
+    first = CliRunner().invoke(
+        app, [*common, "--train-epochs", "1", "--train-iters", "2", "--batch-size", "2", "--save-model", str(model)]
+    )
     assert first.exit_code == 0, first.output
     assert model.is_file() and "query set (draws)" in first.output
     again = CliRunner().invoke(app, [*common, "--checkpoint", str(model)])
@@ -231,9 +271,28 @@ def test_redundancy_check_compares_fisher_kernels_and_writes_json(plan_dir: Path
     from alseg.cli import app
 
     out = tmp_path / "red.json"
-    common = ["redundancy-check", str(plan_dir), "--copies", "3", "--budget", "4", "--initial", "8",
-              "--query-size", "20", "--mc-passes", "2", "--seed", "1", "--train-epochs", "1", "--train-iters", "2",
-              "--batch-size", "2"]
+    common = [
+        "redundancy-check",
+        str(plan_dir),
+        "--copies",
+        "3",
+        "--budget",
+        "4",
+        "--initial",
+        "8",
+        "--query-size",
+        "20",
+        "--mc-passes",
+        "2",
+        "--seed",
+        "1",
+        "--train-epochs",
+        "1",
+        "--train-iters",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     res = CliRunner().invoke(app, [*common, "--strategy", "usimf", "--kernels", "raw,cosine", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "raw kernel" in res.output and "cosine kernel" in res.output
@@ -269,8 +328,16 @@ def test_loop_rounds_and_the_full_data_reference_get_the_same_trainer(plan_dir: 
     _driver(plan_dir, tmp_path / "run", settings).run_all()
     run_full_reference(plan_dir, tmp_path / "exp", settings, workers=0)
     assert len(seen) == 2
-    keys = ("accelerator", "devices", "strategy", "precision", "deterministic", "gradient_clip_val",
-            "gradient_clip_algorithm", "max_epochs")
+    keys = (
+        "accelerator",
+        "devices",
+        "strategy",
+        "precision",
+        "deterministic",
+        "gradient_clip_val",
+        "gradient_clip_algorithm",
+        "max_epochs",
+    )
     loop_kw, full_kw = seen
     assert {k: loop_kw[k] for k in keys[:-1]} == {k: full_kw[k] for k in keys[:-1]}
     assert loop_kw["precision"] == "32-true" and loop_kw["gradient_clip_val"] == 12.0  # CPU here

@@ -25,8 +25,6 @@ from alseg.model.network import (
 CONFIGS = ["2d", "3d_fullres"]
 
 
-
-
 def _net(config="2d", n_stages=4, **network):
     cfg = tiny_plans(n_stages=n_stages).configuration(config)
     if network:

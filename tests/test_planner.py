@@ -24,7 +24,9 @@ from alseg.plans.planner import (
 from alseg.plans.topology import conv_feature_map_size, get_pool_and_conv_props
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
-STATS = IntensityStats(mean=100.0, median=95.0, std=20.0, min=-50.0, max=400.0, percentile_00_5=10.0, percentile_99_5=300.0)
+STATS = IntensityStats(
+    mean=100.0, median=95.0, std=20.0, min=-50.0, max=400.0, percentile_00_5=10.0, percentile_99_5=300.0
+)
 
 
 def fingerprint(spacings, shapes, channel="MRI", relative_size=1.0, labels=None, voxels=None) -> Fingerprint:

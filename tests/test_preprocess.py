@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from alseg.data.cache import MANIFEST, CaseCache, build_cache
 from alseg.data.dataset import read_dataset
 from alseg.data.io import Geometry
-from alseg.data.cache import MANIFEST, CaseCache, build_cache
 from alseg.data.pipeline import preprocess_case
 from alseg.data.resample import resample, separate_axis
 from alseg.data.synthetic import generate_dataset
@@ -103,7 +103,9 @@ def test_zscore_normalisation_zero_mean_unit_std(planned):
 def test_ct_normalisation_clips_to_the_plan_percentiles(planned):
     _, plans = planned
     ct = plans.model_copy(deep=True)
-    ct.configurations["2d"].normalization = [Normalization(scheme="ct", clip_lower=250.0, clip_upper=450.0, mean=350.0, std=50.0)]
+    ct.configurations["2d"].normalization = [
+        Normalization(scheme="ct", clip_lower=250.0, clip_upper=450.0, mean=350.0, std=50.0)
+    ]
     img, lab = _case()
     geom = Geometry((1.0, 1.0, 1.0), (0.0,) * 3, IDENTITY)
     data, _, _ = preprocess_case(img, lab, geom, ct, "2d")

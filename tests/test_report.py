@@ -16,8 +16,10 @@ from alseg.report.penalty import column_phi, pairwise_wins, penalty_matrix
 from alseg.report.runs import load_run, load_runs
 
 LABELS = {"1": "Anterior", "2": "Posterior"}
-HEADER = ("round,n_labelled_items,n_labelled_voxels,dice_mean,dice_Anterior,dice_Posterior,"
-          "seconds_train,seconds_score,seconds_select")
+HEADER = (
+    "round,n_labelled_items,n_labelled_voxels,dice_mean,dice_Anterior,dice_Posterior,"
+    "seconds_train,seconds_score,seconds_select"
+)
 
 
 # --- curves -----------------------------------------------------------------------------------
@@ -102,11 +104,24 @@ def test_penalty_rejects_datasets_with_different_strategy_sets():
 # --- run directories --------------------------------------------------------------------------
 
 
-def _write_run(run_dir: Path, strategy: str, seed: int, dice: list[float], dataset: str = "Dataset004_Hippocampus",
-               uncertainty: list[float] | None = None) -> None:
+def _write_run(
+    run_dir: Path,
+    strategy: str,
+    seed: int,
+    dice: list[float],
+    dataset: str = "Dataset004_Hippocampus",
+    uncertainty: list[float] | None = None,
+) -> None:
     run_dir.mkdir(parents=True)
-    config = {"strategy": strategy, "seed": seed, "dataset": dataset, "config": "2d", "budget": 100,
-              "initial": 100, "labels": LABELS}
+    config = {
+        "strategy": strategy,
+        "seed": seed,
+        "dataset": dataset,
+        "config": "2d",
+        "budget": 100,
+        "initial": 100,
+        "labels": LABELS,
+    }
     (run_dir / "config.json").write_text(json.dumps(config))
     rows = [HEADER]
     for k, d in enumerate(dice):
@@ -116,8 +131,14 @@ def _write_run(run_dir: Path, strategy: str, seed: int, dice: list[float], datas
     if uncertainty is not None:
         (run_dir / "rounds").mkdir()
         for k, u in enumerate(uncertainty, start=1):
-            record = {"round": k, "strategy": strategy, "selected": [f"case_{k}_{i}" for i in range(3)],
-                      "scores": [u, u, None], "batch_uncertainty": u, "seconds": {"select": 0.4}}
+            record = {
+                "round": k,
+                "strategy": strategy,
+                "selected": [f"case_{k}_{i}" for i in range(3)],
+                "scores": [u, u, None],
+                "batch_uncertainty": u,
+                "seconds": {"select": 0.4},
+            }
             (run_dir / "rounds" / f"round_{k:03d}.json").write_text(json.dumps(record))
 
 
@@ -138,8 +159,11 @@ def _write_experiment(exp: Path) -> None:
     np.savez(usim0 / "round_003_embeddings.npz", embeddings=emb_rng.normal(size=(40, 8)), role=role)
     full = exp / "full"
     full.mkdir()
-    (full / "config.json").write_text(json.dumps({"strategy": "full", "dataset": "Dataset004_Hippocampus",
-                                                  "config": "2d", "labels": LABELS, "seed": 0}))
+    (full / "config.json").write_text(
+        json.dumps(
+            {"strategy": "full", "dataset": "Dataset004_Hippocampus", "config": "2d", "labels": LABELS, "seed": 0}
+        )
+    )
     (full / "metrics.csv").write_text(HEADER + "\n0,400,16384,0.850000,0.87,0.83,100.0,0,0\n")
 
 
@@ -211,8 +235,12 @@ def test_build_report_writes_html_summary_and_nontrivial_pngs(tmp_path):
     assert 300 < usim["items_to_target"] <= 400
 
     names = set(summary["figures"])
-    assert {"learning_curve_Dataset004_Hippocampus_2d.png", "penalty_Dataset004_Hippocampus_2d.png",
-            "batch_uncertainty_Dataset004_Hippocampus_2d.png", "tsne_Dataset004_Hippocampus_2d_usim.png"} <= names
+    assert {
+        "learning_curve_Dataset004_Hippocampus_2d.png",
+        "penalty_Dataset004_Hippocampus_2d.png",
+        "batch_uncertainty_Dataset004_Hippocampus_2d.png",
+        "tsne_Dataset004_Hippocampus_2d_usim.png",
+    } <= names
     for name in names:
         png = out / name
         assert png.stat().st_size > 10_000, name

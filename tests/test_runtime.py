@@ -10,21 +10,26 @@ import sys
 
 import pytest
 import torch
-
-from alseg.model.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
 from builders import tiny_plans
 
+from alseg.model.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
+
 # runs the CLI's entry point (the 'strategies' command), then asks what is left to tune
-PROBE = "import sys, json, os; sys.argv = ['alseg', 'strategies']; from alseg.cli import main\n" \
-        "try:\n    main()\nexcept SystemExit:\n    pass\n" \
-        "from alseg.runtime import tune_process\n" \
-        "print(json.dumps({'omp': os.environ.get('OMP_WAIT_POLICY'), 'again': tune_process()}))"
+PROBE = (
+    "import sys, json, os; sys.argv = ['alseg', 'strategies']; from alseg.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    "from alseg.runtime import tune_process\n"
+    "print(json.dumps({'omp': os.environ.get('OMP_WAIT_POLICY'), 'again': tune_process()}))"
+)
 LIBRARY = "import alseg, alseg.active.loop, json, os; print(json.dumps({'omp': os.environ.get('OMP_WAIT_POLICY')}))"
 
 
 def _probe(code: str = PROBE, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_WAIT_POLICY", "ALSEG_KEEP_MALLOC", "LD_PRELOAD") and not k.startswith("MALLOC_")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "ALSEG_KEEP_MALLOC", "LD_PRELOAD") and not k.startswith("MALLOC_")
+    }
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -16,8 +16,9 @@ from alseg.errors import AlsegError
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from alseg.cli import main; main()", *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", "from alseg.cli import main; main()", *args], capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,8 +67,9 @@ def test_settings_file_round_trip_and_command_line_overrides(tmp_path: Path):
 
 
 def test_compare_starts_each_cell_from_a_settings_file(tmp_path: Path):
-    settings = LoopSettings(rounds=2, budget=5, initial=6, epochs=1, iters_per_epoch=3, mc_passes=2,
-                            strategy_options={"query_size": 30})
+    settings = LoopSettings(
+        rounds=2, budget=5, initial=6, epochs=1, iters_per_epoch=3, mc_passes=2, strategy_options={"query_size": 30}
+    )
     cell = Cell("usimf", 2, tmp_path / "usimf" / "seed_2")
     cmd = loop_command(tmp_path / "plan", cell, settings, workers=0)
     assert cmd[cmd.index("--settings") + 1] == str(cell.settings_path) and "--resume" in cmd
@@ -78,8 +80,9 @@ def test_compare_starts_each_cell_from_a_settings_file(tmp_path: Path):
 
 def test_run_config_is_the_settings_plus_the_identity_of_the_data():
     settings = LoopSettings(strategy="entropy", budget=9)
-    config = RunConfig(**settings.model_dump(), dataset="D", dataset_root="/d", plans_hash="p", pool_hash="q",
-                       labels={1: "a"})
+    config = RunConfig(
+        **settings.model_dump(), dataset="D", dataset_root="/d", plans_hash="p", pool_hash="q", labels={1: "a"}
+    )
     assert config.settings() == settings
     again = RunConfig.model_validate_json(config.model_dump_json())
     assert again == config

@@ -6,16 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_baselines import make_ctx, tiny_net
 from torch import nn
 
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 from alseg.model.dropout import MCDropout
 from alseg.model.pool_inference import measure_batch_uncertainty
-from alseg.strategies import FeatureNetwork, SelectionContext, available, get_strategy, parse_strategy_options, select_batch
+from alseg.strategies import (
+    FeatureNetwork,
+    SelectionContext,
+    available,
+    get_strategy,
+    parse_strategy_options,
+    select_batch,
+)
 from alseg.strategies.base import StrategyOptions
-
-from test_baselines import make_ctx, tiny_net
 
 
 # ----------------------------------------------------------------------------- options
@@ -33,12 +39,17 @@ def test_unknown_option_names_the_valid_keys_in_one_line():
         parse_strategy_options("usimf", {"quer_size": "5"})
     text = str(e.value)
     assert "quer_size" in text and "query_size" in text and "\n" not in text
-    with pytest.raises(AlsegError, match="unknown option query_size for strategy 'random' — valid keys: batch_uncertainty, mc_passes_per_forward"):
+    with pytest.raises(
+        AlsegError,
+        match="unknown option query_size for strategy 'random' — valid keys: batch_uncertainty, mc_passes_per_forward",
+    ):
         parse_strategy_options("random", {"query_size": "5"})
 
 
 def test_bad_value_names_the_key_and_what_is_expected():
-    with pytest.raises(AlsegError, match=r"invalid option query_size='abc' for strategy 'usimc' — expected 'auto' .* positive integer"):
+    with pytest.raises(
+        AlsegError, match=r"invalid option query_size='abc' for strategy 'usimc' — expected 'auto' .* positive integer"
+    ):
         parse_strategy_options("usimc", {"query_size": "abc"})
     with pytest.raises(AlsegError, match="seeding='kmeans' .* 'ash'"):
         parse_strategy_options("badge", {"seeding": "kmeans"})
@@ -139,9 +150,18 @@ def test_batch_uncertainty_by_hand_with_fixed_dropout_masks():
     values = [2.0, -1.0, 0.5]
     vol = np.stack([np.full((16, 16), v, np.float32) for v in values])[None]
     ctx = SelectionContext(
-        model=TwoClassNet(), pool=Pool.build(shapes, "2d", (16, 16)), labelled=np.zeros(3, bool), budget=2,
-        rng=np.random.default_rng(0), load_image=lambda c: vol, labelled_voxels_per_class=np.ones(2), n_classes=2,
-        mc_passes=2, dropout_mc=0.1, batch_size=8, show_progress=False,
+        model=TwoClassNet(),
+        pool=Pool.build(shapes, "2d", (16, 16)),
+        labelled=np.zeros(3, bool),
+        budget=2,
+        rng=np.random.default_rng(0),
+        load_image=lambda c: vol,
+        labelled_voxels_per_class=np.ones(2),
+        n_classes=2,
+        mc_passes=2,
+        dropout_mc=0.1,
+        batch_size=8,
+        show_progress=False,
     )
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     expected = sum(256 * abs(sig(values[i]) - 0.5) / 2 for i in (0, 2))
@@ -151,10 +171,14 @@ def test_batch_uncertainty_by_hand_with_fixed_dropout_masks():
 def test_options_shared_by_several_strategies_are_split_and_checked():
     from alseg.strategies import options_for
 
-    out = options_for(["random", "usimf", "badge"], {"query_size": "1000", "seeding": "ash", "batch_uncertainty": "false"})
-    assert out == {"random": {"batch_uncertainty": "false"},
-                   "usimf": {"query_size": "1000", "batch_uncertainty": "false"},
-                   "badge": {"seeding": "ash", "batch_uncertainty": "false"}}
+    out = options_for(
+        ["random", "usimf", "badge"], {"query_size": "1000", "seeding": "ash", "batch_uncertainty": "false"}
+    )
+    assert out == {
+        "random": {"batch_uncertainty": "false"},
+        "usimf": {"query_size": "1000", "batch_uncertainty": "false"},
+        "badge": {"seeding": "ash", "batch_uncertainty": "false"},
+    }
     with pytest.raises(AlsegError, match="unknown option quer_size for strategies random, usimf"):
         options_for(["random", "usimf"], {"quer_size": "5"})
     with pytest.raises(AlsegError, match="invalid option seeding"):

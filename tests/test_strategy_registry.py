@@ -17,8 +17,14 @@ def _ctx(seed=0, budget=5, ground_truth=None):
     labelled = np.zeros(len(pool), bool)
     labelled[:3] = True
     return SelectionContext(
-        model=torch.nn.Identity(), pool=pool, labelled=labelled, budget=budget, rng=np.random.default_rng(seed),
-        load_image=lambda c: np.zeros((1, 10, 8, 8), np.float32), labelled_voxels_per_class=np.ones(3), n_classes=3,
+        model=torch.nn.Identity(),
+        pool=pool,
+        labelled=labelled,
+        budget=budget,
+        rng=np.random.default_rng(seed),
+        load_image=lambda c: np.zeros((1, 10, 8, 8), np.float32),
+        labelled_voxels_per_class=np.ones(3),
+        n_classes=3,
         ground_truth=ground_truth,
     )
 

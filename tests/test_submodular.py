@@ -149,7 +149,9 @@ def test_submodlib_is_seeded_internally_and_seed_permutes() -> None:
     np.testing.assert_array_equal(submodlib_select(S, 8)[0], submodlib_select(S, 8)[0])
     np.testing.assert_array_equal(submodlib_select(S, 8, seed=1)[0], submodlib_select(S, 8, seed=1)[0])
     fn = FLQMI(torch.from_numpy(S))
-    assert fn.evaluate(submodlib_select(S, 8, seed=2)[0]) == pytest.approx(fn.evaluate(submodlib_select(S, 8)[0]), rel=0.02)
+    assert fn.evaluate(submodlib_select(S, 8, seed=2)[0]) == pytest.approx(
+        fn.evaluate(submodlib_select(S, 8)[0]), rel=0.02
+    )
 
 
 def test_budget_at_least_pool_returns_everything() -> None:
@@ -173,7 +175,9 @@ def test_multiset_objective_and_gains_equal_the_kernel_with_repeated_columns() -
     state_w, state_r = weighted.initial_state(), repeated.initial_state()
     for j in (3, 0):
         cand = torch.arange(7)
-        torch.testing.assert_close(weighted.marginal_gains(state_w, cand), repeated.marginal_gains(state_r, cand), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            weighted.marginal_gains(state_w, cand), repeated.marginal_gains(state_r, cand), rtol=1e-6, atol=1e-6
+        )
         state_w, state_r = weighted.update_state(state_w, j), repeated.update_state(state_r, j)
 
 
@@ -193,7 +197,9 @@ def test_multiplicity_changes_the_selection() -> None:
 def test_submodlib_repeats_columns_and_agrees_on_a_unique_optimum() -> None:
     S = MULTI_S.numpy()
     p_w, g_w = submodlib_select(S, 1, eta=0.0, query_weights=MULTI_COUNTS)
-    p_a, g_a = stochastic_greedy(FLQMI(MULTI_S, eta=0.0, query_weights=MULTI_COUNTS), 1, 0.01, rng=np.random.default_rng(0))
+    p_a, g_a = stochastic_greedy(
+        FLQMI(MULTI_S, eta=0.0, query_weights=MULTI_COUNTS), 1, 0.01, rng=np.random.default_rng(0)
+    )
     assert p_w.tolist() == p_a.tolist() == [0] and g_w == pytest.approx(g_a)
     assert submodlib_select(S, 1, eta=0.0)[0].tolist() == [1]
     with pytest.raises(ValueError, match="multiplicity"):

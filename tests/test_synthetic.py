@@ -13,7 +13,17 @@ from scipy import ndimage as ndi
 from alseg.data.synthetic import DEFAULT_CASES, generate_dataset, synthesize_case
 from alseg.errors import AlsegError
 
-MSD_KEYS = {"name", "description", "tensorImageSize", "modality", "labels", "numTraining", "numTest", "training", "test"}
+MSD_KEYS = {
+    "name",
+    "description",
+    "tensorImageSize",
+    "modality",
+    "labels",
+    "numTraining",
+    "numTest",
+    "training",
+    "test",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +52,9 @@ def _pairs(root: Path):
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
-    return {str(p.relative_to(root)): sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(root.rglob("*.nii.gz"))}
+    return {
+        str(p.relative_to(root)): sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(root.rglob("*.nii.gz"))
+    }
 
 
 def test_layout_and_dataset_json(mri):
@@ -155,7 +167,11 @@ def test_rerun_with_fewer_cases_leaves_only_listed_files(tmp_path):
     generate_dataset(tmp_path, cases=4, test_cases=2, dims=2)
     (tmp_path / "imagesTr" / "notes.txt").write_text("kept")
     generate_dataset(tmp_path, cases=2, test_cases=1, dims=2)
-    assert sorted(p.name for p in (tmp_path / "imagesTr").iterdir()) == ["notes.txt", "synth_000.nii.gz", "synth_001.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "imagesTr").iterdir()) == [
+        "notes.txt",
+        "synth_000.nii.gz",
+        "synth_001.nii.gz",
+    ]
     assert sorted(p.name for p in (tmp_path / "imagesTs").iterdir()) == ["synth_002.nii.gz"]
 
 

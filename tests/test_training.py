@@ -9,14 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from sklearn.model_selection import KFold
 from builders import tiny_plans, write_cache
+from sklearn.model_selection import KFold
 
 from alseg.data.datamodule import SegDataModule, whole_case_region
 from alseg.errors import AlsegError
-from alseg.model.module import SegmentationModule, apply_overrides
 from alseg.model import train as train_module
 from alseg.model.callbacks import read_metrics
+from alseg.model.module import SegmentationModule, apply_overrides
 from alseg.model.train import load_weights, make_split, train
 from alseg.model.trainer import TrainerSettings, make_trainer, resolved_trainer_kwargs
 
@@ -61,11 +61,31 @@ def test_train_builds_its_trainer_with_the_shared_factory(tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_module, "make_trainer", spy)
     cache = write_cache(tmp_path / "cache", n=5)
-    train(tiny_plans(), "2d", cache, tmp_path / "out", epochs=1, iters_per_epoch=2, num_workers=0,
-          augment=False, progress=False, overrides={"batch_size": 2})
-    assert seen == {**resolved_trainer_kwargs(TrainerSettings(), max_epochs=1, iterations_per_epoch=2, callbacks=seen["callbacks"],
-                                               logger=seen["logger"], show_progress=False, validate=True,
-                                               default_root_dir=tmp_path / "out", check_val_every_n_epoch=1)}
+    train(
+        tiny_plans(),
+        "2d",
+        cache,
+        tmp_path / "out",
+        epochs=1,
+        iters_per_epoch=2,
+        num_workers=0,
+        augment=False,
+        progress=False,
+        overrides={"batch_size": 2},
+    )
+    assert seen == {
+        **resolved_trainer_kwargs(
+            TrainerSettings(),
+            max_epochs=1,
+            iterations_per_epoch=2,
+            callbacks=seen["callbacks"],
+            logger=seen["logger"],
+            show_progress=False,
+            validate=True,
+            default_root_dir=tmp_path / "out",
+            check_val_every_n_epoch=1,
+        )
+    }
     assert seen["enable_checkpointing"] is True and "limit_val_batches" not in seen
 
 
@@ -117,8 +137,15 @@ def test_fit_validate_and_checkpoint_round_trip(tmp_path):
     module = SegmentationModule(plans, "3d_fullres", epochs=1)
     regions = [whole_case_region(cache, "case_000")]
     dm = SegDataModule(cache, module.config, regions, val_cases=["case_001", "case_002"], num_workers=0)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm)
     (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
     assert set(metrics) == {"dice_mean", "dice_Anterior", "dice_Posterior"}

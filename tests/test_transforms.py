@@ -10,8 +10,6 @@ from monai.transforms import Compose, RandFlipd
 from alseg.transforms import RandContrastd, get_training_transforms, sampling_patch_size
 
 
-
-
 def _sample(shape):
     """A ball whose intensity ramps through 0.5 at its border; label 1 inside, 2 in its core."""
     grids = np.meshgrid(*[np.arange(s) - s / 2 + 0.5 for s in shape], indexing="ij")

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from builders import tiny_plans
 
+from alseg.active.experiments.redundancy import duplicate_case, original_id, redundancy_check
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 from alseg.model.network import build_network
 from alseg.model.pool_inference import item_batches, score_pool
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options
 from alseg.strategies.base import check_selection
-from alseg.active.experiments.redundancy import duplicate_case, original_id, redundancy_check
 from alseg.strategies.submodular import nonnegative_kernel
 from alseg.strategies.usim import IGNORE_INDEX
 from alseg.strategies.usim_math import FISHER_DAMPING, cosine_similarity
@@ -30,8 +30,6 @@ from alseg.strategies.usim_math import FISHER_DAMPING, cosine_similarity
 # narrower (zero-padded): the padded pixels must not enter any gradient
 SHAPES = {"a": (6, 16, 16), "b": (5, 20, 12), "c": (6, 16, 16)}
 VOXELS = np.array([5000, 100, 400])  # labelled voxels per class, background first
-
-
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +50,17 @@ def _ctx(net, seed=0, budget=4, labelled=(0, 1, 2), shapes=SHAPES):
     mask = np.zeros(len(pool), bool)
     mask[list(labelled)] = True
     return SelectionContext(
-        model=net, pool=pool, labelled=mask, budget=budget, rng=np.random.default_rng(seed),
-        load_image=images.__getitem__, labelled_voxels_per_class=VOXELS, n_classes=3, mc_passes=3,
-        batch_size=8, show_progress=False,
+        model=net,
+        pool=pool,
+        labelled=mask,
+        budget=budget,
+        rng=np.random.default_rng(seed),
+        load_image=images.__getitem__,
+        labelled_voxels_per_class=VOXELS,
+        n_classes=3,
+        mc_passes=3,
+        batch_size=8,
+        show_progress=False,
     )
 
 
@@ -109,8 +115,9 @@ def _assert_rows_close(a, b, rel=1e-4):
 
 # ----------------------------------------------------------------------------- options
 def test_options_parse_strings_and_reject_bad_values():
-    o = parse_strategy_options("usimf", {"query_size": "300", "max_candidates": "none", "eta": "2", "optimizer": "submodlib",
-                                         "figure": "0"})
+    o = parse_strategy_options(
+        "usimf", {"query_size": "300", "max_candidates": "none", "eta": "2", "optimizer": "submodlib", "figure": "0"}
+    )
     assert (o.query_size, o.max_candidates, o.eta, o.optimizer, o.figure) == (300, None, 2.0, "submodlib", False)
     assert parse_strategy_options("usimc", {"query_size": "auto"}).query_size is None
     with pytest.raises(AlsegError, match="optimizer=.*'alseg' or 'submodlib'"):
@@ -189,7 +196,9 @@ def test_usimf_kernel_equals_the_fisher_formula(net):
     assert len(res.fisher_subset) == 5 and set(res.fisher_subset) <= set(res.columns)
     g = _hand_gradients(net, ctx, res.candidates, names).double()
     assert res.n_parameters == g.shape[1]
-    F_hand = g[res.fisher_subset].square().mean(0)  # mean over the Fisher subset (paper Appendix A, Eq. 3; not the original code's one-sample square)
+    F_hand = (
+        g[res.fisher_subset].square().mean(0)
+    )  # mean over the Fisher subset (paper Appendix A, Eq. 3; not the original code's one-sample square)
     idx = torch.as_tensor(res.param_index)
     assert len(idx) == 300 and bool((F_hand[idx] > 0).all())
     torch.testing.assert_close(res.fisher.double(), F_hand[idx], rtol=1e-3, atol=1e-4 * float(F_hand.max()))
@@ -269,7 +278,9 @@ def test_selection_is_distinct_unlabelled_and_seeded(name, net):
     assert rec["Q"] == sum(rec["query_set"]["draws"]) and len(rec["query_set"]["ids"]) == len(rec["query_set"]["draws"])
     emb = {"embeddings": a.embedding_map.embeddings, "role": a.embedding_map.role}
     assert emb["embeddings"].dtype == np.float32 and len(emb["embeddings"]) == len(emb["role"])
-    assert set(emb["role"]) <= {"labelled", "unlabelled", "query", "selected"} and (emb["role"] == "selected").sum() == 4
+    assert (
+        set(emb["role"]) <= {"labelled", "unlabelled", "query", "selected"} and (emb["role"] == "selected").sum() == 4
+    )
     assert (emb["role"] == "labelled").sum() == 3
     c = _select(name, net, seed=3, figure="0")
     np.testing.assert_array_equal(c.indices, a.indices)  # the figure never changes the batch
@@ -332,8 +343,12 @@ def test_redundancy_kernel_variants_select_from_the_same_scores_and_query_set(ne
     shapes = {c: (4, 16, 16) for c in "abcde"}
     where = dict(seed=0, budget=6, labelled=(0, 1), shapes=shapes)
     opts = _opts(query_size=60, embedding_dim=300, fisher_subset=10, epsilon=1e-9)
-    both = redundancy_check(_ctx(net, **where), case_id="d", copies=5, strategy="usimf", kernels=("cosine",), options=opts)
-    direct = redundancy_check(_ctx(net, **where), case_id="d", copies=5, strategy="usimf", options={**opts, "fisher_kernel": "cosine"})
+    both = redundancy_check(
+        _ctx(net, **where), case_id="d", copies=5, strategy="usimf", kernels=("cosine",), options=opts
+    )
+    direct = redundancy_check(
+        _ctx(net, **where), case_id="d", copies=5, strategy="usimf", options={**opts, "fisher_kernel": "cosine"}
+    )
     assert both["kernel"] == "raw" and direct["kernel"] == "cosine"
     (variant,) = both["variants"]
     assert variant["kernel"] == "cosine" and variant["selected"] == direct["selected"]
@@ -374,7 +389,9 @@ def test_redundancy_study_runs_many_cases_from_one_pass(net, monkeypatch):
     monkeypatch.setattr(pipeline, "gradient_embeddings", count_grad)
     shapes = {c: (4, 16, 16) for c in "abcde"}
     ctx = _ctx(net, seed=0, budget=6, labelled=(0, 1), shapes=shapes)
-    out = red.redundancy_study(ctx, ["c", "d"], copies=10, options=_opts(query_size=60, embedding_dim=300, fisher_subset=10))
+    out = red.redundancy_study(
+        ctx, ["c", "d"], copies=10, options=_opts(query_size=60, embedding_dim=300, fisher_subset=10)
+    )
     assert calls == {"score": 1, "grad": 2}
     assert [r["case_id"] for r in out["cases"]] == ["c", "d"] and out["n_pool"] == 20
     labels = {v[0] for v in red.STUDY_VARIANTS} | {"usimc"}

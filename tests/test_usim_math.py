@@ -146,12 +146,15 @@ def test_sample_fisher_parameters() -> None:
     assert picked.tolist() == sorted(set(picked.tolist())) and len(picked) == 3
     assert not set(picked.tolist()) & {0, 3}
     # Tiny Fisher values are almost never drawn.
-    hits = sum(bool({2, 6} & set(sample_fisher_parameters(F, 3, np.random.default_rng(s)).tolist())) for s in range(200))
+    hits = sum(
+        bool({2, 6} & set(sample_fisher_parameters(F, 3, np.random.default_rng(s)).tolist())) for s in range(200)
+    )
     assert hits <= 2
     # Fewer non-zero entries than k: all of them.
     assert sample_fisher_parameters(F, 7, np.random.default_rng(0)).tolist() == [1, 2, 4, 5, 6, 7]
     np.testing.assert_array_equal(
-        sample_fisher_parameters(F, 3, np.random.default_rng(4)), sample_fisher_parameters(F, 3, np.random.default_rng(4))
+        sample_fisher_parameters(F, 3, np.random.default_rng(4)),
+        sample_fisher_parameters(F, 3, np.random.default_rng(4)),
     )
 
 

@@ -18,19 +18,24 @@ import math
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 
 from alseg.active.oracles import FilesOracle, LabelStore, SimulatedOracle, item_geometry
 from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_torch_save
+from alseg.data.datamodule import Region, SegDataModule
 from alseg.errors import AlsegError
+from alseg.model.module import SegmentationModule
+from alseg.model.pool_inference import inference_batch_size
+from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
-from alseg.model.pool_inference import inference_batch_size
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
 __all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
@@ -50,8 +55,16 @@ class LoopDriver:
     ``workers`` and ``show_progress`` only affect this process.
     """
 
-    def __init__(self, target: Path, run_dir: Path, settings: LoopSettings, resume: bool = False,
-                 workers: int | None = None, show_progress: bool = True, given: set[str] | None = None):
+    def __init__(
+        self,
+        target: Path,
+        run_dir: Path,
+        settings: LoopSettings,
+        resume: bool = False,
+        workers: int | None = None,
+        show_progress: bool = True,
+        given: set[str] | None = None,
+    ):
         self.given = given
         self.run = RunDir(run_dir)
         self.workers = workers
@@ -70,13 +83,21 @@ class LoopDriver:
                 self.state.finished = False
         else:
             self.config = RunConfig(
-                **settings.model_dump(), dataset=self.ws.plans.dataset_name, dataset_root=self.ws.plans.dataset_root,
-                plans_hash=self.ws.plans_hash, pool_hash=self.pool.fingerprint(), labels=self.ws.foreground_labels,
+                **settings.model_dump(),
+                dataset=self.ws.plans.dataset_name,
+                dataset_root=self.ws.plans.dataset_root,
+                plans_hash=self.ws.plans_hash,
+                pool_hash=self.pool.fingerprint(),
+                labels=self.ws.foreground_labels,
             )
             self.state = RunState()
-        self.strategy = get_strategy(self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options))
+        self.strategy = get_strategy(
+            self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options)
+        )
         if self.strategy.simulation_only and self.config.oracle != "simulated":
-            raise AlsegError(f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated")
+            raise AlsegError(
+                f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated"
+            )
         self._validate_sizes()
         if not resume:
             self.run.path.mkdir(parents=True, exist_ok=True)
@@ -120,8 +141,10 @@ class LoopDriver:
             if self.show_progress and round_ > 0:
                 sec = record.get("seconds", {})
                 extra = f", Q = {record['Q']}" if "Q" in record else ""
-                console.print(f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
-                              f"(score {sec.get('score', 0.0):.0f} s, select {sec.get('select', 0.0):.0f} s{extra})")
+                console.print(
+                    f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
+                    f"(score {sec.get('score', 0.0):.0f} s, select {sec.get('select', 0.0):.0f} s{extra})"
+                )
         selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
         if not selected:
             return True
@@ -142,21 +165,25 @@ class LoopDriver:
 
     def train_round(self, round_: int) -> None:
         """Fit round ``round_`` on the labelled items; the ActiveLoop callback does the rest."""
-        import lightning.pytorch as pl
-        from lightning.pytorch.loggers import CSVLogger
-
-        from alseg.data.datamodule import Region, SegDataModule
-
         seed = self.config.seed * 1000 + round_
         pl.seed_everything(seed, workers=False, verbose=False)
         module = self.load_module(round_ - 1) if round_ > 0 and self.config.fine_tune else self.new_module()
         regions = [Region(self.pool[i].case_id, self.pool[i].box) for i in self.pool.indices(self.state.labelled)]
-        dm = SegDataModule(self.ws.cache_dir, module.config, regions, label_dir=self.run.labels_dir,
-                           num_workers=self.workers, seed=seed)
+        dm = SegDataModule(
+            self.ws.cache_dir,
+            module.config,
+            regions,
+            label_dir=self.run.labels_dir,
+            num_workers=self.workers,
+            seed=seed,
+        )
         trainer = make_trainer(
-            trainer_settings(self.config), max_epochs=self.config.epochs, callbacks=[ActiveLoop(self, round_)],
-            logger=CSVLogger(self.run.path, name=self.run.logs_dir.name, version=f"round_{round_:03d}"),
-            show_progress=self.show_progress, iterations_per_epoch=self.config.iters_per_epoch,
+            trainer_settings(self.config),
+            max_epochs=self.config.epochs,
+            callbacks=[ActiveLoop(self, round_)],
+            logger=CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
+            show_progress=self.show_progress,
+            iterations_per_epoch=self.config.iters_per_epoch,
             enable_model_summary=False,
         )
         trainer.fit(module, datamodule=dm)
@@ -174,8 +201,14 @@ class LoopDriver:
         labelled = self.pool.indices(self.state.labelled)
         row = {"round": round_, "n_labelled_items": len(labelled), "n_labelled_voxels": self.pool.voxels(labelled)}
         row.update({k: f"{v:.6f}" for k, v in metrics.items()})
-        row.update({"seconds_train": f"{seconds_train:.3f}", "seconds_eval": f"{seconds_eval:.3f}",
-                    "seconds_score": f"{sec.get('score', 0.0):.3f}", "seconds_select": f"{sec.get('select', 0.0):.3f}"})
+        row.update(
+            {
+                "seconds_train": f"{seconds_train:.3f}",
+                "seconds_eval": f"{seconds_eval:.3f}",
+                "seconds_score": f"{sec.get('score', 0.0):.3f}",
+                "seconds_select": f"{sec.get('select', 0.0):.3f}",
+            }
+        )
         self.run.write_metrics_row(row)
         self.state.round = round_
         self.state.finished = round_ >= self.config.rounds
@@ -192,19 +225,32 @@ class LoopDriver:
         t0 = time.perf_counter()
         if round_ == 0:
             idx = np.sort(self.rng(0).choice(len(self.pool), size=self.config.initial, replace=False))
-            record = {"round": 0, "strategy": "initial-random", "selected": [self.pool[i].id for i in idx],
-                      "scores": [None] * len(idx), "batch_uncertainty": None, "seconds": {"select": time.perf_counter() - t0}}
+            record = {
+                "round": 0,
+                "strategy": "initial-random",
+                "selected": [self.pool[i].id for i in idx],
+                "scores": [None] * len(idx),
+                "batch_uncertainty": None,
+                "seconds": {"select": time.perf_counter() - t0},
+            }
             return record
         labelled = self.labelled_mask
         net = module.net
         device = module.device
         conf = module.config
         ctx = SelectionContext(
-            model=net, pool=self.pool, labelled=labelled, budget=self.config.budget, rng=self.rng(round_),
+            model=net,
+            pool=self.pool,
+            labelled=labelled,
+            budget=self.config.budget,
+            rng=self.rng(round_),
             load_image=self.ws.image,
             labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.ws.plans.n_classes),
-            n_classes=self.ws.plans.n_classes, device=device, mc_passes=self.config.mc_passes,
-            dropout_mc=conf.network.dropout_mc, batch_size=inference_batch_size(conf, device),
+            n_classes=self.ws.plans.n_classes,
+            device=device,
+            mc_passes=self.config.mc_passes,
+            dropout_mc=conf.network.dropout_mc,
+            batch_size=inference_batch_size(conf, device),
             ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.show_progress,
         )
@@ -214,9 +260,13 @@ class LoopDriver:
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
         record = {
-            "round": round_, "strategy": self.config.strategy, "selected": [self.pool[int(i)].id for i in sel.indices],
-            "scores": scores, "batch_uncertainty": sel.batch_uncertainty,
-            "seconds": seconds, **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
+            "round": round_,
+            "strategy": self.config.strategy,
+            "selected": [self.pool[int(i)].id for i in sel.indices],
+            "scores": scores,
+            "batch_uncertainty": sel.batch_uncertainty,
+            "seconds": seconds,
+            **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
         if sel.embedding_map is not None:
             record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
@@ -238,16 +288,16 @@ class LoopDriver:
         return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
     def new_module(self):
-        from alseg.model.module import SegmentationModule
-
-        overrides = {"epochs": self.config.epochs, "iterations_per_epoch": self.config.iters_per_epoch,
-                     "batch_size": self.config.batch_size}
-        return SegmentationModule(self.ws.plans, self.config.config,
-                                  overrides={k: v for k, v in overrides.items() if v is not None})
+        overrides = {
+            "epochs": self.config.epochs,
+            "iterations_per_epoch": self.config.iters_per_epoch,
+            "batch_size": self.config.batch_size,
+        }
+        return SegmentationModule(
+            self.ws.plans, self.config.config, overrides={k: v for k, v in overrides.items() if v is not None}
+        )
 
     def load_module(self, round_: int):
-        from alseg.model.train import load_weights
-
         module = self.new_module()
         load_weights(module, self.run.checkpoint_path(round_))
         return module
@@ -257,13 +307,22 @@ class LoopDriver:
         """The stored config, checked against the data and the options given now."""
         config = self.run.load_config()
         if config.plans_hash != self.ws.plans_hash:
-            raise AlsegError("was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR", self.run.config_path)
+            raise AlsegError(
+                "was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR",
+                self.run.config_path,
+            )
         if config.pool_hash != self.pool.fingerprint():
-            raise AlsegError("was made with another pool (cases, configuration or fold) — resume with the same options", self.run.config_path)
+            raise AlsegError(
+                "was made with another pool (cases, configuration or fold) — resume with the same options",
+                self.run.config_path,
+            )
         changed = config.settings().differences(settings, self.given)
         if changed:
-            raise AlsegError(f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
-                             "started with (only --rounds may grow)", self.run.config_path)
+            raise AlsegError(
+                f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
+                "started with (only --rounds may grow)",
+                self.run.config_path,
+            )
         if (self.given is None or "rounds" in self.given) and settings.rounds > config.rounds:  # extending a run
             config = config.model_copy(update={"rounds": settings.rounds})
             self.run.save_config(config)
@@ -277,18 +336,25 @@ class LoopDriver:
         if cfg.initial > n:
             raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
         if cfg.initial + cfg.budget > n:
-            raise AlsegError(f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} items) — lower --budget")
+            raise AlsegError(
+                f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} items) — lower --budget"
+            )
         if cfg.initial + cfg.rounds * cfg.budget > n:
             most = (n - cfg.initial) // cfg.budget
-            raise AlsegError(f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}")
+            raise AlsegError(
+                f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}"
+            )
 
     def _make_oracle(self):
         if self.config.oracle == "simulated":
             return SimulatedOracle(self.pool, self.ws.ground_truth)
         return FilesOracle(
-            self.run, self.pool, self.ws.image,
+            self.run,
+            self.pool,
+            self.ws.image,
             lambda i: item_geometry(self.ws.properties(self.pool[i].case_id), self.pool[i].box),
-            self.ws.plans.transpose_backward, self.ws.plans.labels,
+            self.ws.plans.transpose_backward,
+            self.ws.plans.labels,
         )
 
     def rng(self, round_: int) -> np.random.Generator:

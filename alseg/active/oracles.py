@@ -24,7 +24,15 @@ from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 
-__all__ = ["UNLABELLED", "LabelStore", "Annotation", "SimulatedOracle", "FilesOracle", "item_geometry", "manifest_items"]
+__all__ = [
+    "UNLABELLED",
+    "LabelStore",
+    "Annotation",
+    "SimulatedOracle",
+    "FilesOracle",
+    "item_geometry",
+    "manifest_items",
+]
 
 UNLABELLED = 255
 
@@ -171,14 +179,23 @@ class FilesOracle:
             if not (folder / "images" / name).is_file():
                 write_volume(self._to_file_order(patch), self.item_geometry(i), folder / "images" / name)
             entries.append(
-                {"id": item.id, "case": item.case_id, "image": f"images/{name}", "mask": f"masks/{name}",
-                 "shape": list(self._to_file_order(patch).shape)}
+                {
+                    "id": item.id,
+                    "case": item.case_id,
+                    "image": f"images/{name}",
+                    "mask": f"masks/{name}",
+                    "shape": list(self._to_file_order(patch).shape),
+                }
             )
         (folder / "masks").mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             folder / "manifest.json",
-            {"round": round_, "labels": {str(k): v for k, v in self.labels.items()}, "items": entries,
-             "instructions": "Write one label map per item into masks/ with the image's name and grid; then run 'alseg loop --resume'."},
+            {
+                "round": round_,
+                "labels": {str(k): v for k, v in self.labels.items()},
+                "items": entries,
+                "instructions": "Write one label map per item into masks/ with the image's name and grid; then run 'alseg loop --resume'.",
+            },
         )
         return folder
 
@@ -201,18 +218,24 @@ class FilesOracle:
                 continue
             image, image_geom = read_volume(folder / "images" / name)
             if mask.shape != image.shape:
-                problems.append(f"{mask_path}: shape {mask.shape} differs from its image {image.shape} — draw the mask on the exported image's grid")
+                problems.append(
+                    f"{mask_path}: shape {mask.shape} differs from its image {image.shape} — draw the mask on the exported image's grid"
+                )
                 continue
             field = geom.matches(image_geom)
             if field:
-                problems.append(f"{mask_path}: {field} differs from its image — save the mask on the exported image's grid")
+                problems.append(
+                    f"{mask_path}: {field} differs from its image — save the mask on the exported image's grid"
+                )
                 continue
             if not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask)):
                 problems.append(f"{mask_path}: holds non-integer values — a mask holds class indices {sorted(allowed)}")
                 continue
             values = set(np.unique(mask).astype(int).tolist())
             if not values <= allowed:
-                problems.append(f"{mask_path}: holds label value(s) {sorted(values - allowed)} — allowed are {sorted(allowed)} ({', '.join(self.labels.values())})")
+                problems.append(
+                    f"{mask_path}: holds label value(s) {sorted(values - allowed)} — allowed are {sorted(allowed)} ({', '.join(self.labels.values())})"
+                )
                 continue
             masks[i] = self._to_pool_order(mask.astype(np.uint8))
         return Annotation(masks, problems, waiting)

@@ -43,9 +43,21 @@ from alseg.atomic import atomic_save_npz, atomic_write_json, atomic_write_text
 from alseg.errors import AlsegError
 
 __all__ = [
-    "RunConfig", "RunState", "Pending", "RunDir", "RunSummary", "RoundFile", "FULL_STRATEGY",
-    "REQUIRED_COLUMNS", "SECONDS_COLUMNS", "read_summary", "read_metrics", "read_batch_uncertainty",
-    "embedding_files", "find_run_dirs", "read_json",
+    "RunConfig",
+    "RunState",
+    "Pending",
+    "RunDir",
+    "RunSummary",
+    "RoundFile",
+    "FULL_STRATEGY",
+    "REQUIRED_COLUMNS",
+    "SECONDS_COLUMNS",
+    "read_summary",
+    "read_metrics",
+    "read_batch_uncertainty",
+    "embedding_files",
+    "find_run_dirs",
+    "read_json",
 ]
 
 CONFIG, STATE, METRICS, PLANS, SPLIT = "config.json", "state.json", "metrics.csv", "plans.json", "split.json"
@@ -115,6 +127,10 @@ class RunDir:
     def embeddings_path(self, k: int) -> Path:
         return self.path / ROUNDS / f"round_{k:03d}_embeddings.npz"
 
+    def log_version(self, k: int) -> str:
+        """The Lightning logger version of round ``k`` (``RUN/logs/<version>/``)."""
+        return f"round_{k:03d}"
+
     def checkpoint_path(self, k: int) -> Path:
         return self.path / CHECKPOINTS / f"round_{k:03d}.ckpt"
 
@@ -129,10 +145,13 @@ class RunDir:
         try:
             return cls.model_validate_json(path.read_text())
         except FileNotFoundError:
-            raise AlsegError("missing — this is not a complete run directory; start a new run with another -o", path) from None
+            raise AlsegError(
+                "missing — this is not a complete run directory; start a new run with another -o", path
+            ) from None
         except (ValidationError, ValueError):
             raise AlsegError(
-                "is corrupt or not an alseg run file — restore it from a backup or start a new run with another -o", path
+                "is corrupt or not an alseg run file — restore it from a backup or start a new run with another -o",
+                path,
             ) from None
 
     def load_config(self) -> RunConfig:
@@ -154,7 +173,9 @@ class RunDir:
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError:
-            raise AlsegError("is corrupt — delete it and run 'alseg loop --resume' to redo that round's selection", p) from None
+            raise AlsegError(
+                "is corrupt — delete it and run 'alseg loop --resume' to redo that round's selection", p
+            ) from None
 
     def finished(self) -> bool:
         """True when ``state.json`` says so; an unreadable state counts as unfinished."""
@@ -179,8 +200,9 @@ class RunDir:
         atomic_write_json(self.round_path(k), record)
 
     def save_embeddings(self, k: int, embeddings: np.ndarray, role: np.ndarray) -> None:
-        atomic_save_npz(self.embeddings_path(k), embeddings=np.asarray(embeddings, np.float32),
-                        role=np.asarray(role).astype(str))
+        atomic_save_npz(
+            self.embeddings_path(k), embeddings=np.asarray(embeddings, np.float32), role=np.asarray(role).astype(str)
+        )
 
     def write_metrics_row(self, row: dict) -> None:
         """Add or replace the row of ``row['round']`` (a redone round replaces its old row)."""
@@ -246,7 +268,6 @@ class RoundFile(BaseModel):
 
     round: int
     batch_uncertainty: float | None = None
-
 
 
 def read_json(path: Path) -> object:
@@ -351,5 +372,3 @@ def find_run_dirs(exp_dir: Path) -> list[Path]:
     if not exp_dir.is_dir():
         raise AlsegError("experiment directory does not exist", exp_dir)
     return sorted(p.parent for p in exp_dir.rglob(CONFIG) if (p.parent / METRICS).is_file())
-
-

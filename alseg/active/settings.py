@@ -43,7 +43,9 @@ class LoopSettings(BaseModel):
     strategy_options: dict[str, Any] = Field(
         default_factory=dict, description="Strategy option key=value (repeatable), e.g. query_size=500."
     )
-    rounds: int = Field(3, ge=0, description="Selection rounds after the initial round 0 (0: train on the initial set only).")
+    rounds: int = Field(
+        3, ge=0, description="Selection rounds after the initial round 0 (0: train on the initial set only)."
+    )
     budget: int = Field(100, ge=1, description="Items selected per round.")
     initial: int = Field(100, ge=1, description="Random items labelled in round 0.")
     seed: int = Field(0, ge=0, description="Seed of every random choice (the same seed gives the same run).")
@@ -53,7 +55,9 @@ class LoopSettings(BaseModel):
     iters_per_epoch: int = Field(50, ge=1, description="Training iterations per epoch.")
     batch_size: int | None = Field(None, ge=1, description="Override the plan's batch size.")
     mc_passes: int = Field(10, ge=1, description="Monte-Carlo dropout passes for uncertainty.")
-    oracle: OracleKind = Field(OracleKind.simulated, description="simulated (ground truth) or files (a person annotates).")
+    oracle: OracleKind = Field(
+        OracleKind.simulated, description="simulated (ground truth) or files (a person annotates)."
+    )
     devices: str = Field("auto", description="Lightning devices: a number or 'auto'.")
     fine_tune: bool = Field(True, description="Later rounds start from the previous round's weights.")
 

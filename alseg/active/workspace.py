@@ -17,8 +17,8 @@ import numpy as np
 
 from alseg.data.cache import CaseCache, build_cache
 from alseg.data.pool import Pool
-from alseg.model.train import make_split
 from alseg.errors import AlsegError
+from alseg.model.train import make_split
 from alseg.plans.models import Configuration, Plans, load_plans
 
 __all__ = ["Workspace", "resolve_plans", "hash_json"]
@@ -38,6 +38,7 @@ def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> 
     if (target / "plans.json").is_file():
         return load_plans(target / "plans.json"), target
     if (target / "dataset.json").is_file():
+        # lazy: the planner is needed only when a dataset (not a plan folder) is given
         from alseg.plans.planner import plan_dataset
 
         plan_dir = Path(plan_into) / "plan"
@@ -68,8 +69,9 @@ class Workspace:
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, target: Path, plan_into: Path, config: str = "2d", fold: int = 0,
-             show_progress: bool = True) -> "Workspace":
+    def open(
+        cls, target: Path, plan_into: Path, config: str = "2d", fold: int = 0, show_progress: bool = True
+    ) -> "Workspace":
         """Plan (when ``target`` is a dataset), preprocess, split and build the pool."""
         plans, plan_dir = resolve_plans(Path(target), Path(plan_into), show_progress)
         conf = plans.configuration(config)

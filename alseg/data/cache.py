@@ -103,7 +103,9 @@ class CaseCache:
         """Sorted case ids of a complete cache (from its manifest)."""
         manifest = self.manifest()
         if manifest is None:
-            raise AlsegError("not a complete preprocessed cache (no manifest.json) — run 'alseg preprocess' first", self.folder)
+            raise AlsegError(
+                "not a complete preprocessed cache (no manifest.json) — run 'alseg preprocess' first", self.folder
+            )
         cases = sorted(manifest.get("cases", []))
         if not cases:
             raise AlsegError("the cache holds no cases — run 'alseg preprocess' again", self.folder)
@@ -111,7 +113,9 @@ class CaseCache:
 
     def _existing(self, path: Path, case_id: str) -> Path:
         if not path.is_file():
-            raise AlsegError(f"case '{case_id}' is not in the cache — run 'alseg preprocess {self.folder.parent}'", path)
+            raise AlsegError(
+                f"case '{case_id}' is not in the cache — run 'alseg preprocess {self.folder.parent}'", path
+            )
         return path
 
     def image(self, case_id: str) -> np.ndarray:

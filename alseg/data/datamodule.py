@@ -39,9 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
-
 from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from alseg.data.cache import CaseCache
 from alseg.errors import AlsegError
@@ -138,12 +137,12 @@ def _read_box(
     lead = array.shape[: array.ndim - 3]
     out = np.zeros(lead + tuple(size), dtype=array.dtype)
     src, dst = [], []
-    for (r0, r1), l, s, n in zip(region, lo, size, array.shape[-3:]):
-        a, b = max(l, r0, 0), min(l + s, r1, n)
+    for (r0, r1), low, s, n in zip(region, lo, size, array.shape[-3:]):
+        a, b = max(low, r0, 0), min(low + s, r1, n)
         if b <= a:
             return out
         src.append(slice(a, b))
-        dst.append(slice(a - l, b - l))
+        dst.append(slice(a - low, b - low))
     out[(..., *dst)] = array[(..., *src)]
     return out
 
@@ -262,8 +261,10 @@ class PatchDataset(Dataset):
         if self.transforms is not None:
             sample = self.transforms(sample)
         else:
-            sample = {"image": torch.from_numpy(np.ascontiguousarray(img)),
-                      "label": torch.from_numpy(np.ascontiguousarray(lab))}
+            sample = {
+                "image": torch.from_numpy(np.ascontiguousarray(img)),
+                "label": torch.from_numpy(np.ascontiguousarray(lab)),
+            }
         return sample
 
 

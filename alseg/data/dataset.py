@@ -82,18 +82,20 @@ def load_dataset_json(root: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise AlsegError(f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}) — fix the syntax", path) from None
+        raise AlsegError(
+            f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}) — fix the syntax", path
+        ) from None
     except UnicodeDecodeError:
         raise AlsegError("not a text file — dataset.json must be UTF-8 JSON", path) from None
 
 
 def _int_keys(d: object, what: str, path: Path) -> dict[int, str]:
     if not isinstance(d, dict) or not d:
-        raise AlsegError(f"'{what}' must be a non-empty object — e.g. {{\"0\": \"MRI\"}}", path)
+        raise AlsegError(f'\'{what}\' must be a non-empty object — e.g. {{"0": "MRI"}}', path)
     try:
         return {int(k): str(v) for k, v in d.items()}
     except (TypeError, ValueError):
-        raise AlsegError(f"'{what}' keys must be integers — e.g. {{\"0\": \"MRI\"}}", path) from None
+        raise AlsegError(f'\'{what}\' keys must be integers — e.g. {{"0": "MRI"}}', path) from None
 
 
 def _msd(root: Path, meta: dict) -> DatasetInfo:
@@ -102,11 +104,14 @@ def _msd(root: Path, meta: dict) -> DatasetInfo:
     labels = _int_keys(meta.get("labels"), "labels", js)
     training_raw = meta.get("training")
     if not isinstance(training_raw, list):
-        raise AlsegError("'training' must be a list of {\"image\": ..., \"label\": ...} entries", js)
+        raise AlsegError('\'training\' must be a list of {"image": ..., "label": ...} entries', js)
     cases, seen, duplicates = [], set(), []
     for i, entry in enumerate(training_raw):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise AlsegError(f"training[{i}] must have 'image' and 'label' — e.g. {{\"image\": \"./imagesTr/a.nii.gz\", \"label\": \"./labelsTr/a.nii.gz\"}}", js)
+            raise AlsegError(
+                f'training[{i}] must have \'image\' and \'label\' — e.g. {{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}}',
+                js,
+            )
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve()
         case_id = _strip_suffix(image.name)
@@ -120,7 +125,9 @@ def _msd(root: Path, meta: dict) -> DatasetInfo:
         p = (root / (entry if isinstance(entry, str) else entry.get("image", ""))).resolve()
         test.append(CaseFiles(_strip_suffix(p.name), (p,), None, four_d=len(channel_names) > 1))
     ending = _ending_of(cases[0].images[0].name) if cases else ".nii.gz"
-    return DatasetInfo(root, str(meta.get("name", root.name)), "msd", channel_names, labels, ending, cases, test, duplicates)
+    return DatasetInfo(
+        root, str(meta.get("name", root.name)), "msd", channel_names, labels, ending, cases, test, duplicates
+    )
 
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -131,18 +138,21 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
     channel_names = _int_keys(meta.get("channel_names"), "channel_names", js)
     raw_labels = meta.get("labels")
     if not isinstance(raw_labels, dict) or not raw_labels:
-        raise AlsegError("'labels' must map names to integers — e.g. {\"background\": 0, \"liver\": 1}", js)
+        raise AlsegError('\'labels\' must map names to integers — e.g. {"background": 0, "liver": 1}', js)
     labels: dict[int, str] = {}
     for name, value in raw_labels.items():
         if isinstance(value, (list, tuple)):
-            raise AlsegError(f"label '{name}' is a region (list of labels) — region-based training is not supported; use one integer per label", js)
+            raise AlsegError(
+                f"label '{name}' is a region (list of labels) — region-based training is not supported; use one integer per label",
+                js,
+            )
         try:
             labels[int(value)] = str(name)
         except (TypeError, ValueError):
             raise AlsegError(f"label '{name}' must be an integer, got {value!r}", js) from None
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending:
-        raise AlsegError("'file_ending' is missing — add e.g. \"file_ending\": \".nii.gz\"", js)
+        raise AlsegError('\'file_ending\' is missing — add e.g. "file_ending": ".nii.gz"', js)
 
     def scan(folder: str, with_labels: bool) -> list[CaseFiles]:
         d = root / folder
@@ -163,7 +173,16 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
         return out
 
     training = scan("imagesTr", True)
-    return DatasetInfo(root, str(meta.get("name", root.name)), "nnunet", channel_names, labels, ending, training, scan("imagesTs", False))
+    return DatasetInfo(
+        root,
+        str(meta.get("name", root.name)),
+        "nnunet",
+        channel_names,
+        labels,
+        ending,
+        training,
+        scan("imagesTs", False),
+    )
 
 
 def read_dataset(root: str | Path) -> DatasetInfo:
@@ -191,7 +210,10 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
         arr, geom = read_volume(case.images[0])
         if arr.ndim != 4 or arr.shape[0] != n_channels:
             found = arr.shape[0] if arr.ndim == 4 else 1
-            raise AlsegError(f"has {found} channel(s), dataset.json declares {n_channels} — fix 'modality' or the image", case.images[0])
+            raise AlsegError(
+                f"has {found} channel(s), dataset.json declares {n_channels} — fix 'modality' or the image",
+                case.images[0],
+            )
         image = arr
     else:
         if len(case.images) != n_channels:
@@ -203,9 +225,14 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
         for p in case.images:
             a, g = read_volume(p)
             if a.ndim != 3:
-                raise AlsegError(f"is {a.ndim}D with {a.shape[0]} channel(s), dataset.json declares {n_channels} — fix 'modality' or split the channels", p)
+                raise AlsegError(
+                    f"is {a.ndim}D with {a.shape[0]} channel(s), dataset.json declares {n_channels} — fix 'modality' or split the channels",
+                    p,
+                )
             if geom is not None and (a.shape != chans[0].shape or g.matches(geom)):
-                raise AlsegError(f"grid differs from channel 0 of case {case.case_id} — resample all channels onto one grid", p)
+                raise AlsegError(
+                    f"grid differs from channel 0 of case {case.case_id} — resample all channels onto one grid", p
+                )
             chans.append(a)
             geom = g if geom is None else geom
         image = np.stack(chans)
@@ -214,7 +241,10 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
     if case.label is not None:
         lab, lgeom = read_volume(case.label)
         if lab.shape != image.shape[1:]:
-            raise AlsegError(f"shape {lab.shape} differs from its image {image.shape[1:]} — re-export the label on the image grid", case.label)
+            raise AlsegError(
+                f"shape {lab.shape} differs from its image {image.shape[1:]} — re-export the label on the image grid",
+                case.label,
+            )
         field_ = lgeom.matches(geom)
         if field_:
             raise AlsegError(

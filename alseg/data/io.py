@@ -90,7 +90,9 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
         arr = arr.reshape((1,) * (dim - arr.ndim) + arr.shape)
     if dim == 4:
         # channels/time last in the file, first in the array: keep the spatial geometry only.
-        geom = Geometry(geom.spacing[1:], geom.origin[1:], tuple(np.asarray(geom.direction).reshape(4, 4)[1:, 1:].ravel()))
+        geom = Geometry(
+            geom.spacing[1:], geom.origin[1:], tuple(np.asarray(geom.direction).reshape(4, 4)[1:, 1:].ravel())
+        )
     elif dim == 2:
         # A 2D image becomes one slice; 999 marks the fake axis, as nnU-Net does.
         arr = arr[None]

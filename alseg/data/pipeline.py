@@ -35,7 +35,14 @@ from alseg.data.resample import compute_new_shape, resample
 from alseg.errors import AlsegError
 from alseg.plans.models import Plans
 
-__all__ = ["CLASS_LOCATION_SEED", "MAX_CLASS_LOCATIONS", "PREPROCESS_VERSION", "label_dtype", "preprocess_case", "sample_class_locations"]
+__all__ = [
+    "CLASS_LOCATION_SEED",
+    "MAX_CLASS_LOCATIONS",
+    "PREPROCESS_VERSION",
+    "label_dtype",
+    "preprocess_case",
+    "sample_class_locations",
+]
 
 PREPROCESS_VERSION = 1
 """Bump when the preprocessing maths change: every cache built before is then rebuilt."""
@@ -84,7 +91,9 @@ def preprocess_case(
     if image.ndim != 4:
         raise AlsegError(f"expected an image of shape (C, z, y, x), got {image.shape}")
     if image.shape[0] != len(config.normalization):
-        raise AlsegError(f"image has {image.shape[0]} channel(s), the plan expects {len(config.normalization)} — plan this dataset again")
+        raise AlsegError(
+            f"image has {image.shape[0]} channel(s), the plan expects {len(config.normalization)} — plan this dataset again"
+        )
     if label is not None and label.shape != image.shape[1:]:
         raise AlsegError(f"label shape {label.shape} differs from the image {image.shape[1:]}")
     tf = list(plans.transpose_forward)
@@ -107,7 +116,17 @@ def preprocess_case(
     data = normalize(data, norm_mask, config.normalization)
 
     rs = config.resampling
-    data = resample(data, new_shape, spacing, target, False, rs.image_order, rs.order_z, rs.separate_z_anisotropy_threshold, slice_axis)
+    data = resample(
+        data,
+        new_shape,
+        spacing,
+        target,
+        False,
+        rs.image_order,
+        rs.order_z,
+        rs.separate_z_anisotropy_threshold,
+        slice_axis,
+    )
     props: dict[str, Any] = {
         "original_shape": [int(s) for s in image.shape[1:]],
         "original_geometry": geometry.to_json(),
@@ -120,7 +139,17 @@ def preprocess_case(
         "spacing_after_resampling": [float(s) for s in target],
     }
     if seg is not None:
-        seg = resample(seg[None], new_shape, spacing, target, True, rs.label_order, rs.order_z, rs.separate_z_anisotropy_threshold, slice_axis)
+        seg = resample(
+            seg[None],
+            new_shape,
+            spacing,
+            target,
+            True,
+            rs.label_order,
+            rs.order_z,
+            rs.separate_z_anisotropy_threshold,
+            slice_axis,
+        )
         values, counts = np.unique(seg, return_counts=True)
         found = dict(zip(values.tolist(), counts.tolist()))
         props["voxels_per_class"] = {str(k): int(found.get(k, 0)) for k in sorted(plans.labels)}

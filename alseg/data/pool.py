@@ -112,7 +112,11 @@ class Pool:
                 for z in range(shape[0]):
                     for y0 in ys:
                         for x0 in xs:
-                            box = ((z, z + 1), (y0, min(y0 + patch_size[0], shape[1])), (x0, min(x0 + patch_size[1], shape[2])))
+                            box = (
+                                (z, z + 1),
+                                (y0, min(y0 + patch_size[0], shape[1])),
+                                (x0, min(x0 + patch_size[1], shape[2])),
+                            )
                             items.append(Item(f"{case_id}:2d:{z}:{y0}:{x0}", case_id, box))
             else:
                 starts = [window_starts(s, p) for s, p in zip(shape, patch_size)]

@@ -23,8 +23,9 @@ ANISOTROPY_THRESHOLD = 3.0
 """max/min spacing above which the low-resolution axis is resampled separately (nnU-Net's ANISO_THRESHOLD)."""
 
 
-
-def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
+def compute_new_shape(
+    old_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]
+) -> list[int]:
     """``round(old_spacing / new_spacing * old_shape)`` per axis (nnU-Net's ``compute_new_shape``)."""
     assert len(old_shape) == len(old_spacing) == len(new_spacing)
     return [int(round(o / n * s)) for o, n, s in zip(old_spacing, new_spacing, old_shape)]
@@ -51,7 +52,9 @@ def separate_axis(
     return None
 
 
-def _zoom(array: np.ndarray, new_shape: Sequence[int], order: int, clip_to: tuple[float, float] | None = None) -> np.ndarray:
+def _zoom(
+    array: np.ndarray, new_shape: Sequence[int], order: int, clip_to: tuple[float, float] | None = None
+) -> np.ndarray:
     """skimage ``resize(mode="edge", anti_aliasing=False, clip=True)`` on float64, via scipy.
 
     Spline orders > 1 overshoot; the result is clipped to ``clip_to`` (default: the input's

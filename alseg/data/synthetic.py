@@ -92,7 +92,9 @@ def _sigma_vox(sigma_mm: float | tuple[float, float, float], shape, spacing) -> 
 
 def _smooth_noise(rng: np.random.Generator, shape, spacing, sigma_mm) -> np.ndarray:
     """Gaussian-blurred white noise rescaled to zero mean and unit standard deviation."""
-    f = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), _sigma_vox(sigma_mm, shape, spacing), mode="reflect")
+    f = ndi.gaussian_filter(
+        rng.standard_normal(shape, dtype=np.float32), _sigma_vox(sigma_mm, shape, spacing), mode="reflect"
+    )
     return (f - f.mean()) / max(float(f.std()), 1e-6)
 
 
@@ -129,8 +131,17 @@ def _draw_shape(rng: np.random.Generator, nominal, jitter, flat: bool) -> tuple[
     return tuple(shape)
 
 
-def _tube(grid, start: np.ndarray, axis: np.ndarray, bend: np.ndarray, length: float, radius_tail: float,
-          radius_head: float, gamma: float, samples: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def _tube(
+    grid,
+    start: np.ndarray,
+    axis: np.ndarray,
+    bend: np.ndarray,
+    length: float,
+    radius_tail: float,
+    radius_head: float,
+    gamma: float,
+    samples: int = 40,
+) -> tuple[np.ndarray, np.ndarray]:
     """Signed distance (mm, negative inside) to a curved tube that widens from tail to head,
     and for every voxel the tube parameter t in [0, 1] (0 tail, 1 head) of the nearest part.
 
@@ -273,9 +284,13 @@ def _ct_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
 
     for _ in range(MAX_DRAWS):
         organ_axes = (rng.uniform(15.0, 30.0), rng.uniform(10.0, 15.0), rng.uniform(10.0, 15.0))
-        organ_centre = np.array([0.0 if flat else rng.uniform(-10.0, 10.0),
-                                 body_centre[1] + rng.uniform(-0.35, -0.1) * body_axes[1],
-                                 body_centre[2] + rng.uniform(-0.3, 0.3) * body_axes[2]])
+        organ_centre = np.array(
+            [
+                0.0 if flat else rng.uniform(-10.0, 10.0),
+                body_centre[1] + rng.uniform(-0.35, -0.1) * body_axes[1],
+                body_centre[2] + rng.uniform(-0.3, 0.3) * body_axes[2],
+            ]
+        )
         lumpy = 1.0 + 0.15 * _smooth_noise(rng, shape, spacing, (10.0, 6.0, 6.0))
         organ = _ellipsoid(grid, organ_centre, organ_axes, rng.uniform(0, np.pi)) * lumpy < 1.0
         # The lesion sits inside the organ, towards its edge, and may bulge out of it.
@@ -307,7 +322,9 @@ def _ct_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
     hu[label == 1] = organ_hu + 0.5 * texture[label == 1]
     hu[label == 2] = rng.uniform(12.0, 28.0) + 0.5 * texture[label == 2]
     hu = ndi.gaussian_filter(hu, _sigma_vox((1.5, PSF_SIGMA_MM, PSF_SIGMA_MM), shape, spacing))
-    noise = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), _sigma_vox((0.0, 0.5, 0.5), shape, spacing))
+    noise = ndi.gaussian_filter(
+        rng.standard_normal(shape, dtype=np.float32), _sigma_vox((0.0, 0.5, 0.5), shape, spacing)
+    )
     hu += noise_sd * noise / max(float(noise.std()), 1e-6)  # in-plane correlated, like filtered back-projection
     image = np.clip(hu, *HU_RANGE).astype(np.float32)
     return SyntheticCase(image, label, spacing, origin, IDENTITY_DIRECTION)
@@ -401,5 +418,7 @@ def generate_dataset(
             if pattern.match(f.name) and f.name[: -len(".nii.gz")] not in keep[name]:
                 f.unlink()
 
-    atomic_write_text(out / "dataset.json", json.dumps(_dataset_json(train_ids, test_ids, seed, dims, ct), indent=2) + "\n")
+    atomic_write_text(
+        out / "dataset.json", json.dumps(_dataset_json(train_ids, test_ids, seed, dims, ct), indent=2) + "\n"
+    )
     return out

@@ -59,7 +59,13 @@ def check_case(case: CaseFiles, n_channels: int, labels: tuple[int, ...]) -> Cas
                 "— fix the label map or declare the label"
             )
         counts = {int(v): int(c) for v, c in zip(values, n)}
-    return CaseSummary(case.case_id, tuple(int(s) for s in image.shape[1:]), tuple(float(s) for s in geom.spacing), image.shape[0], counts)
+    return CaseSummary(
+        case.case_id,
+        tuple(int(s) for s in image.shape[1:]),
+        tuple(float(s) for s in geom.spacing),
+        image.shape[0],
+        counts,
+    )
 
 
 def _check_case_args(args: tuple) -> CaseSummary | str:
@@ -102,14 +108,20 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
         else:
             result.cases.append(out)
     if len(info.training) < 2:
-        result.problems.append(f"{js}: only {len(info.training)} labelled case — at least 2 are needed to train and test")
+        result.problems.append(
+            f"{js}: only {len(info.training)} labelled case — at least 2 are needed to train and test"
+        )
     if result.cases and not result.problems:
         dims = {len(c.shape) for c in result.cases}
         if len(dims) > 1:
-            result.problems.append(f"{js}: cases mix dimensionalities {sorted(dims)} — all images must be 3D (or all single-slice 2D)")
+            result.problems.append(
+                f"{js}: cases mix dimensionalities {sorted(dims)} — all images must be 3D (or all single-slice 2D)"
+            )
         fg = {k for c in result.cases for k, n in c.voxels_per_class.items() if k != 0 and n > 0}
         if not fg:
-            result.problems.append(f"{js}: every label map is all background — nothing to segment; check the label files")
+            result.problems.append(
+                f"{js}: every label map is all background — nothing to segment; check the label files"
+            )
         missing = [info.labels[k] for k in info.foreground_labels if k not in fg]
         if fg and missing:
             result.warnings.append(f"{js}: declared label(s) {missing} never occur in any case")

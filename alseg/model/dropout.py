@@ -26,7 +26,9 @@ SPARSE_MAX_RATE = 0.2
 """Above this rate the sparse index list stops being cheaper than a dense mask."""
 
 
-def dropped_positions(n: int, p: float, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+def dropped_positions(
+    n: int, p: float, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
     """Sorted flat indices in ``[0, n)`` each drawn independently with probability ``p``.
 
     Sampled as a Bernoulli process: ``cumsum`` of Geometric(p) gaps, extended until it passes

@@ -152,7 +152,9 @@ def _place(item_shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[slice, 
     return tuple(out)
 
 
-def _host_chunks(ctx: ScoringContext, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _host_chunks(
+    ctx: ScoringContext, order: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Padded numpy chunks ``(indices, images (n, C, *patch) float32, valid (n, *patch) bool)``,
     reading each case's image once (``order`` is grouped by case)."""
     pool = ctx.pool
@@ -258,7 +260,9 @@ def _logits(out: Tensor | list[Tensor]) -> Tensor:
 def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
     """Torch's generators (CPU and ``device``) seeded with ``seed`` and restored on exit."""
     device = torch.device(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield
@@ -324,8 +328,12 @@ def score_pool(
     group = max(1, min(int(passes_per_forward), max(int(ctx.mc_passes), 1)))
     show = bool(ctx.show_progress and console.is_terminal and n)
     what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
-    with make_progress() if show else nullcontext() as bar, torch.inference_mode(), eval_mode(net), \
-            (seeded_torch(ctx) if seed is None else seeded_torch_from(seed, ctx.device)):
+    with (
+        make_progress() if show else nullcontext() as bar,
+        torch.inference_mode(),
+        eval_mode(net),
+        seeded_torch(ctx) if seed is None else seeded_torch_from(seed, ctx.device),
+    ):
         task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
         for chunk, x, valid in item_batches(ctx, idx):
             rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))

@@ -83,15 +83,23 @@ def fit(
     if resume and not last.is_file():
         raise AlsegError("no checkpoint to resume from — train without --resume first", last)
     if not resume and last.exists():
-        raise AlsegError("holds a previous run — pass --resume to continue it or choose another output directory", out_dir)
+        raise AlsegError(
+            "holds a previous run — pass --resume to continue it or choose another output directory", out_dir
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = TrainerSettings(devices=devices, strategy=strategy, precision=precision)
     pl.seed_everything(seed, workers=False, verbose=False)
     epochs = module.config.trainer.epochs
     iters = module.config.trainer.iterations_per_epoch
     callbacks = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
-                        save_top_k=1, monitor=None, save_last="link"),
+        ModelCheckpoint(
+            dirpath=out_dir / "checkpoints",
+            filename="epoch{epoch:04d}",
+            auto_insert_metric_name=False,
+            save_top_k=1,
+            monitor=None,
+            save_last="link",
+        ),
         MetricsCSV(out_dir / METRICS_CSV, metrics_columns(module.plans.labels)),
         FinalCheckpoint(out_dir / "model.ckpt"),
     ]
@@ -205,4 +213,6 @@ def load_weights(module: SegmentationModule, checkpoint: str | Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise AlsegError(f"does not match this plan's network ({first}) — use a checkpoint of the same plan", path) from None
+        raise AlsegError(
+            f"does not match this plan's network ({first}) — use a checkpoint of the same plan", path
+        ) from None

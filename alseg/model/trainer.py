@@ -85,7 +85,9 @@ def resolved_trainer_kwargs(
         "enable_progress_bar": show_progress,
         "enable_model_summary": show_progress,
         "num_sanity_val_steps": 0,
-        "log_every_n_steps": MAX_LOG_EVERY if iterations_per_epoch is None else max(1, min(MAX_LOG_EVERY, iterations_per_epoch)),
+        "log_every_n_steps": MAX_LOG_EVERY
+        if iterations_per_epoch is None
+        else max(1, min(MAX_LOG_EVERY, iterations_per_epoch)),
     }
     if not validate:
         kwargs["limit_val_batches"] = 0

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
 from alseg.data.crop import crop_to_nonzero
+from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
 from alseg.data.workers import default_workers, make_executor
 from alseg.errors import AlsegError
 from alseg.plans.models import Fingerprint, IntensityStats
@@ -100,7 +100,9 @@ def extract_fingerprint(
     """
     cases = info.training
     if not cases:
-        raise AlsegError("dataset.json lists no training cases — add labelled cases to 'training'", info.root / "dataset.json")
+        raise AlsegError(
+            "dataset.json lists no training cases — add labelled cases to 'training'", info.root / "dataset.json"
+        )
     per_case = max(1, int(n_samples // len(cases)))
     jobs = [(c, info.n_channels, per_case, seed) for c in cases]
     workers = default_workers() if workers is None else workers
@@ -112,7 +114,9 @@ def extract_fingerprint(
 
     dims = {len(r.spacing) for r in results}
     if len(dims) != 1:
-        raise AlsegError("cases differ in their number of dimensions — every image must be 3D (or 2D for all)", info.root)
+        raise AlsegError(
+            "cases differ in their number of dimensions — every image must be 3D (or 2D for all)", info.root
+        )
 
     voxels: dict[int, int] = {k: 0 for k in info.labels}
     for r in results:

@@ -17,10 +17,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alseg.errors import AlsegError
 from alseg.atomic import atomic_write_text
+from alseg.errors import AlsegError
 
-__all__ = ["SCHEMA_VERSION", "Configuration", "Fingerprint", "IntensityStats", "Network", "Normalization", "Plans", "Resampling", "Trainer", "load_fingerprint", "load_model", "load_plans", "save_model"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Configuration",
+    "Fingerprint",
+    "IntensityStats",
+    "Network",
+    "Normalization",
+    "Plans",
+    "Resampling",
+    "Trainer",
+    "load_fingerprint",
+    "load_model",
+    "load_plans",
+    "save_model",
+]
 
 SCHEMA_VERSION = 1
 ConfigName = Literal["2d", "3d_fullres"]
@@ -104,7 +118,9 @@ class Network(_Model):
     negative_slope: float = 0.01
     conv_bias: bool = True
     deep_supervision: bool = True
-    dropout_train: float = Field(0.01, ge=0, lt=1, description="rate during training (docs/design.md); 0 disables dropout")
+    dropout_train: float = Field(
+        0.01, ge=0, lt=1, description="rate during training (docs/design.md); 0 disables dropout"
+    )
     dropout_mc: float = Field(0.1, ge=0, lt=1, description="rate during Monte-Carlo passes")
 
     @model_validator(mode="after")
@@ -230,10 +246,13 @@ def load_model(cls: type[_Model], path: str | Path):
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise AlsegError(f"invalid JSON at line {e.lineno} ({e.msg}) — fix the file or re-run 'alseg plan'", path) from None
+        raise AlsegError(
+            f"invalid JSON at line {e.lineno} ({e.msg}) — fix the file or re-run 'alseg plan'", path
+        ) from None
     if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise AlsegError(
-            f"schema_version {data.get('schema_version')} is not supported (this alseg reads {SCHEMA_VERSION}) — re-run 'alseg plan'", path
+            f"schema_version {data.get('schema_version')} is not supported (this alseg reads {SCHEMA_VERSION}) — re-run 'alseg plan'",
+            path,
         )
     try:
         return cls.model_validate(data)

@@ -62,7 +62,10 @@ def estimate_vram(patch_size: Sequence[int], strides, n_classes: int, max_featur
 
 
 def patch_and_topology(
-    spacing: Sequence[float], median_shape: Sequence[float], n_classes: int, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
+    spacing: Sequence[float],
+    median_shape: Sequence[float],
+    n_classes: int,
+    gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
 ) -> tuple[Topology, int, float, int]:
     """The patch-size search shared by every configuration; returns (topology, estimate, reference, ref_bs)."""
     dim = len(spacing)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 from rich.table import Table
 
 from alseg.atomic import atomic_write_json
@@ -84,7 +83,9 @@ def check_fingerprint(fp: Fingerprint) -> None:
     where = Path(fp.dataset_root) / "dataset.json"
     n = len(fp.case_ids)
     if n < MIN_CASES:
-        raise AlsegError(f"only {n} training case(s) — planning (and a train/test split) needs at least {MIN_CASES}", where)
+        raise AlsegError(
+            f"only {n} training case(s) — planning (and a train/test split) needs at least {MIN_CASES}", where
+        )
     if not any(v > 0 for k, v in fp.voxels_per_class.items() if k != 0):
         raise AlsegError("every label map is all background (0) — check that labelsTr holds the annotations", where)
     dims = {len(s) for s in fp.spacings} | {len(s) for s in fp.shapes_after_crop}
@@ -98,10 +99,16 @@ def check_fingerprint(fp: Fingerprint) -> None:
             )
     for cid, shape in zip(fp.case_ids, fp.shapes_after_crop):
         if any(s < 1 for s in shape):
-            raise AlsegError(f"case {cid} is empty after cropping to its non-zero region (shape {shape}) — the image is all zeros", where)
+            raise AlsegError(
+                f"case {cid} is empty after cropping to its non-zero region (shape {shape}) — the image is all zeros",
+                where,
+            )
     for c, st in fp.foreground_intensity_properties_per_channel.items():
         if not all(np.isfinite(v) for v in st.model_dump().values()):
-            raise AlsegError(f"channel {c} has non-finite foreground intensity statistics — re-run 'alseg check' on the images", where)
+            raise AlsegError(
+                f"channel {c} has non-finite foreground intensity statistics — re-run 'alseg check' on the images",
+                where,
+            )
 
 
 # --------------------------------------------------------------------------- steps
@@ -185,7 +192,9 @@ def determine_normalization(fp: Fingerprint) -> list[Normalization]:
     return out
 
 
-def determine_batch_size(estimate: int, reference: float, ref_bs: int, n_voxels_dataset: float, patch_size: Sequence[int]) -> int:
+def determine_batch_size(
+    estimate: int, reference: float, ref_bs: int, n_voxels_dataset: float, patch_size: Sequence[int]
+) -> int:
     """``round(reference / estimate * ref_bs)``, capped at 5 % of the dataset's voxels, at least 2."""
     batch = round(reference / estimate * ref_bs)
     cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch_size, dtype=np.float64))
@@ -214,7 +223,9 @@ def plan_configuration(
     batch = determine_batch_size(estimate, reference, ref_bs, n_voxels_dataset, topo.patch_size)
     network = Network(
         n_stages=topo.n_stages,
-        features_per_stage=list(features_per_stage(topo.n_stages, MAX_FEATURES_3D if dim == 3 else MAX_FEATURES_2D, BASE_FEATURES)),
+        features_per_stage=list(
+            features_per_stage(topo.n_stages, MAX_FEATURES_3D if dim == 3 else MAX_FEATURES_2D, BASE_FEATURES)
+        ),
         kernel_sizes=[list(k) for k in topo.kernel_sizes],
         strides=[list(s) for s in topo.strides],
         n_conv_per_stage=N_CONV_PER_STAGE,
@@ -249,7 +260,14 @@ def plan_experiment(
     configurations: dict[str, Configuration] = {}
     if median_t[0] != 1:  # a single-slice (2D) dataset has no 3D configuration
         configurations["3d_fullres"] = plan_configuration(
-            "3d_fullres", target_t, median_t, n_classes, n_voxels_dataset, normalization, f"{plans_name}_3d_fullres", gpu_memory_gb
+            "3d_fullres",
+            target_t,
+            median_t,
+            n_classes,
+            n_voxels_dataset,
+            normalization,
+            f"{plans_name}_3d_fullres",
+            gpu_memory_gb,
         )
     configurations["2d"] = plan_configuration(
         "2d", target_t[1:], median_t[1:], n_classes, n_voxels_dataset, normalization, f"{plans_name}_2d", gpu_memory_gb
@@ -263,7 +281,9 @@ def plan_experiment(
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing_after_transp=[float(s) for s in np.median(np.asarray(fp.spacings), 0)[forward]],
-        original_median_shape_after_transp=[int(round(s)) for s in np.median(np.asarray(fp.shapes_after_crop), 0)[forward]],
+        original_median_shape_after_transp=[
+            int(round(s)) for s in np.median(np.asarray(fp.shapes_after_crop), 0)[forward]
+        ],
         configurations=dict(sorted(configurations.items())),
     )
 
@@ -298,7 +318,9 @@ def summarize_plans(plans: Plans):
     """A rich table of the plan, one column per configuration (for ``alseg plan``)."""
     fmt = lambda xs: " x ".join(f"{x:g}" for x in xs)  # noqa: E731
     names = list(plans.configurations)
-    table = Table(title=f"{plans.dataset_name}: {plans.plans_name} (axes in transposed order {plans.transpose_forward})")
+    table = Table(
+        title=f"{plans.dataset_name}: {plans.plans_name} (axes in transposed order {plans.transpose_forward})"
+    )
     table.add_column("")
     for n in names:
         table.add_column(n, justify="right")
@@ -315,7 +337,10 @@ def summarize_plans(plans: Plans):
     row("features", lambda c: ", ".join(map(str, c.network.features_per_stage)))
     row("strides", lambda c: " ".join("".join(map(str, s)) for s in c.network.strides))
     row("kernels", lambda c: " ".join("".join(map(str, k)) for k in c.network.kernel_sizes))
-    row("normalisation", lambda c: ", ".join(n.scheme + ("+mask" if n.use_mask_for_norm else "") for n in c.normalization))
+    row(
+        "normalisation",
+        lambda c: ", ".join(n.scheme + ("+mask" if n.use_mask_for_norm else "") for n in c.normalization),
+    )
     return table
 
 

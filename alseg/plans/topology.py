@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from math import ceil, prod
 from typing import Sequence
 
-__all__ = ["MIN_FEATURE_MAP_SIZE", "Topology", "conv_feature_map_size", "features_per_stage", "get_pool_and_conv_props", "pad_to_multiple"]
+__all__ = [
+    "MIN_FEATURE_MAP_SIZE",
+    "Topology",
+    "conv_feature_map_size",
+    "features_per_stage",
+    "get_pool_and_conv_props",
+    "pad_to_multiple",
+]
 
 MIN_FEATURE_MAP_SIZE = 4
 """Smallest edge of a bottleneck feature map (nnU-Net's ``UNet_featuremap_min_edge_length``)."""

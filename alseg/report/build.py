@@ -134,8 +134,9 @@ def _mean_seconds(runs: list[RunRecord]) -> dict[str, float | None]:
 def _tsne_figures(runs: list[RunRecord], setting: str, out: Path) -> list[Path]:
     """One t-SNE map per strategy with embeddings: lowest seed, last round saved (paper Fig. 3)."""
     paths = []
-    with_embeddings = sorted((r for r in runs if r.setting == setting and r.embeddings),
-                             key=lambda r: (r.strategy, r.seed))
+    with_embeddings = sorted(
+        (r for r in runs if r.setting == setting and r.embeddings), key=lambda r: (r.strategy, r.seed)
+    )
     chosen: dict[str, RunRecord] = {}
     for run in with_embeddings:
         chosen.setdefault(run.strategy, run)
@@ -148,8 +149,11 @@ def _tsne_figures(runs: list[RunRecord], setting: str, out: Path) -> list[Path]:
         except (OSError, ValueError, KeyError) as err:
             raise AlsegError(f"cannot read embeddings and role arrays ({err})", npz_path) from None
         title = f"{setting}: {strategy}, seed {run.seed}, round {round_k}"
-        paths.append(figures.plot_embeddings_tsne(
-            embeddings, role, out / f"tsne_{_slug(setting)}_{_slug(strategy)}.png", title, seed=run.seed or 0))
+        paths.append(
+            figures.plot_embeddings_tsne(
+                embeddings, role, out / f"tsne_{_slug(setting)}_{_slug(strategy)}.png", title, seed=run.seed or 0
+            )
+        )
     return paths
 
 
@@ -165,10 +169,12 @@ def _img(path: Path) -> str:
 
 def _strategy_table(setting: SettingSummary) -> str:
     target = "" if setting.target_dice is None else f" (Dice ≥ {setting.target_dice:.3f})"
-    head = ("<tr><th>strategy</th><th>seeds</th><th>normalised AUC (mean ± std)</th>"
-            f"<th>items to {TARGET_FRACTION:.0%} of full-data Dice{target}</th><th>final items</th>"
-            "<th>final Dice (mean ± std)</th>"
-            "<th>Φ (lower is better)</th></tr>")
+    head = (
+        "<tr><th>strategy</th><th>seeds</th><th>normalised AUC (mean ± std)</th>"
+        f"<th>items to {TARGET_FRACTION:.0%} of full-data Dice{target}</th><th>final items</th>"
+        "<th>final Dice (mean ± std)</th>"
+        "<th>Φ (lower is better)</th></tr>"
+    )
     best_auc = max(s.auc_mean for s in setting.strategies.values())
     rows = []
     for name, s in setting.strategies.items():
@@ -191,7 +197,7 @@ def _penalty_table(penalty: PenaltySummary) -> str:
         f"<tr><th>{names[i]}</th>" + "".join(f"<td>{v:.1f}</td>" for v in row) + "</tr>"
         for i, row in enumerate(penalty.matrix)
     ]
-    rows.append("<tr class=\"phi\"><th>Φ</th>" + "".join(f"<td>{v:.1f}</td>" for v in penalty.phi) + "</tr>")
+    rows.append('<tr class="phi"><th>Φ</th>' + "".join(f"<td>{v:.1f}</td>" for v in penalty.phi) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -206,21 +212,29 @@ figure{margin:1em 0} img{max-width:100%} .notes li{margin:.3em 0}
 
 
 def _html(summary: ReportSummary, figure_paths: dict[str, list[Path]]) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>alseg report</title>",
-             f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>"]
+    parts = [
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>alseg report</title>',
+        f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>",
+    ]
     if summary.overall_penalty is not None:
-        parts += ["<h2>All settings: pairwise penalty matrix</h2>",
-                  f"<p>Settings pooled: {html.escape(', '.join(summary.overall_penalty.settings))}.</p>",
-                  _penalty_table(summary.overall_penalty),
-                  *(_img(p) for p in figure_paths["overall"])]
+        parts += [
+            "<h2>All settings: pairwise penalty matrix</h2>",
+            f"<p>Settings pooled: {html.escape(', '.join(summary.overall_penalty.settings))}.</p>",
+            _penalty_table(summary.overall_penalty),
+            *(_img(p) for p in figure_paths["overall"]),
+        ]
     for key, setting in summary.settings.items():
         full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
-        parts += [f"<h2>{html.escape(key)}</h2>",
-                  f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
-                  _strategy_table(setting), "<h3>Pairwise penalty matrix</h3>", _penalty_table(setting.penalty),
-                  *(_img(p) for p in figure_paths[key])]
+        parts += [
+            f"<h2>{html.escape(key)}</h2>",
+            f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
+            _strategy_table(setting),
+            "<h3>Pairwise penalty matrix</h3>",
+            _penalty_table(setting.penalty),
+            *(_img(p) for p in figure_paths[key]),
+        ]
     items = "".join(f"<li>{html.escape(n)}</li>" for n in summary.notes)
-    parts.append(f"<h2>Notes</h2><ul class=\"notes\">{items}</ul>")
+    parts.append(f'<h2>Notes</h2><ul class="notes">{items}</ul>')
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -260,8 +274,12 @@ def _setting_summary(
         target_dice=target,
         rounds=rounds.tolist(),
         strategies={
-            s: _strategy_summary(by_strategy[s].restricted(rounds), target, penalty.phi[k],
-                                 _mean_seconds([r for r in group if r.strategy == s]))
+            s: _strategy_summary(
+                by_strategy[s].restricted(rounds),
+                target,
+                penalty.phi[k],
+                _mean_seconds([r for r in group if r.strategy == s]),
+            )
             for k, s in enumerate(strategies)
         },
         penalty=penalty,
@@ -269,21 +287,41 @@ def _setting_summary(
 
 
 def _setting_figures(
-    key: str, setting: SettingSummary, by_strategy: dict[str, Curve], runs: list[RunRecord], out: Path,
+    key: str,
+    setting: SettingSummary,
+    by_strategy: dict[str, Curve],
+    runs: list[RunRecord],
+    out: Path,
     colours: dict[str, tuple[float, ...]],
 ) -> list[Path]:
     slug = _slug(key)
     penalty = setting.penalty
     paths = [
-        figures.plot_learning_curves(by_strategy, out / f"learning_curve_{slug}.png", f"{key}: learning curves",
-                                     full_dice=setting.full_dice, x_unit=figures.X_UNITS[setting.config],
-                                     colours=colours),
-        figures.plot_penalty_matrix(np.array(penalty.matrix), np.array(penalty.phi), penalty.strategies,
-                                    out / f"penalty_{slug}.png", f"{key}: pairwise penalty matrix"),
+        figures.plot_learning_curves(
+            by_strategy,
+            out / f"learning_curve_{slug}.png",
+            f"{key}: learning curves",
+            full_dice=setting.full_dice,
+            x_unit=figures.X_UNITS[setting.config],
+            colours=colours,
+        ),
+        figures.plot_penalty_matrix(
+            np.array(penalty.matrix),
+            np.array(penalty.phi),
+            penalty.strategies,
+            out / f"penalty_{slug}.png",
+            f"{key}: pairwise penalty matrix",
+        ),
     ]
     if any(np.isfinite(c.batch_uncertainty).any() for c in by_strategy.values()):
-        paths.append(figures.plot_batch_uncertainty(by_strategy, out / f"batch_uncertainty_{slug}.png",
-                                                    f"{key}: batch uncertainty per round", colours=colours))
+        paths.append(
+            figures.plot_batch_uncertainty(
+                by_strategy,
+                out / f"batch_uncertainty_{slug}.png",
+                f"{key}: batch uncertainty per round",
+                colours=colours,
+            )
+        )
     return paths + _tsne_figures(runs, key, out)
 
 
@@ -302,8 +340,9 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
     all_strategies = sorted({s for by_strategy in curves.values() for s in by_strategy})
     colours = figures.strategy_colours(all_strategies)
     notes = list(_METHOD_NOTES)
-    notes += [f"{s}: full-data run without active-learning runs, ignored."
-              for s in sorted(set(references) - set(curves))]
+    notes += [
+        f"{s}: full-data run without active-learning runs, ignored." for s in sorted(set(references) - set(curves))
+    ]
 
     settings: dict[str, SettingSummary] = {}
     figure_paths: dict[str, list[Path]] = {}
@@ -316,13 +355,20 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
         shared = sorted(set.intersection(*(set(by_strategy) for by_strategy in curves.values())))
         dropped = sorted(set(all_strategies) - set(shared))
         if dropped:
-            notes.append("Overall penalty matrix leaves out strategies missing from some setting: "
-                         f"{', '.join(dropped)}.")
+            notes.append(
+                f"Overall penalty matrix leaves out strategies missing from some setting: {', '.join(dropped)}."
+            )
         if shared:
             overall = _penalty(curves, shared)
-            figure_paths["overall"] = [figures.plot_penalty_matrix(
-                np.array(overall.matrix), np.array(overall.phi), shared, out / "penalty_overall.png",
-                f"All settings ({len(curves)}): pairwise penalty matrix")]
+            figure_paths["overall"] = [
+                figures.plot_penalty_matrix(
+                    np.array(overall.matrix),
+                    np.array(overall.phi),
+                    shared,
+                    out / "penalty_overall.png",
+                    f"All settings ({len(curves)}): pairwise penalty matrix",
+                )
+            ]
 
     summary = ReportSummary(
         settings=settings,

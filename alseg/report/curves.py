@@ -12,7 +12,16 @@ from scipy import stats
 
 from alseg.report.runs import RunRecord
 
-__all__ = ["CONFIDENCE", "Curve", "common_rounds", "full_data_dice", "items_to_reach", "learning_curves", "mean_std_ci", "normalised_auc"]
+__all__ = [
+    "CONFIDENCE",
+    "Curve",
+    "common_rounds",
+    "full_data_dice",
+    "items_to_reach",
+    "learning_curves",
+    "mean_std_ci",
+    "normalised_auc",
+]
 
 CONFIDENCE = 0.95
 """Two-sided level of the Student-t band drawn around the mean curve."""

@@ -16,7 +16,13 @@ from matplotlib.figure import Figure
 
 from alseg.report.curves import Curve, mean_std_ci
 
-__all__ = ["plot_batch_uncertainty", "plot_embeddings_tsne", "plot_learning_curves", "plot_penalty_matrix", "strategy_colours"]
+__all__ = [
+    "plot_batch_uncertainty",
+    "plot_embeddings_tsne",
+    "plot_learning_curves",
+    "plot_penalty_matrix",
+    "strategy_colours",
+]
 
 DPI = 120
 TSNE_MAX_POINTS = 2000
@@ -87,11 +93,20 @@ def plot_penalty_matrix(matrix: np.ndarray, phi: np.ndarray, strategies: Sequenc
     image = ax.imshow(matrix, cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
     ax_phi.imshow(phi[None, :], cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
-                color="white" if value > 0.6 * vmax else "black")
+        ax.text(
+            j, i, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white" if value > 0.6 * vmax else "black"
+        )
     for j, value in enumerate(phi):
-        ax_phi.text(j, 0, f"{value:.1f}", ha="center", va="center", fontsize=8, fontweight="bold",
-                    color="white" if value > 0.6 * vmax else "black")
+        ax_phi.text(
+            j,
+            0,
+            f"{value:.1f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            fontweight="bold",
+            color="white" if value > 0.6 * vmax else "black",
+        )
     ax.set_yticks(range(n), strategies)
     ax.set_ylabel("strategy i (winner)")
     ax.set_title(f"{title}\nP[i, j] = % of rounds where i beats j (paired t-test, p < 0.05)", fontsize=10)
@@ -119,8 +134,9 @@ def plot_batch_uncertainty(
         if not recorded.any():
             continue
         mean, std, _ = mean_std_ci(curve.batch_uncertainty[:, recorded])
-        ax.errorbar(curve.rounds[recorded], mean, yerr=std, marker="o", ms=4, capsize=3, lw=1.4,
-                    color=colours[name], label=name)
+        ax.errorbar(
+            curve.rounds[recorded], mean, yerr=std, marker="o", ms=4, capsize=3, lw=1.4, color=colours[name], label=name
+        )
     ax.set_xlabel("sampling round k (batch selected with the round k−1 model)")
     ax.set_ylabel("batch uncertainty (sum of foreground MC-dropout std)")
     ax.set_title(f"{title}\nmean over seeds ± std", fontsize=10)

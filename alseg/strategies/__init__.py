@@ -25,9 +25,17 @@ __all__ = [
 ]
 
 _WHERE = {
-    "FeatureNetwork": "base", "Selection": "base", "SelectionContext": "base", "Strategy": "base",
-    "StrategyOptions": "base", "available": "registry", "get_strategy": "registry",
-    "option_keys": "registry", "options_for": "registry", "parse_strategy_options": "registry", "select_batch": "batch",
+    "FeatureNetwork": "base",
+    "Selection": "base",
+    "SelectionContext": "base",
+    "Strategy": "base",
+    "StrategyOptions": "base",
+    "available": "registry",
+    "get_strategy": "registry",
+    "option_keys": "registry",
+    "options_for": "registry",
+    "parse_strategy_options": "registry",
+    "select_batch": "batch",
 }
 
 

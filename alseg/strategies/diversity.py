@@ -170,7 +170,8 @@ class CoreSetStrategy(Strategy):
 
 class BadgeOptions(StrategyOptions):
     seeding: Literal["ash", "sklearn"] = Field(
-        "ash", description="'ash' (Ash et al. 2020: largest norm first, then one D² draw per centre) or 'sklearn' (greedy k-means++, an ablation)"
+        "ash",
+        description="'ash' (Ash et al. 2020: largest norm first, then one D² draw per centre) or 'sklearn' (greedy k-means++, an ablation)",
     )
 
 
@@ -202,7 +203,9 @@ class BadgeStrategy(Strategy):
             unl[pos],
             [float(v) for v in norms],
             seconds={"score": t_embed, "kmeans_pp": time.perf_counter() - t0},
-            artefacts=EmbeddingArtefacts("gradient embedding norm", embedding_dim=int(x.shape[1]), seeding=self.options.seeding),
+            artefacts=EmbeddingArtefacts(
+                "gradient embedding norm", embedding_dim=int(x.shape[1]), seeding=self.options.seeding
+            ),
         )
 
 

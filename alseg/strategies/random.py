@@ -23,7 +23,9 @@ class RandomStrategy(Strategy):
 
 
 class ForegroundRandomOptions(StrategyOptions):
-    fg_share: float = Field(2 / 3, ge=0.0, le=1.0, description="share of the budget drawn among foreground items, in [0, 1]")
+    fg_share: float = Field(
+        2 / 3, ge=0.0, le=1.0, description="share of the budget drawn among foreground items, in [0, 1]"
+    )
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,16 @@ __all__ = ["STRATEGIES", "available", "get_strategy", "option_keys", "options_fo
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
-        RandomStrategy, ForegroundRandomStrategy, MaxEntropyStrategy, MeanSTDStrategy, BALDStrategy,
-        StochasticBatchesStrategy, CoreSetStrategy, BadgeStrategy, USIMC, USIMF,
+        RandomStrategy,
+        ForegroundRandomStrategy,
+        MaxEntropyStrategy,
+        MeanSTDStrategy,
+        BALDStrategy,
+        StochasticBatchesStrategy,
+        CoreSetStrategy,
+        BadgeStrategy,
+        USIMC,
+        USIMF,
     )
 }
 
@@ -67,9 +75,7 @@ def parse_strategy_options(name: str, raw: Mapping[str, Any] | None) -> Strategy
         key = str(first["loc"][0]) if first["loc"] else "?"
         field = model.model_fields.get(key)
         expected = field.description if field is not None and field.description else first["msg"]
-        raise AlsegError(
-            f"invalid option {key}={raw.get(key)!r} for strategy '{name}' — expected {expected}"
-        ) from None
+        raise AlsegError(f"invalid option {key}={raw.get(key)!r} for strategy '{name}' — expected {expected}") from None
 
 
 def get_strategy(name: str, options: StrategyOptions | Mapping[str, Any] | None = None, **kwargs: Any) -> Strategy:
@@ -92,8 +98,10 @@ def options_for(names: list[str] | tuple[str, ...], raw: Mapping[str, Any] | Non
     stray = sorted(k for k in raw if not any(k in keys for keys in accepted.values()))
     if stray:
         valid = sorted(set().union(*accepted.values())) if accepted else []
-        raise AlsegError(f"unknown option{'s' if len(stray) > 1 else ''} {', '.join(stray)} for strategies "
-                         f"{', '.join(names)} — valid keys: {', '.join(valid)}")
+        raise AlsegError(
+            f"unknown option{'s' if len(stray) > 1 else ''} {', '.join(stray)} for strategies "
+            f"{', '.join(names)} — valid keys: {', '.join(valid)}"
+        )
     out = {}
     for n in names:
         mine = {k: v for k, v in raw.items() if k in accepted[n]}

@@ -233,7 +233,7 @@ def submodlib_select(
     A budget of at least ``n`` returns every item in index order with the gains of adding them
     in that order, since submodlib refuses it.
     """
-    # Imported here: submodlib pulls in scikit-learn and scipy (1.5 s), only this path needs it.
+    # lazy: submodlib pulls in scikit-learn and scipy (1.5 s), only this path needs it.
     from submodlib import FacilityLocationVariantMutualInformationFunction
 
     S = np.asarray(S, dtype=np.float32)

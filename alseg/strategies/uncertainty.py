@@ -60,8 +60,10 @@ class _TopBUncertainty(Strategy):
         values = getattr(scores, self.field)
         pos = top_b(values, ctx.budget)
         return Selection(
-            scores.indices[pos], [float(v) for v in values[pos]],
-            seconds={"score": scores.seconds}, artefacts=ScoreArtefacts(self.field),
+            scores.indices[pos],
+            [float(v) for v in values[pos]],
+            seconds={"score": scores.seconds},
+            artefacts=ScoreArtefacts(self.field),
         )
 
 
@@ -122,7 +124,9 @@ class StochasticBatchesStrategy(Strategy):
         b = min(int(ctx.budget), n)
         t0 = time.perf_counter()
         q = self.options.stb_batches or max(n // max(b, 1), 1)
-        batches = np.stack([ctx.rng.choice(n, size=b, replace=False) for _ in range(q)]) if b else np.zeros((q, 0), np.int64)
+        batches = (
+            np.stack([ctx.rng.choice(n, size=b, replace=False) for _ in range(q)]) if b else np.zeros((q, 0), np.int64)
+        )
         batch_scores = entropy[batches].sum(axis=1)
         best = int(np.argmax(batch_scores))  # first of equal maxima
         pos = np.sort(batches[best])

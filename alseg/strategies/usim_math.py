@@ -13,7 +13,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "FISHER_DAMPING", "QUERY_SIZE_BUDGET_FACTOR", "class_weights", "cosine_similarity", "draw_query_set", "elbow_index", "fisher_cosine_similarity", "fisher_diagonal", "fisher_similarity", "fisher_whitening", "query_set_size", "sample_fisher_parameters", "weighted_uncertainty"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "FISHER_DAMPING",
+    "QUERY_SIZE_BUDGET_FACTOR",
+    "class_weights",
+    "cosine_similarity",
+    "draw_query_set",
+    "elbow_index",
+    "fisher_cosine_similarity",
+    "fisher_diagonal",
+    "fisher_similarity",
+    "fisher_whitening",
+    "query_set_size",
+    "sample_fisher_parameters",
+    "weighted_uncertainty",
+]
 
 QUERY_SIZE_BUDGET_FACTOR = 5
 """Lower bound of the elbow query-set size in multiples of the budget (paper §3.3.2; elbow rule: docs/design.md)."""
@@ -184,7 +199,9 @@ def fisher_similarity(
     """
     k = F_sel.numel()
     if G_u.shape[1] != k or G_q.shape[1] != k:
-        raise ValueError(f"G_u {tuple(G_u.shape)} and G_q {tuple(G_q.shape)} must have one column per sampled parameter ({k})")
+        raise ValueError(
+            f"G_u {tuple(G_u.shape)} and G_q {tuple(G_q.shape)} must have one column per sampled parameter ({k})"
+        )
     f = F_sel.double()
     if not bool((f >= 0).all()) or not bool(f.sum() > 0):
         raise ValueError("F_sel must be non-negative with a positive sum; draw it with sample_fisher_parameters")

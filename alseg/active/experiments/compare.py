@@ -18,12 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alseg.active.loop import trainer_settings
 from alseg.active.rundir import RunDir
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
+from alseg.model.train import train
 from alseg.progress import console
+from alseg.strategies import available, options_for
 
 __all__ = ["Cell", "parse_strategies", "loop_command", "run_full_reference", "run_compare"]
 
@@ -50,8 +53,6 @@ class Cell:
 
 
 def parse_strategies(spec: str) -> list[str]:
-    from alseg.strategies import available
-
     names = available()
     if spec == "all":
         return names
@@ -68,14 +69,22 @@ def loop_command(plan_dir: Path, cell: Cell, settings: LoopSettings, workers: in
     The grid's ``--option`` set is shared by all strategies; each cell keeps the keys its own
     strategy accepts.
     """
-    from alseg.strategies import options_for  # lazy: the registry imports every strategy
-
     own = options_for([cell.strategy], settings.strategy_options)[cell.strategy]
     cell_settings = settings.model_copy(update={"strategy": cell.strategy, "seed": cell.seed, "strategy_options": own})
     cell.settings_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell.settings_path, cell_settings.model_dump_json(indent=2) + "\n")
-    cmd = [sys.executable, "-c", "from alseg.cli import main; main()", "loop", str(plan_dir), "-o", str(cell.run_dir),
-           "--settings", str(cell.settings_path), "--resume"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from alseg.cli import main; main()",
+        "loop",
+        str(plan_dir),
+        "-o",
+        str(cell.run_dir),
+        "--settings",
+        str(cell.settings_path),
+        "--resume",
+    ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     return cmd
@@ -83,9 +92,6 @@ def loop_command(plan_dir: Path, cell: Cell, settings: LoopSettings, workers: in
 
 def run_full_reference(plan_dir: Path, exp_dir: Path, settings: LoopSettings, workers: int | None = None) -> None:
     """Train on every training case of the fold: the horizontal line of the learning curves."""
-    from alseg.active.loop import trainer_settings
-    from alseg.model.train import train
-
     full = RunDir(Path(exp_dir) / "full")
     if full.metrics_path.is_file():
         return
@@ -93,24 +99,59 @@ def run_full_reference(plan_dir: Path, exp_dir: Path, settings: LoopSettings, wo
     epochs = settings.epochs * (settings.rounds + 1)  # as many iterations as a whole loop
     ts = trainer_settings(settings)
     final = train(
-        ws.plans, settings.config, ws.cache_dir, full.path / "train", fold=settings.fold, epochs=epochs,
-        iters_per_epoch=settings.iters_per_epoch, devices=ts.devices, precision=ts.precision,
-        resume=(full.path / "train" / "checkpoints" / "last.ckpt").is_file(), seed=0,
-        overrides={"batch_size": settings.batch_size}, num_workers=workers, val_every=epochs, progress=False,
+        ws.plans,
+        settings.config,
+        ws.cache_dir,
+        full.path / "train",
+        fold=settings.fold,
+        epochs=epochs,
+        iters_per_epoch=settings.iters_per_epoch,
+        devices=ts.devices,
+        precision=ts.precision,
+        resume=(full.path / "train" / "checkpoints" / "last.ckpt").is_file(),
+        seed=0,
+        overrides={"batch_size": settings.batch_size},
+        num_workers=workers,
+        val_every=epochs,
+        progress=False,
     )
     labels = ws.foreground_labels
-    dice_cols = {f"dice_{n.replace(' ', '_')}": final.get(f"dice_{n.replace(' ', '_')}", float("nan")) for n in labels.values()}
+    dice_cols = {
+        f"dice_{n.replace(' ', '_')}": final.get(f"dice_{n.replace(' ', '_')}", float("nan")) for n in labels.values()
+    }
     pool = ws.pool
-    row = {"round": 0, "n_labelled_items": len(pool), "n_labelled_voxels": pool.voxels(range(len(pool))),
-           "dice_mean": final.get("dice_mean", float("nan")), **dice_cols}
-    full.write_reference({"dataset": ws.plans.dataset_name, "config": settings.config,
-                          "labels": {str(k): v for k, v in labels.items()}, "seed": 0,
-                          "budget": None, "initial": None, "epochs": epochs}, row)
+    row = {
+        "round": 0,
+        "n_labelled_items": len(pool),
+        "n_labelled_voxels": pool.voxels(range(len(pool))),
+        "dice_mean": final.get("dice_mean", float("nan")),
+        **dice_cols,
+    }
+    full.write_reference(
+        {
+            "dataset": ws.plans.dataset_name,
+            "config": settings.config,
+            "labels": {str(k): v for k, v in labels.items()},
+            "seed": 0,
+            "budget": None,
+            "initial": None,
+            "epochs": epochs,
+        },
+        row,
+    )
 
 
-def run_compare(target: Path, exp_dir: Path, strategies: list[str], seeds: int, settings: LoopSettings,
-                jobs: int = 1, full_reference: bool = True, workers: int | None = None,
-                show_progress: bool = True) -> list[Cell]:
+def run_compare(
+    target: Path,
+    exp_dir: Path,
+    strategies: list[str],
+    seeds: int,
+    settings: LoopSettings,
+    jobs: int = 1,
+    full_reference: bool = True,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> list[Cell]:
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     # a dataset is planned once, into EXP/plan, and preprocessed before the workers share the cache
@@ -155,7 +196,7 @@ def run_compare(target: Path, exp_dir: Path, strategies: list[str], seeds: int, 
 
 def _gpu_count() -> int:
     try:
-        import torch
+        import torch  # lazy: only to count GPUs for the workers
 
         return torch.cuda.device_count()
     except Exception:

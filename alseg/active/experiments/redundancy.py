@@ -21,20 +21,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
-
-import lightning.pytorch as pl
 
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
-from alseg.model.module import SegmentationModule
-from alseg.model.train import load_weights
-from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.data.pool import Item, Pool
 from alseg.errors import AlsegError
+from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
+from alseg.model.train import load_weights
+from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.registry import get_strategy
 from alseg.strategies.submodular import nonnegative_kernel
@@ -42,7 +41,12 @@ from alseg.strategies.usim import FISHER_KERNELS, USIM, USIMC, USIMF, maximise_f
 from alseg.strategies.usim.kernels import cosine_kernel, fisher_kernel
 
 __all__ = [
-    "DUP_SEPARATOR", "STUDY_VARIANTS", "duplicate_case", "original_id", "redundancy_check", "redundancy_study",
+    "DUP_SEPARATOR",
+    "STUDY_VARIANTS",
+    "duplicate_case",
+    "original_id",
+    "redundancy_check",
+    "redundancy_study",
     "run_redundancy_check",
 ]
 
@@ -138,15 +142,19 @@ def redundancy_check(
     for kernel in kernels:
         t1 = time.perf_counter()
         S = strat.kernel(res.embedding, res.columns, fisher_kernel=kernel).S
-        picked, _ = maximise_flqmi(S, budget, res.query, strat.options, np.random.default_rng(int(dup_ctx.rng.integers(2**63 - 1))))
+        picked, _ = maximise_flqmi(
+            S, budget, res.query, strat.options, np.random.default_rng(int(dup_ctx.rng.integers(2**63 - 1)))
+        )
         chosen = res.candidates[np.asarray(picked, dtype=np.int64)]
-        variants.append({
-            "kernel": kernel,
-            "batch_share": _share(in_case[chosen]),
-            "batch_repeats": _repeats(content, chosen),
-            "selected": [pool[int(i)].id for i in chosen],
-            "seconds": time.perf_counter() - t1,
-        })
+        variants.append(
+            {
+                "kernel": kernel,
+                "batch_share": _share(in_case[chosen]),
+                "batch_repeats": _repeats(content, chosen),
+                "selected": [pool[int(i)].id for i in chosen],
+                "seconds": time.perf_counter() - t1,
+            }
+        )
         del S
 
     return {
@@ -179,7 +187,9 @@ def _repeats(content: Sequence[str], idx: np.ndarray) -> int:
 # ----------------------------------------------------------------------------- many cases
 STUDY_VARIANTS: tuple[tuple[str, str, bool, float], ...] = tuple(
     (f"usimf-{kind}-{'multiset' if ms else 'distinct'}-eta{eta:g}", kind, ms, eta)
-    for kind in ("raw", "cosine") for ms in (True, False) for eta in (1.0, 0.0)
+    for kind in ("raw", "cosine")
+    for ms in (True, False)
+    for eta in (1.0, 0.0)
 )
 """USIMF variants of the study: (label, Fisher kernel, query multiset, η)."""
 
@@ -245,15 +255,29 @@ def redundancy_study(
         draws = query.draws
         uniform = draws[rng.choice(len(draws), size=min(budget, len(draws)), replace=False)]
         out: dict[str, Any] = {
-            "case_id": case_id, "n_case_items": int(len(originals)), "Q": int(query.Q),
+            "case_id": case_id,
+            "n_case_items": int(len(originals)),
+            "Q": int(query.Q),
             "query_distinct": int(len(query.columns)),
-            "pool_share": _share(in_case), "query_share": _share(in_case[draws]),
+            "pool_share": _share(in_case),
+            "query_share": _share(in_case[draws]),
             "query_share_unique": _share(in_case[query.columns]),
-            "uniform_share": _share(in_case[uniform]), "uniform_repeats": _repeats(content, rows[uniform]),
+            "uniform_share": _share(in_case[uniform]),
+            "uniform_repeats": _repeats(content, rows[uniform]),
         }
         batches: dict[str, Any] = {}
 
-        def run(label: str, S: torch.Tensor, multiset: bool, eta: float) -> None:
+        def run(
+            label: str,
+            S: torch.Tensor,
+            multiset: bool,
+            eta: float,
+            query=query,
+            rng=rng,
+            batches=batches,
+            in_case=in_case,
+            rows=rows,
+        ) -> None:  # this case's values, bound explicitly
             opts = usimf.options.model_copy(update={"query_multiset": multiset, "eta": eta})
             picked, _ = maximise_flqmi(S, budget, query, opts, np.random.default_rng(int(rng.integers(2**63 - 1))))
             picked = np.asarray(picked, dtype=np.int64)
@@ -261,7 +285,9 @@ def redundancy_study(
 
         for kind in ("raw", "cosine"):
             k = full[kind]
-            S = k.S.index_select(1, c.to(k.S.device)).index_select(0, r.to(k.S.device))  # columns first: a small temporary
+            S = k.S.index_select(1, c.to(k.S.device)).index_select(
+                0, r.to(k.S.device)
+            )  # columns first: a small temporary
             if kind == "raw":  # the shift is the candidates' minimum, as in a round on this pool
                 S = nonnegative_kernel(S + k.shift, "fisher")
             for label, kk, ms, eta in STUDY_VARIANTS:
@@ -278,8 +304,12 @@ def redundancy_study(
         results.append(out)
 
     return {
-        "copies": int(copies), "budget": int(budget), "n_pool": len(pool), "n_unlabelled": n_unl,
-        "cases": results, "summary": _summary(results),
+        "copies": int(copies),
+        "budget": int(budget),
+        "n_pool": len(pool),
+        "n_unlabelled": n_unl,
+        "cases": results,
+        "summary": _summary(results),
         "seconds": {"score": t_score, "embed": t_embed, "kernel": t_kernel, "total": time.perf_counter() - t0},
     }
 
@@ -295,12 +325,21 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     if not results:
         return {}
-    out: dict[str, Any] = {k: dist([r[k] for r in results]) for k in ("pool_share", "query_share", "uniform_share", "uniform_repeats")}
+    out: dict[str, Any] = {
+        k: dist([r[k] for r in results]) for k in ("pool_share", "query_share", "uniform_share", "uniform_repeats")
+    }
     for label in results[0]["variants"]:
         shares = [r["variants"][label]["batch_share"] for r in results]
         reps = [r["variants"][label]["batch_repeats"] for r in results]
-        good = sum(r["variants"][label]["batch_share"] < r["query_share"] and r["variants"][label]["batch_repeats"] == 0 for r in results)
-        out[label] = {"batch_share": dist(shares), "batch_repeats": dist(reps), "cases_below_query_without_repeats": int(good)}
+        good = sum(
+            r["variants"][label]["batch_share"] < r["query_share"] and r["variants"][label]["batch_repeats"] == 0
+            for r in results
+        )
+        out[label] = {
+            "batch_share": dist(shares),
+            "batch_repeats": dist(reps),
+            "cases_below_query_without_repeats": int(good),
+        }
     return out
 
 
@@ -312,7 +351,9 @@ def _labelled_voxels(pool: Pool, labelled: np.ndarray, ground_truth, n_classes: 
     for case_id, idx in by_case.items():
         seg = ground_truth(case_id)
         for i in idx:
-            counts += np.bincount(np.asarray(pool.patch(seg, i)).ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+            counts += np.bincount(np.asarray(pool.patch(seg, i)).ravel().astype(np.int64), minlength=n_classes)[
+                :n_classes
+            ]
     return counts
 
 
@@ -363,16 +404,22 @@ def run_redundancy_check(
     if initial + budget > len(pool):
         raise AlsegError(f"--initial {initial} plus --budget {budget} exceed the pool ({len(pool)} items) — lower them")
     if case_id is not None and case_id not in pool.case_ids:  # fail before any training
-        raise AlsegError(f"case '{case_id}' has no items in the pool of fold {fold} (it is a test case or not in the dataset) — "
-                         f"choose one of: {_some(pool.case_ids)}")
+        raise AlsegError(
+            f"case '{case_id}' has no items in the pool of fold {fold} (it is a test case or not in the dataset) — "
+            f"choose one of: {_some(pool.case_ids)}"
+        )
     if isinstance(cases, (list, tuple)):
         missing = [c for c in cases if c not in pool.case_ids]
         if missing:
-            raise AlsegError(f"case(s) {', '.join(missing[:8])} have no items in the pool of fold {fold} — "
-                             f"choose from: {_some(pool.case_ids)}")
+            raise AlsegError(
+                f"case(s) {', '.join(missing[:8])} have no items in the pool of fold {fold} — "
+                f"choose from: {_some(pool.case_ids)}"
+            )
     elif isinstance(cases, int):
         if not 1 <= cases <= len(pool.case_ids):
-            raise AlsegError(f"--cases {cases}: the pool has {len(pool.case_ids)} cases — choose 1 to {len(pool.case_ids)}")
+            raise AlsegError(
+                f"--cases {cases}: the pool has {len(pool.case_ids)} cases — choose 1 to {len(pool.case_ids)}"
+            )
         cases = sorted(np.random.default_rng([seed, 2]).choice(pool.case_ids, size=cases, replace=False).tolist())
     labelled = np.zeros(len(pool), dtype=bool)
     labelled[np.random.default_rng([seed, 0]).choice(len(pool), size=initial, replace=False)] = True
@@ -389,8 +436,13 @@ def run_redundancy_check(
     else:
         regions = [Region(pool[int(i)].case_id, pool[int(i)].box) for i in np.flatnonzero(labelled)]
         dm = SegDataModule(ws.cache, module.config, regions, num_workers=0, seed=seed)
-        trainer = make_trainer(TrainerSettings(accelerator=dev.type, devices=1), max_epochs=train_epochs,
-                               show_progress=show_progress, iterations_per_epoch=train_iters, enable_model_summary=False)
+        trainer = make_trainer(
+            TrainerSettings(accelerator=dev.type, devices=1),
+            max_epochs=train_epochs,
+            show_progress=show_progress,
+            iterations_per_epoch=train_iters,
+            enable_model_summary=False,
+        )
         trainer.fit(module, datamodule=dm)
     seconds_train = time.perf_counter() - t0
     if save_model is not None:
@@ -398,10 +450,19 @@ def run_redundancy_check(
     net = module.net.to(dev)
 
     ctx = SelectionContext(
-        model=net, pool=pool, labelled=labelled, budget=budget, rng=np.random.default_rng([seed, 1]),
-        load_image=ws.image, labelled_voxels_per_class=_labelled_voxels(pool, labelled, ws.ground_truth, plans.n_classes),
-        n_classes=plans.n_classes, device=dev, mc_passes=mc_passes, dropout_mc=conf.network.dropout_mc,
-        batch_size=inference_batch_size(conf, dev), show_progress=show_progress,
+        model=net,
+        pool=pool,
+        labelled=labelled,
+        budget=budget,
+        rng=np.random.default_rng([seed, 1]),
+        load_image=ws.image,
+        labelled_voxels_per_class=_labelled_voxels(pool, labelled, ws.ground_truth, plans.n_classes),
+        n_classes=plans.n_classes,
+        device=dev,
+        mc_passes=mc_passes,
+        dropout_mc=conf.network.dropout_mc,
+        batch_size=inference_batch_size(conf, dev),
+        show_progress=show_progress,
     )
     if cases is not None:
         out = redundancy_study(ctx, list(cases), copies=copies, options=options)

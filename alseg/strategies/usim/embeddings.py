@@ -48,8 +48,15 @@ class GradientEmbedding:
         """The same embedding restricted (or repeated) to ``positions``."""
         r = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.G.device)
         return GradientEmbedding(
-            self.G[r], None if self.scale is None else self.scale[r], self.params, self.n_parameters,
-            self.max_dim, self.param_index, self.fisher, None, self.seconds_fisher,
+            self.G[r],
+            None if self.scale is None else self.scale[r],
+            self.params,
+            self.n_parameters,
+            self.max_dim,
+            self.param_index,
+            self.fisher,
+            None,
+            self.seconds_fisher,
         )
 
 
@@ -65,13 +72,18 @@ def pseudo_label_targets(net: torch.nn.Module, x: Tensor, valid: Tensor) -> Tens
 
 
 def _grad_batches(
-    ctx: ScoringContext, indices: np.ndarray, batch_size: int | None, params: Sequence[str], max_dim: int | None, label: str
+    ctx: ScoringContext,
+    indices: np.ndarray,
+    batch_size: int | None,
+    params: Sequence[str],
+    max_dim: int | None,
+    label: str,
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """Yield ``(rows into indices, per-sample gradients (n, P) float32 on ctx.device)``."""
     net = unwrap_network(ctx.model)
     pos = {int(i): j for j, i in enumerate(indices)}
     show = bool(ctx.show_progress and console.is_terminal and len(indices))
-    with (make_progress() if show else nullcontext()) as bar, torch.enable_grad():
+    with make_progress() if show else nullcontext() as bar, torch.enable_grad():
         task = bar.add_task(f"{label} ({len(indices)} items)", total=len(indices)) if show else None
         for chunk, x, valid in item_batches(ctx, indices, batch_size):
             rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))

@@ -27,7 +27,9 @@ class FigureSource(Protocol):
 
     def figure_rows(self, emb: GradientEmbedding, G: Tensor, scale: Tensor | None) -> Tensor: ...
 
-    def embed_more(self, ctx: SelectionContext, emb: GradientEmbedding, indices: np.ndarray) -> tuple[Tensor, Tensor | None]: ...
+    def embed_more(
+        self, ctx: SelectionContext, emb: GradientEmbedding, indices: np.ndarray
+    ) -> tuple[Tensor, Tensor | None]: ...
 
 
 def embedding_map(

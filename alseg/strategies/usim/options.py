@@ -30,7 +30,8 @@ class USIMOptions(StrategyOptions):
         "raw", description="'raw' (the paper's g_u^T F^-1 g_q / k) or 'cosine' (normalised by both F^-1-norms)"
     )
     query_multiset: bool = Field(
-        True, description="true (an item drawn k times weighs k in FLQMI's coverage term) or false (distinct items only)"
+        True,
+        description="true (an item drawn k times weighs k in FLQMI's coverage term) or false (distinct items only)",
     )
     figure: bool = Field(True, description="true (keep embeddings for the t-SNE map) or false")
 

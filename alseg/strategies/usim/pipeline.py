@@ -43,8 +43,15 @@ from alseg.strategies.usim_math import (
 )
 
 __all__ = [
-    "Candidates", "QuerySet", "USIM", "USIMArtefacts", "USIMC", "USIMF", "USIMResult",
-    "maximise_flqmi", "plan_query_set",
+    "Candidates",
+    "QuerySet",
+    "USIM",
+    "USIMArtefacts",
+    "USIMC",
+    "USIMF",
+    "USIMResult",
+    "maximise_flqmi",
+    "plan_query_set",
 ]
 
 FLOAT16_AUTO_BYTES = 4 << 30
@@ -183,7 +190,9 @@ class USIM(Strategy):
         """Step 4: similarity of every embedded row to the rows ``columns``."""
         raise NotImplementedError
 
-    def embed_more(self, ctx: SelectionContext, emb: GradientEmbedding, indices: np.ndarray) -> tuple[Tensor, Tensor | None]:
+    def embed_more(
+        self, ctx: SelectionContext, emb: GradientEmbedding, indices: np.ndarray
+    ) -> tuple[Tensor, Tensor | None]:
         """Embeddings of other items (labelled ones for the map) in the same space."""
         raise NotImplementedError
 
@@ -195,7 +204,9 @@ class USIM(Strategy):
     def uncertainty(self, ctx: SelectionContext, budget: int) -> tuple[Candidates, float]:
         """Step 1; returns the candidates and the seconds of the pool pass."""
         unl = ctx.unlabelled
-        scores = score_pool(ctx, unl, mc=True, deterministic=False, passes_per_forward=self.options.mc_passes_per_forward)
+        scores = score_pool(
+            ctx, unl, mc=True, deterministic=False, passes_per_forward=self.options.mc_passes_per_forward
+        )
         assert scores.classwise_std is not None
         voxels = np.asarray(ctx.labelled_voxels_per_class, dtype=np.float64)
         weights = class_weights(voxels[1:])
@@ -238,8 +249,9 @@ class USIM(Strategy):
         t0 = time.perf_counter()
         picked, gains = maximise_flqmi(kern.S, budget, query, self.options, ctx.rng)
         seconds["optimize"] = time.perf_counter() - t0
-        return USIMResult(cand, query, emb, kern, np.asarray(picked, dtype=np.int64),
-                          np.asarray(gains, dtype=np.float64), seconds)
+        return USIMResult(
+            cand, query, emb, kern, np.asarray(picked, dtype=np.int64), np.asarray(gains, dtype=np.float64), seconds
+        )
 
     def select(self, ctx: SelectionContext) -> Selection:
         unl = ctx.unlabelled
@@ -252,14 +264,22 @@ class USIM(Strategy):
         artefacts = USIMArtefacts(
             usim_weighted_uncertainty_mean=float(res.u[res.picked].mean()),
             batch_uncertainty_unweighted=float(res.uncertainty[res.picked].mean()),
-            Q=int(q.Q), elbow=int(q.knee),
+            Q=int(q.Q),
+            elbow=int(q.knee),
             query_set={"ids": [pool[int(res.candidates[j])].id for j in q.columns], "draws": q.counts.tolist()},
-            query_distinct=int(len(q.columns)), query_multiset=o.query_multiset,
-            gains=res.gains.tolist(), n_candidates=int(len(res.candidates)), class_weights=res.weights.tolist(),
-            kernel=res.similarity.name, kernel_shift=float(res.kernel_shift),
+            query_distinct=int(len(q.columns)),
+            query_multiset=o.query_multiset,
+            gains=res.gains.tolist(),
+            n_candidates=int(len(res.candidates)),
+            class_weights=res.weights.tolist(),
+            kernel=res.similarity.name,
+            kernel_shift=float(res.kernel_shift),
             embedding_dim=int(res.embeddings.shape[1]),
             embedding_dtype=str(res.embeddings.dtype).removeprefix("torch."),
-            n_parameters=int(res.n_parameters), optimizer=o.optimizer, eta=o.eta, epsilon=o.epsilon,
+            n_parameters=int(res.n_parameters),
+            optimizer=o.optimizer,
+            eta=o.eta,
+            epsilon=o.epsilon,
             query_size_rule=q.rule,
             max_candidates=int(len(res.candidates)) if len(res.candidates) < len(unl) else None,
             fisher_subset=None if res.fisher_subset is None else int(len(res.fisher_subset)),
@@ -270,8 +290,13 @@ class USIM(Strategy):
             t0 = time.perf_counter()
             emap = embedding_map(self, ctx, res.embedding, res.columns, res.picked)
             seconds["embed_figure"] = time.perf_counter() - t0
-        return Selection(res.candidates[res.picked].astype(np.int64), res.gains.tolist(), seconds=seconds,
-                         artefacts=artefacts, embedding_map=emap)
+        return Selection(
+            res.candidates[res.picked].astype(np.int64),
+            res.gains.tolist(),
+            seconds=seconds,
+            artefacts=artefacts,
+            embedding_map=emap,
+        )
 
 
 class USIMC(USIM):
@@ -287,16 +312,30 @@ class USIMC(USIM):
     def embed(self, ctx, cand, query, dtype):
         net = unwrap_network(ctx.model)
         params = net.bottleneck_parameters()
-        G, scale = gradient_embeddings(ctx, cand.indices, params, max_dim=self.options.embedding_dim, dtype=dtype,
-                                       batch_size=self.options.grad_batch_size, label="bottleneck gradients")
+        G, scale = gradient_embeddings(
+            ctx,
+            cand.indices,
+            params,
+            max_dim=self.options.embedding_dim,
+            dtype=dtype,
+            batch_size=self.options.grad_batch_size,
+            label="bottleneck gradients",
+        )
         return GradientEmbedding(G, scale, params, net.parameter_count(params), max_dim=self.options.embedding_dim)
 
     def kernel(self, emb, columns, fisher_kernel=None):
         return cosine_kernel(emb, columns)
 
     def embed_more(self, ctx, emb, indices):
-        return gradient_embeddings(ctx, indices, emb.params, max_dim=emb.max_dim, dtype=emb.G.dtype,
-                                   batch_size=self.options.grad_batch_size, label="bottleneck gradients (labelled)")
+        return gradient_embeddings(
+            ctx,
+            indices,
+            emb.params,
+            max_dim=emb.max_dim,
+            dtype=emb.G.dtype,
+            batch_size=self.options.grad_batch_size,
+            label="bottleneck gradients (labelled)",
+        )
 
     def figure_rows(self, emb, G, scale):
         return torch.nn.functional.normalize(G.float(), dim=1)
@@ -334,17 +373,39 @@ class USIMF(USIM):
         t_fisher = time.perf_counter() - t0
         param_index = sample_fisher_parameters(F, self.options.embedding_dim, ctx.rng)
         F_sel = F[torch.as_tensor(param_index, device=F.device)]
-        G, scale = gradient_embeddings(ctx, cand.indices, params, columns=param_index, dtype=dtype,
-                                       batch_size=self.options.grad_batch_size, label="decoder Fisher scores")
-        return GradientEmbedding(G, scale, params, int(F.numel()), param_index=param_index, fisher=F_sel,
-                                 fisher_subset=subset, seconds_fisher=t_fisher)
+        G, scale = gradient_embeddings(
+            ctx,
+            cand.indices,
+            params,
+            columns=param_index,
+            dtype=dtype,
+            batch_size=self.options.grad_batch_size,
+            label="decoder Fisher scores",
+        )
+        return GradientEmbedding(
+            G,
+            scale,
+            params,
+            int(F.numel()),
+            param_index=param_index,
+            fisher=F_sel,
+            fisher_subset=subset,
+            seconds_fisher=t_fisher,
+        )
 
     def kernel(self, emb, columns, fisher_kernel=None):
         return fisher_kernel_of(emb, columns, fisher_kernel or self.options.fisher_kernel)
 
     def embed_more(self, ctx, emb, indices):
-        return gradient_embeddings(ctx, indices, emb.params, columns=emb.param_index, dtype=emb.G.dtype,
-                                   batch_size=self.options.grad_batch_size, label="decoder Fisher scores (labelled)")
+        return gradient_embeddings(
+            ctx,
+            indices,
+            emb.params,
+            columns=emb.param_index,
+            dtype=emb.G.dtype,
+            batch_size=self.options.grad_batch_size,
+            label="decoder Fisher scores (labelled)",
+        )
 
     def figure_rows(self, emb, G, scale):
         """Whitened scores ``g / sqrt(F + damping)``: their dot product is the raw kernel (times k)."""
@@ -352,4 +413,3 @@ class USIMF(USIM):
             return G.float()
         out = G.float() * fisher_whitening(emb.fisher).to(G.device)
         return out if scale is None else out * scale[:, None]
-
