@@ -9,7 +9,7 @@ from alseg.strategies.usim.embeddings import (
     pseudo_label_targets,
 )
 from alseg.strategies.usim.kernels import Kernel, cosine_kernel, fisher_kernel
-from alseg.strategies.usim.options import FISHER_KERNELS, USIMOptions
+from alseg.strategies.usim.options import FISHER_KERNELS, USIMFOptions, USIMOptions
 from alseg.strategies.usim.pipeline import (
     USIM,
     USIMC,
@@ -34,6 +34,7 @@ __all__ = [
     "QuerySet",
     "USIMArtefacts",
     "USIMOptions",
+    "USIMFOptions",
     "USIMResult",
     "cosine_kernel",
     "fisher_information",

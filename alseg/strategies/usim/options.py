@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from alseg.strategies.base import StrategyOptions
 
-__all__ = ["FISHER_KERNELS", "USIMOptions"]
+__all__ = ["FISHER_KERNELS", "USIMOptions", "USIMFOptions"]
 
 FISHER_KERNELS = ("raw", "cosine")
 """USIMF's kernels (``fisher_kernel``): the paper's ``g_u^T F^-1 g_q / k``, and the same normalised by both F^-1-norms."""
@@ -47,3 +47,17 @@ class USIMOptions(StrategyOptions):
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
+
+
+class USIMFOptions(USIMOptions):
+    """USIMF's settings: as USIM's, but FLQMI's relevance term off by default (η = 0).
+
+    With the paper's raw Fisher kernel the relevance term ``η Σ_{j∈B} max_q S_jq`` grows with an
+    item's gradient norm, so with η = 1 the batch follows gradient size, duplicates included. On
+    12 duplicated Task04 cases (100 copies, Q = 1000, B = 100; ``alseg redundancy-check --cases``)
+    η = 1 kept less of the duplicated case than the query set without repeating content in only
+    4 of 12 cases (batch share up to 84%, up to 82 repeated items); η = 0 did in 12 of 12 (median
+    5%, no repeats). See docs/design.md. ``--option eta=1`` restores the paper's setting.
+    """
+
+    eta: float = Field(0.0, ge=0.0, description="a non-negative number (default 0 for usimf; the paper's is 1)")

@@ -31,7 +31,7 @@ from alseg.strategies.usim.embeddings import GradientEmbedding, fisher_informati
 from alseg.strategies.usim.figure import embedding_map
 from alseg.strategies.usim.kernels import Kernel, cosine_kernel
 from alseg.strategies.usim.kernels import fisher_kernel as fisher_kernel_of
-from alseg.strategies.usim.options import USIMOptions
+from alseg.strategies.usim.options import USIMFOptions, USIMOptions
 from alseg.strategies.usim_math import (
     class_weights,
     draw_query_set,
@@ -358,6 +358,8 @@ class USIMF(USIM):
     default is decided by the redundancy study (``alseg redundancy-check --cases``)."""
 
     name = "usimf"
+    Options = USIMFOptions
+    options: USIMFOptions
     kernel_kind = "fisher"
 
     def embed(self, ctx, cand, query, dtype):
