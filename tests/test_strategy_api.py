@@ -183,3 +183,13 @@ def test_options_shared_by_several_strategies_are_split_and_checked():
         options_for(["random", "usimf"], {"quer_size": "5"})
     with pytest.raises(AlsegError, match="invalid option seeding"):
         options_for(["badge"], {"seeding": "x"})
+
+
+def test_usimf_defaults_follow_the_redundancy_study():
+    """usimf drops FLQMI's relevance term (eta = 0: no repeated content on 12/12 duplicated Task04
+    cases, against 4/12 with eta = 1); usimc keeps the paper's eta = 1 (11/12); both keep the
+    query multiset and usimf the paper's raw Fisher kernel."""
+    usimf, usimc = get_strategy("usimf"), get_strategy("usimc")
+    assert usimf.options.eta == 0.0 and usimc.options.eta == 1.0
+    assert usimf.options.fisher_kernel == "raw" and usimf.options.query_multiset and usimc.options.query_multiset
+    assert get_strategy("usimf", eta="1").options.eta == 1.0

@@ -243,14 +243,19 @@ def test_float16_embeddings_give_the_same_cosine_fisher_kernel(net):
     torch.testing.assert_close(b.kernel, a.kernel, rtol=0, atol=1e-3)
 
 
-@pytest.mark.parametrize("name,multiset", [("usimc", True), ("usimf", True), ("usimc", False)])
-def test_usim_batch_is_the_greedy_maximiser_of_its_own_kernel(name, multiset, net):
+@pytest.mark.parametrize(
+    "name,multiset,eta", [("usimc", True, 1.0), ("usimf", True, 0.0), ("usimf", True, 1.0), ("usimc", False, 1.0)]
+)
+def test_usim_batch_is_the_greedy_maximiser_of_its_own_kernel(name, multiset, eta, net):
     """With a tiny epsilon stochastic greedy scores every item each step: the batch is plain
-    greedy on FLQMI of the run's kernel, weighted by the query multiplicities (or not)."""
+    greedy on FLQMI of the run's kernel with the run's eta (usimf's default 0, usimc's 1),
+    weighted by the query multiplicities (or not)."""
+    from alseg.strategies import get_strategy
     from alseg.strategies.submodular import FLQMI, naive_greedy
 
-    res = _run(name, net, epsilon=1e-9, query_size=30, query_multiset=multiset)
-    fn = FLQMI(res.kernel, 1.0, query_weights=res.query.counts if multiset else None)
+    extra = {} if eta == get_strategy(name).options.eta else {"eta": eta}  # the default, or set explicitly
+    res = _run(name, net, epsilon=1e-9, query_size=30, query_multiset=multiset, **extra)
+    fn = FLQMI(res.kernel, eta, query_weights=res.query.counts if multiset else None)
     picked, gains = naive_greedy(fn, 4)
     np.testing.assert_array_equal(res.picked, picked)
     np.testing.assert_allclose(res.gains, gains, rtol=1e-5)
