@@ -21,12 +21,34 @@ from alseg.errors import AlsegError
 from alseg.model.train import make_split
 from alseg.plans.models import Configuration, Plans, load_plans
 
-__all__ = ["Workspace", "resolve_plans", "hash_json"]
+__all__ = ["Workspace", "resolve_plans", "hash_json", "dataset_hash"]
 
 
 def hash_json(data: Any) -> str:
     """A short content hash of JSON-able data (plans, pools): what a resumed run must match."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+DATA_FOLDERS = ("imagesTr", "labelsTr")
+"""The folders of a dataset whose files a run trains on (besides dataset.json)."""
+
+
+def dataset_hash(target: Path) -> str | None:
+    """A dataset's identity by content: its ``dataset.json`` and the names and sizes of the files
+    in imagesTr/labelsTr (stat only, no image is read). ``None`` for a plan folder, which the
+    plan's own hash identifies."""
+    target = Path(target)
+    js = target / "dataset.json"
+    if (target / "plans.json").is_file() or not js.is_file():
+        return None
+    files = sorted(
+        (p.relative_to(target).as_posix(), p.stat().st_size)
+        for folder in DATA_FOLDERS
+        if (target / folder).is_dir()
+        for p in (target / folder).rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hash_json({"dataset.json": hashlib.sha256(js.read_bytes()).hexdigest(), "files": files})
 
 
 def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> tuple[Plans, Path]:
