@@ -60,6 +60,7 @@ def write_error(err: OSError, path: Path) -> AlsegError:
     reason = err.strerror or str(err)
     hint = {
         "No space left on device": "free some space and run the same command again (with --resume for a loop)",
+        "File too large": "free some space or raise the file size limit (ulimit -f), then run the same command again",
         "Read-only file system": "choose a writable output folder",
         "Permission denied": "choose a folder you may write to",
         "Not a directory": "a parent of this path is a file — choose another output path",

@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alseg.active.settings import LoopSettings
-from alseg.atomic import atomic_save_npz, atomic_write_json, atomic_write_text, is_temp_file
+from alseg.atomic import atomic_save_npz, atomic_write_json, atomic_write_text, is_temp_file, write_error
 from alseg.errors import AlsegError
 
 __all__ = [
@@ -85,8 +85,13 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")  # noqa: SIM115 (held open for the lifetime of the lock)
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise AlsegError("is a file, not a folder — choose a folder for the run (-o)", self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")  # noqa: SIM115 (held open for the lifetime of the lock)
+        except OSError as err:  # -o is a file, or a folder nobody may write to
+            raise write_error(err, self.path.parent) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
