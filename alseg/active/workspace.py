@@ -72,8 +72,22 @@ def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> 
                     plan_dir / "plans.json",
                 )
             return plans, plan_dir
+        _check_before_planning(target, show_progress)
         return plan_dataset(target, plan_dir, show_progress=show_progress), plan_dir
     raise AlsegError("neither a dataset (dataset.json) nor a plan folder (plans.json) — pass one of them", target)
+
+
+def _check_before_planning(target: Path, show_progress: bool) -> None:
+    """``alseg check``'s verdict before a dataset is planned on the fly: data that would crash
+    training (non-consecutive labels, mixed 2D/3D, ...) is refused with its first problem."""
+    # lazy: only a dataset (not a plan folder) is checked, and the check reads every case
+    from alseg.data.dataset import read_dataset
+    from alseg.data.validate import check_dataset
+
+    result = check_dataset(read_dataset(target), show_progress=show_progress)
+    if not result.ok:
+        more = f" (and {len(result.problems) - 1} more problem(s): run 'alseg check {target}')"
+        raise AlsegError(result.problems[0] + (more if len(result.problems) > 1 else ""))
 
 
 @dataclass
