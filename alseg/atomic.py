@@ -6,9 +6,11 @@ the loop deletes on resume. A write that fails (full disk, read-only folder, a p
 file) is an :class:`~alseg.errors.AlsegError` naming the path, and the old file stays as it was.
 New files get the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave them 0600).
 
-Test-only hook: with ``ALSEG_TEST_KILL_AT_WRITE=N`` in the environment the process SIGKILLs
-itself during its N-th atomic write, after the temp file is written and before it is renamed
-(the kill-sweep test uses it to stop a loop at every phase). Never set it outside tests.
+Test-only hook: with ``ALSEG_TEST_KILL_AT_WRITE=N`` in the environment a process SIGKILLs
+itself during its N-th atomic write, after the temp file is written and before it is renamed,
+printing ``killed at write N: PATH`` on stderr first (the kill-sweep test uses it to stop a loop
+in every phase). A pool worker (preprocessing) kills its parent too, as a real kill of the run
+would. Never set it outside tests.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -70,12 +73,17 @@ def write_error(err: OSError, path: Path) -> AlsegError:
     return AlsegError(f"cannot write ({reason}) — {hint}", path)
 
 
-def _test_kill_hook() -> None:
+def _test_kill_hook(path: Path) -> None:
     global _writes
     n = os.environ.get(KILL_AT_WRITE)
     if n:
         _writes += 1
         if _writes == int(n):
+            import multiprocessing  # lazy: test-only hook
+
+            print(f"killed at write {n}: {path}", file=sys.stderr, flush=True)
+            if multiprocessing.parent_process() is not None:
+                os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -90,7 +98,7 @@ def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
-        _test_kill_hook()
+        _test_kill_hook(path)
         os.replace(tmp, path)
     except OSError as err:
         raise write_error(err, Path(err.filename) if err.filename and tmp != err.filename else path) from None
