@@ -136,7 +136,8 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
     def write(tmp: str) -> None:
         try:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:  # a file object: torch would name the archive after the temp file
+                torch.save(obj, f)
         except RuntimeError as err:  # torch wraps a failed write (e.g. a full disk) in a RuntimeError
             raise OSError(errno.EIO, f"write failed: {err}") from None
 

@@ -6,7 +6,8 @@ report reads through it. Layout (``RUN/``)::
     config.json          RunConfig: the run's LoopSettings plus what identifies its data
     plans.json           the plan the run trains from (a copy, so the run stands alone)
     split.json           train / test cases
-    state.json           {round, labelled, pending, finished}: what is annotated so far
+    state.json           {round, labelled, pending, finished, checksums}: what is annotated so far, and
+                         the size + SHA-256 of the label files and checkpoints it relies on
     metrics.csv          one row per finished round (the stable record other tools read)
     rounds/round_XXX.json  each round's selection with its scores and timings
     rounds/round_XXX_embeddings.npz  embeddings for the t-SNE map (USIM runs)
@@ -19,7 +20,8 @@ report reads through it. Layout (``RUN/``)::
 Every file is written atomically (temp + rename) and in an order that makes a kill at any
 instant lose at most the round in progress: a selection is written before its labels,
 labels before ``state.json`` lists them, the checkpoint before the metrics row, and the
-metrics row before ``state.json`` marks the round finished.
+metrics row before ``state.json`` marks the round finished. A resume first checks (:meth:`RunDir.verify`)
+that every file the state relies on is there and unchanged, and refuses a damaged one by name.
 
 The full-data reference of ``alseg compare`` is a run directory too (``strategy: full``, one
 metrics row); readers use the lenient :class:`RunSummary` so that it and runs written by other
