@@ -9,8 +9,9 @@ New files get the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave t
 Test-only hook: with ``ALSEG_TEST_KILL_AT_WRITE=N`` in the environment a process SIGKILLs
 itself during its N-th atomic write, after the temp file is written and before it is renamed,
 printing ``killed at write N: PATH`` on stderr first (the kill-sweep test uses it to stop a loop
-in every phase). A pool worker (preprocessing) kills its parent too, as a real kill of the run
-would. Never set it outside tests.
+in every phase). When the run leads its process group (started in a new session, as the test
+does) the whole group is killed, pool workers included, as a real kill of the run would. Never
+set it outside tests.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def _test_kill_hook(path: Path) -> None:
             import multiprocessing  # lazy: test-only hook
 
             print(f"killed at write {n}: {path}", file=sys.stderr, flush=True)
+            group = os.getpgrp()
+            if group in (os.getpid(), os.getppid()):  # the run leads its process group: kill it whole
+                os.killpg(group, signal.SIGKILL)
             if multiprocessing.parent_process() is not None:
                 os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
