@@ -1,30 +1,113 @@
-"""Atomic writes: a crash or kill leaves either the old file or the new one, never half of one."""
+"""Atomic writes: a crash or kill leaves either the old file or the new one, never half of one.
+
+A write goes to ``.<name>.<random>.tmp`` beside its target, is flushed to disk and renamed over
+the target; a process killed half-way leaves only such a temp file (:func:`is_temp_file`), which
+the loop deletes on resume. A write that fails (full disk, read-only folder, a path that is a
+file) is an :class:`~alseg.errors.AlsegError` naming the path, and the old file stays as it was.
+New files get the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave them 0600).
+
+Test-only hook: with ``ALSEG_TEST_KILL_AT_WRITE=N`` in the environment a process SIGKILLs
+itself during its N-th atomic write, after the temp file is written and before it is renamed,
+printing ``killed at write N: PATH`` on stderr first (the kill-sweep test uses it to stop a loop
+in every phase). When the run leads its process group (started in a new session, as the test
+does) the whole group is killed, pool workers included, as a real kill of the run would. Never
+set it outside tests.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["atomic_save_npy", "atomic_save_npz", "atomic_torch_save", "atomic_write_json", "atomic_write_text"]
+from alseg.errors import AlsegError
+
+__all__ = [
+    "atomic_save_npy",
+    "atomic_save_npz",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "default_file_mode",
+    "is_temp_file",
+    "write_error",
+]
+
+KILL_AT_WRITE = "ALSEG_TEST_KILL_AT_WRITE"
+_writes = 0
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$|^\.tmp-[a-z0-9_]{8}\.[A-Za-z0-9.]+$")
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temp file left by a killed atomic write: ``.<name>.<8 random chars>.tmp`` (here) or
+    ``.tmp-<8 random chars><suffix>`` (:func:`alseg.data.io.write_volume`)."""
+    return bool(_TEMP.match(Path(path).name))
+
+
+def default_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open()`` would give a new file (readable by others)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_error(err: OSError, path: Path) -> AlsegError:
+    """An OS error of a write as one user line naming the path and the likely fix."""
+    reason = err.strerror or str(err)
+    hint = {
+        "No space left on device": "free some space and run the same command again (with --resume for a loop)",
+        "File too large": "free some space or raise the file size limit (ulimit -f), then run the same command again",
+        "Read-only file system": "choose a writable output folder",
+        "Permission denied": "choose a folder you may write to",
+        "Not a directory": "a parent of this path is a file — choose another output path",
+        "File exists": "a parent of this path is a file — choose another output path",
+        "Is a directory": "the path is a folder — choose a file name",
+    }.get(reason, "check the output path and free space")
+    return AlsegError(f"cannot write ({reason}) — {hint}", path)
+
+
+def _test_kill_hook(path: Path) -> None:
+    global _writes
+    n = os.environ.get(KILL_AT_WRITE)
+    if n:
+        _writes += 1
+        if _writes == int(n):
+            import multiprocessing  # lazy: test-only hook
+
+            print(f"killed at write {n}: {path}", file=sys.stderr, flush=True)
+            group = os.getpgrp()
+            if group in (os.getpid(), os.getppid()):  # the run leads its process group: kill it whole
+                os.killpg(group, signal.SIGKILL)
+            if multiprocessing.parent_process() is not None:
+                os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        _test_kill_hook(path)
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(err, Path(err.filename) if err.filename and tmp != err.filename else path) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -55,4 +138,11 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch  # lazy: reading and writing JSON or NumPy files should not load torch (start-up)
 
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        try:
+            with open(tmp, "wb") as f:  # a file object: torch would name the archive after the temp file
+                torch.save(obj, f)
+        except RuntimeError as err:  # torch wraps a failed write (e.g. a full disk) in a RuntimeError
+            raise OSError(errno.EIO, f"write failed: {err}") from None
+
+    _atomic(path, write)

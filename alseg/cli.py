@@ -27,6 +27,9 @@ out = Console()
 err = Console(stderr=True)
 
 DEFAULT_DEMO_DIR = Path("alseg_demo")
+EXIT_USER_ERROR = 2
+EXIT_WAITING = 3
+"""``alseg loop`` stopped to wait for a person's annotations (the files oracle); resume later."""
 
 
 @app.command("demo-data")
@@ -315,9 +318,12 @@ def loop(
             err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
         out.print(
             f"round {e.round}: {len(e.accepted)} mask(s) accepted, {e.n_waiting} still missing, {len(e.problems)} rejected. "
-            f"Annotate the items in {e.folder} (see manifest.json), then run the same command with --resume."
+            f"Annotate the items in {e.folder} (see manifest.json), then run the same command with --resume.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # one line: scripts read the package path from it (exit code 3)
         )
-        raise typer.Exit(2 if e.problems else 0) from None
+        raise typer.Exit(2 if e.problems else EXIT_WAITING) from None
     out.print(
         f"finished {state.round} round(s): {len(state.labelled)} items labelled; see {RunDir(run_dir).metrics_path}"
     )
@@ -616,7 +622,18 @@ def main() -> None:
         if debug:
             raise
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as e:  # a path the user chose that cannot be read or written (writes say so themselves)
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(
+            f"error: {where}{e.strerror or e} — check the path, its permissions and free space",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

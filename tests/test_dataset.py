@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import IDENTITY, write_msd
+from builders import IDENTITY, write_msd, write_nnunet
 
 from alseg.cli import main
 from alseg.data.dataset import load_case, read_dataset
@@ -141,6 +141,36 @@ def _corrupt_all_background(root: Path) -> None:
         )
 
 
+def _edit_json(root: Path, **changes) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.update(changes)
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _corrupt_num_training(root: Path) -> None:
+    _edit_json(root, numTraining=5)
+
+
+def _corrupt_gap_in_labels(root: Path) -> None:
+    _edit_json(root, labels={"0": "background", "1": "Anterior", "3": "Posterior"})
+
+
+def _corrupt_negative_label(root: Path) -> None:
+    lab = np.zeros((8, 10, 9), np.int16)
+    lab[2, 2, 2] = -1
+    _write_label(root, lab)
+
+
+def _corrupt_single_slice_case(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, (1, 10, 9)).astype(np.float32)
+    lab = np.zeros((1, 10, 9), np.uint8)
+    lab[0, 4:6, 4:6] = 1
+    geom = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    write_volume(img, geom, root / "imagesTr" / "case_001.nii.gz")
+    write_volume(lab, geom, root / "labelsTr" / "case_001.nii.gz")
+
+
 CORRUPTIONS = {
     "missing dataset.json": (_corrupt_missing_json, "dataset.json: dataset.json not found"),
     "invalid JSON": (_corrupt_invalid_json, "dataset.json: invalid JSON at line 1"),
@@ -166,6 +196,24 @@ CORRUPTIONS = {
     "empty training": (_corrupt_empty, "dataset.json: the training list is empty"),
     "duplicate": (_corrupt_duplicate, "dataset.json: case case_000 is listed more than once"),
     "all background": (_corrupt_all_background, "every label map is all background"),
+    "numTraining": (
+        _corrupt_num_training,
+        """dataset.json: numTraining is 5 but 'training' lists 3 case(s) — set "numTraining": 3""",
+    ),
+    "labels 0, 1, 3": (
+        _corrupt_gap_in_labels,
+        "dataset.json: labels must be consecutive integers 0..2 (nnU-Net requires it), found [0, 1, 3] — renumber "
+        """3 → 2 in the label files and declare 'labels': {"0": "background", "1": "Anterior", "2": "Posterior"}""",
+    ),
+    "negative label": (
+        _corrupt_negative_label,
+        "labelsTr/case_001.nii.gz: holds negative label value(s) [-1] — a label map holds class indices 0..K",
+    ),
+    "2D case in a 3D dataset": (
+        _corrupt_single_slice_case,
+        "dataset.json: case case_001 is a single slice (1 x 10 x 9) but 2 case(s) are 3D volumes — a dataset is "
+        "all 3D or all 2D; remove it from training or convert it",
+    ),
 }
 
 
@@ -212,3 +260,66 @@ def test_gzip_garbage_is_a_user_error(tmp_path: Path):
     p.write_bytes(gzip.compress(b"not a nifti at all" * 10))
     with pytest.raises(AlsegError, match="cannot be read"):
         read_volume(p)
+
+
+def _nnunet_file_ending(root: Path) -> None:
+    _edit_json(root, file_ending=".nii")
+
+
+def _nnunet_missing_channel(root: Path) -> None:
+    (root / "imagesTr" / "case_001_0001.nii.gz").unlink()
+
+
+def _nnunet_misnumbered_channel(root: Path) -> None:
+    (root / "imagesTr" / "case_001_0001.nii.gz").rename(root / "imagesTr" / "case_001_0002.nii.gz")
+
+
+def _nnunet_num_training(root: Path) -> None:
+    _edit_json(root, numTraining=4)
+
+
+def _nnunet_gap_in_labels(root: Path) -> None:
+    _edit_json(root, labels={"background": 0, "Anterior": 2, "Posterior": 3})
+
+
+NNUNET_CORRUPTIONS = {
+    "file_ending": (
+        _nnunet_file_ending,
+        "dataset.json: no file in imagesTr ends in file_ending '.nii', but 6 end in '.nii.gz' (e.g. "
+        """case_000_0000.nii.gz) — set "file_ending": ".nii.gz" in dataset.json or rename the files""",
+    ),
+    "missing channel file": (
+        _nnunet_missing_channel,
+        "imagesTr: case case_001 lacks case_001_0001.nii.gz — dataset.json declares 2 channel(s), files "
+        "case_001_0000..0001.nii.gz; add/rename the files or fix 'channel_names'",
+    ),
+    "misnumbered channel file": (_nnunet_misnumbered_channel, "imagesTr: case case_001 lacks case_001_0001.nii.gz"),
+    "numTraining": (
+        _nnunet_num_training,
+        """dataset.json: numTraining is 4 but imagesTr holds 3 case(s) — set "numTraining": 3 or add the missing cases""",
+    ),
+    "labels 0, 2, 3": (
+        _nnunet_gap_in_labels,
+        """renumber 2 → 1, 3 → 2 in the label files and declare 'labels': {"background": 0, "Anterior": 1, "Posterior": 2}""",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NNUNET_CORRUPTIONS))
+def test_broken_nnunet_dataset_gives_one_line_with_its_fix(name: str, tmp_path: Path, capsys):
+    root = write_nnunet(tmp_path / "ds")
+    corrupt, expected = NNUNET_CORRUPTIONS[name]
+    corrupt(root)
+    code, out, err = run_cli(["check", str(root)], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert any(expected in line for line in lines), (expected, err)
+    assert all(str(tmp_path) in line for line in lines)
+
+
+def test_fewer_than_five_cases_is_a_warning_naming_no_option(tmp_path: Path, capsys):
+    root = write_msd(tmp_path / "ds", n=4)
+    code, out, err = run_cli(["check", str(root)], capsys)
+    assert code == 0
+    line = next(ln for ln in err.splitlines() if "only 4 labelled cases" in ln)
+    assert "need at least 5; add cases" in line and "--" not in line and "fewer folds" not in line

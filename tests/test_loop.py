@@ -176,11 +176,13 @@ def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     args = _loop_args(plan_dir, run, "--oracle", "files", "--rounds", "1")
     first = subprocess.run(args, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3, first.stderr  # waiting for annotations: its own exit code
     folder = run / "annotate" / "round_000"
     items = manifest_items(folder)
     assert len(items) == 8 and all((folder / it["image"]).is_file() for it in items)
-    assert "Annotate the items in" in first.stdout
+    assert f"Annotate the items in {folder} (see" in first.stdout
+    for it in items:  # the person's tools (another user, a viewer run as another account) can read them
+        assert (folder / it["image"]).stat().st_mode & 0o044 == 0o044
 
     # one mask has the wrong shape, one is missing: the rest are kept, a one-line error names the bad one
     _annotate_from_truth(folder, plan_dir, skip=0, wrong_shape=1)
@@ -192,7 +194,7 @@ def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
 
     _annotate_from_truth(folder, plan_dir)  # the person fixes both
     third = subprocess.run(args + ["--resume"], capture_output=True, text=True)
-    assert third.returncode == 0, third.stderr
+    assert third.returncode == 3, third.stderr
     assert (run / "annotate" / "round_001" / "manifest.json").is_file()  # now waiting for round 1
     _annotate_from_truth(run / "annotate" / "round_001", plan_dir)
     fourth = subprocess.run(args + ["--resume"], capture_output=True, text=True)

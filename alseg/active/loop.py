@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger
 from alseg.active.oracles import FilesOracle, LabelStore, SimulatedOracle, item_geometry
 from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
-from alseg.active.workspace import Workspace
+from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
 from alseg.errors import AlsegError
@@ -73,12 +73,34 @@ class LoopDriver:
             parse_strategy_options(settings.strategy, settings.strategy_options)
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
+        self.lock = self.run.lock()  # held until run_all ends (or the process dies)
+        try:
+            self._open(Path(target), settings, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, target: Path, settings: LoopSettings, resume: bool) -> None:
+        """Check a resumed run against its data and files, or start a new one; then the oracle."""
+        show_progress = self.show_progress
         resume = resume and self.run.exists()  # --resume on a run that never started starts it
+        data_hash = dataset_hash(Path(target))
+        if resume:  # checked before planning: a dataset changed since is refused at once
+            stored = self.run.load_config()
+            if stored.dataset_hash is not None and data_hash is not None and stored.dataset_hash != data_hash:
+                raise AlsegError(
+                    f"was made from other data: {target}'s dataset.json or image files changed since (or it is "
+                    "another dataset) — resume with the data the run was made from, or start a new run with another -o",
+                    self.run.config_path,
+                )
+        for tmp in self.run.temp_files():  # leftovers of writes killed half-way; nobody else writes (lock)
+            tmp.unlink()
         self.ws = Workspace.open(Path(target), self.run.path, settings.config, settings.fold, show_progress)
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
             self.config = self._resumed_config(settings)
             self.state = self.run.load_state()
+            self._verify_run()
             if self.config.rounds > self.state.round and self.state.finished:
                 self.state.finished = False
         else:
@@ -86,6 +108,7 @@ class LoopDriver:
                 **settings.model_dump(),
                 dataset=self.ws.plans.dataset_name,
                 dataset_root=self.ws.plans.dataset_root,
+                dataset_hash=data_hash,
                 plans_hash=self.ws.plans_hash,
                 pool_hash=self.pool.fingerprint(),
                 labels=self.ws.foreground_labels,
@@ -116,15 +139,18 @@ class LoopDriver:
 
     # ----------------------------------------------------------------------------- the rounds
     def run_all(self) -> RunState:
-        """Run (or resume) until all rounds are finished; raises AnnotationIncomplete to wait."""
-        while not self.state.finished:
-            k = self.state.round + 1
-            if k > self.config.rounds:
-                self.state.finished = True
-                self.run.save_state(self.state)
-                break
-            self.prepare_batch(k)
-            self.train_round(k)
+        """Run (or resume) until all rounds are finished; raises AnnotationIncomplete to wait.
+
+        Holds the run's lock throughout (taken again if an earlier call gave it back)."""
+        with self.lock:
+            while not self.state.finished:
+                k = self.state.round + 1
+                if k > self.config.rounds:
+                    self.state.finished = True
+                    self.run.save_state(self.state)
+                    break
+                self.prepare_batch(k)
+                self.train_round(k)
         return self.state
 
     def prepare_batch(self, round_: int, module=None) -> bool:
@@ -152,7 +178,8 @@ class LoopDriver:
         self.run.save_state(self.state)
         t0 = time.perf_counter()
         answer = self.oracle.annotate(round_, self.pool.indices(selected))
-        self.labels.write(self.pool, answer.masks)
+        for path in self.labels.write(self.pool, answer.masks):
+            self.run.record_checksum(self.state, path)
         if answer.problems or answer.waiting:
             accepted = [self.pool[i].id for i in sorted(answer.masks)]
             raise AnnotationIncomplete(round_, answer.problems, len(answer.waiting), accepted, self.oracle)
@@ -193,6 +220,7 @@ class LoopDriver:
     def finish_round(self, round_: int, module, seconds_train: float) -> None:
         """Between fit stages: checkpoint, evaluate, record; then prepare the next batch."""
         atomic_torch_save(self.run.checkpoint_path(round_), {"state_dict": module.state_dict()})
+        self.run.record_checksum(self.state, self.run.checkpoint_path(round_))
         t0 = time.perf_counter()
         metrics = self.evaluate(module)
         seconds_eval = time.perf_counter() - t0
@@ -299,7 +327,17 @@ class LoopDriver:
 
     def load_module(self, round_: int):
         module = self.new_module()
-        load_weights(module, self.run.checkpoint_path(round_))
+        path = self.run.checkpoint_path(round_)
+        try:
+            load_weights(module, path)
+        except AlsegError:
+            raise
+        except Exception:  # a truncated or foreign file: torch's own errors are many and long
+            raise AlsegError(
+                "cannot be loaded (truncated or not this run's model) — restore it from a backup, or start a new "
+                "run with another -o",
+                path,
+            ) from None
         return module
 
     # ----------------------------------------------------------------------------- helpers
@@ -329,6 +367,15 @@ class LoopDriver:
         if (self.given is None or "devices" in self.given) and settings.devices != config.devices:
             config = config.model_copy(update={"devices": settings.devices})
         return config
+
+    def _verify_run(self) -> None:
+        """Every file the resumed run relies on is there and as written (one line if not)."""
+        per_case: dict[str, int] = {}
+        for i in self.pool.indices(self.state.labelled):
+            per_case[self.pool[i].case_id] = per_case.get(self.pool[i].case_id, 0) + 1
+        pending = self.state.pending.selected if self.state.pending else []
+        rewritten = {self.labels.path(self.pool[i].case_id) for i in self.pool.indices(pending)}
+        self.run.verify(self.state, {self.labels.path(c): n for c, n in per_case.items()}, rewritten)
 
     def _validate_sizes(self) -> None:
         n = len(self.pool)

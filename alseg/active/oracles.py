@@ -50,11 +50,18 @@ class LabelStore:
     def load(self, case_id: str) -> np.ndarray:
         p = self.path(case_id)
         if p.is_file():
-            return np.load(p)
+            try:
+                return np.load(p)
+            except (OSError, ValueError, EOFError):
+                raise AlsegError(
+                    "is damaged (not a readable NumPy file) — restore it from a backup, or start a new run with another -o",
+                    p,
+                ) from None
         return np.full(self.case_shapes[case_id], UNLABELLED, dtype=np.uint8)
 
-    def write(self, pool: Pool, masks: dict[int, np.ndarray]) -> None:
-        """Store item masks (pool index → mask of the item's box), one atomic write per case."""
+    def write(self, pool: Pool, masks: dict[int, np.ndarray]) -> list[Path]:
+        """Store item masks (pool index → mask of the item's box), one atomic write per case;
+        returns the files written."""
         by_case: dict[str, list[int]] = {}
         for i in masks:
             by_case.setdefault(pool[i].case_id, []).append(i)
@@ -64,6 +71,7 @@ class LabelStore:
                 box = pool[i].box
                 vol[tuple(slice(a, b) for a, b in box)] = masks[i].reshape([b - a for a, b in box])
             atomic_save_npy(self.path(case_id), vol)
+        return [self.path(c) for c in sorted(by_case)]
 
     def voxels_per_class(self, pool: Pool, labelled: np.ndarray, n_classes: int) -> np.ndarray:
         counts = np.zeros(n_classes, dtype=np.int64)

@@ -6,7 +6,8 @@ report reads through it. Layout (``RUN/``)::
     config.json          RunConfig: the run's LoopSettings plus what identifies its data
     plans.json           the plan the run trains from (a copy, so the run stands alone)
     split.json           train / test cases
-    state.json           {round, labelled, pending, finished}: what is annotated so far
+    state.json           {round, labelled, pending, finished, checksums}: what is annotated so far, and
+                         the size + SHA-256 of the label files and checkpoints it relies on
     metrics.csv          one row per finished round (the stable record other tools read)
     rounds/round_XXX.json  each round's selection with its scores and timings
     rounds/round_XXX_embeddings.npz  embeddings for the t-SNE map (USIM runs)
@@ -14,11 +15,13 @@ report reads through it. Layout (``RUN/``)::
     checkpoints/round_XXX.ckpt  the model after each round
     annotate/round_XXX/  the files oracle's package for a person
     logs/                Lightning's CSV logs per round
+    .lock                held (``fcntl.flock``) by the one process writing the run; holds its pid
 
 Every file is written atomically (temp + rename) and in an order that makes a kill at any
 instant lose at most the round in progress: a selection is written before its labels,
 labels before ``state.json`` lists them, the checkpoint before the metrics row, and the
-metrics row before ``state.json`` marks the round finished.
+metrics row before ``state.json`` marks the round finished. A resume first checks (:meth:`RunDir.verify`)
+that every file the state relies on is there and unchanged, and refuses a damaged one by name.
 
 The full-data reference of ``alseg compare`` is a run directory too (``strategy: full``, one
 metrics row); readers use the lenient :class:`RunSummary` so that it and runs written by other
@@ -28,9 +31,12 @@ tools can be reported.
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alseg.active.settings import LoopSettings
-from alseg.atomic import atomic_save_npz, atomic_write_json, atomic_write_text
+from alseg.atomic import atomic_save_npz, atomic_write_json, atomic_write_text, is_temp_file, write_error
 from alseg.errors import AlsegError
 
 __all__ = [
@@ -58,10 +64,81 @@ __all__ = [
     "embedding_files",
     "find_run_dirs",
     "read_json",
+    "RunLock",
+    "file_checksum",
 ]
 
 CONFIG, STATE, METRICS, PLANS, SPLIT = "config.json", "state.json", "metrics.csv", "plans.json", "split.json"
 ROUNDS, LABELS, CHECKPOINTS, ANNOTATE, LOGS = "rounds", "labels", "checkpoints", "annotate", "logs"
+LOCK = ".lock"
+
+
+class RunLock:
+    """An advisory ``fcntl.flock`` on ``RUN/.lock``: one writing process per run directory.
+
+    The lock lives as long as the open file: :meth:`release` (or the end of a ``with`` block)
+    gives it back, and the OS releases it when the process dies (even by SIGKILL), so a stale
+    lock file never blocks a resume. The file holds the holder's pid, for the message a second
+    process gets.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise AlsegError("is a file, not a folder — choose a folder for the run (-o)", self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")  # noqa: SIM115 (held open for the lifetime of the lock)
+        except OSError as err:  # -o is a file, or a folder nobody may write to
+            raise write_error(err, self.path.parent) from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise AlsegError(
+                f"is in use by another alseg process (pid {holder}) — wait for it to finish, or stop it first",
+                self.path.parent,
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def file_checksum(path: Path) -> str:
+    """``<size>:<sha256>`` of a file: what ``state.json`` records of the files a run relies on."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return f"{size}:{h.hexdigest()}"
 
 
 class RunConfig(LoopSettings):
@@ -69,6 +146,9 @@ class RunConfig(LoopSettings):
 
     dataset: str = Field(description="dataset name (from the plan)")
     dataset_root: str
+    dataset_hash: str | None = Field(
+        None, description="content of the dataset (dataset.json + file list with sizes) when DATASET was a folder"
+    )
     plans_hash: str
     pool_hash: str
     labels: dict[int, str] = Field(description="foreground labels: index -> name")
@@ -92,6 +172,9 @@ class RunState(BaseModel):
     labelled: list[str] = Field(default_factory=list)
     pending: Pending | None = None
     finished: bool = False
+    checksums: dict[str, str] = Field(
+        default_factory=dict, description="run-relative path -> '<size>:<sha256>' of label files and checkpoints"
+    )
 
 
 class RunDir:
@@ -140,6 +223,10 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def lock(self) -> RunLock:
+        """Take the run's lock (one line naming the holder's pid if another process has it)."""
+        return RunLock(self.path / LOCK).acquire()
+
     # --- reading -------------------------------------------------------------------------------
     def _load(self, cls: type[BaseModel], path: Path) -> BaseModel:
         try:
@@ -183,6 +270,67 @@ class RunDir:
             return bool(json.loads(self.state_path.read_text()).get("finished"))
         except (OSError, json.JSONDecodeError, AttributeError):
             return False
+
+    # --- integrity -----------------------------------------------------------------------------
+    def record_checksum(self, state: RunState, path: Path) -> None:
+        """Note ``path``'s size and hash in ``state`` (saved with it): what a resume verifies."""
+        state.checksums[Path(path).relative_to(self.path).as_posix()] = file_checksum(path)
+
+    def _check_file(self, state: RunState, path: Path, what: str) -> None:
+        if not path.is_file():
+            raise AlsegError(
+                f"missing, but {STATE} relies on it ({what}) — restore it from a backup, or start a new run with another -o",
+                path,
+            )
+        recorded = state.checksums.get(path.relative_to(self.path).as_posix())
+        if recorded is not None and file_checksum(path) != recorded:
+            raise AlsegError(
+                f"damaged: its size or hash differs from when it was written ({what}) — restore it from a backup, "
+                "or start a new run with another -o",
+                path,
+            )
+
+    def verify(self, state: RunState, label_files: dict[Path, int], rewritten: set[Path]) -> None:
+        """Check every file a resumed run relies on; the first damaged one is one line naming it.
+
+        ``label_files``: label file → number of labelled items in it; those in ``rewritten``
+        belong to the pending batch and are written again on resume, so only their presence is
+        not required. Rounds up to ``state.round`` need their record and metrics row; the last
+        one its checkpoint.
+        """
+        for k in range(state.round + 1):
+            p = self.round_path(k)
+            what = f"the selection of finished round {k}"
+            if not p.is_file():
+                raise AlsegError(f"missing ({what}) — restore it from a backup, or start a new run with another -o", p)
+            try:
+                record = json.loads(p.read_text())
+                ok = isinstance(record, dict) and record.get("round") == k and isinstance(record.get("selected"), list)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                ok = False
+            if not ok:
+                raise AlsegError(f"corrupt ({what}) — restore it from a backup, or start a new run with another -o", p)
+        if state.round >= 0:
+            try:
+                rounds = {int(r["round"]) for r in self.read_metrics()}
+            except (KeyError, TypeError, ValueError, csv.Error):
+                rounds = set()
+            missing = [k for k in range(state.round + 1) if k not in rounds]
+            if missing:
+                raise AlsegError(
+                    f"has no row for finished round(s) {', '.join(map(str, missing))} ({STATE} says {state.round} "
+                    "finished) — restore it from a backup, or start a new run with another -o",
+                    self.metrics_path,
+                )
+            self._check_file(state, self.checkpoint_path(state.round), f"the model of round {state.round}")
+        for path, n in sorted(label_files.items()):
+            if path in rewritten:
+                continue
+            self._check_file(state, path, f"the annotations of {n} labelled item(s)")
+
+    def temp_files(self) -> list[Path]:
+        """Leftovers of atomic writes killed half-way (only safe to delete while holding the lock)."""
+        return [p for p in self.path.rglob(".*") if p.is_file() and is_temp_file(p)]
 
     # --- writing -------------------------------------------------------------------------------
     def save_config(self, config: RunConfig) -> None:

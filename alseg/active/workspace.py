@@ -21,12 +21,34 @@ from alseg.errors import AlsegError
 from alseg.model.train import make_split
 from alseg.plans.models import Configuration, Plans, load_plans
 
-__all__ = ["Workspace", "resolve_plans", "hash_json"]
+__all__ = ["Workspace", "resolve_plans", "hash_json", "dataset_hash"]
 
 
 def hash_json(data: Any) -> str:
     """A short content hash of JSON-able data (plans, pools): what a resumed run must match."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+DATA_FOLDERS = ("imagesTr", "labelsTr")
+"""The folders of a dataset whose files a run trains on (besides dataset.json)."""
+
+
+def dataset_hash(target: Path) -> str | None:
+    """A dataset's identity by content: its ``dataset.json`` and the names and sizes of the files
+    in imagesTr/labelsTr (stat only, no image is read). ``None`` for a plan folder, which the
+    plan's own hash identifies."""
+    target = Path(target)
+    js = target / "dataset.json"
+    if (target / "plans.json").is_file() or not js.is_file():
+        return None
+    files = sorted(
+        (p.relative_to(target).as_posix(), p.stat().st_size)
+        for folder in DATA_FOLDERS
+        if (target / folder).is_dir()
+        for p in (target / folder).rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hash_json({"dataset.json": hashlib.sha256(js.read_bytes()).hexdigest(), "files": files})
 
 
 def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> tuple[Plans, Path]:
@@ -50,8 +72,22 @@ def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> 
                     plan_dir / "plans.json",
                 )
             return plans, plan_dir
+        _check_before_planning(target, show_progress)
         return plan_dataset(target, plan_dir, show_progress=show_progress), plan_dir
     raise AlsegError("neither a dataset (dataset.json) nor a plan folder (plans.json) — pass one of them", target)
+
+
+def _check_before_planning(target: Path, show_progress: bool) -> None:
+    """``alseg check``'s verdict before a dataset is planned on the fly: data that would crash
+    training (non-consecutive labels, mixed 2D/3D, ...) is refused with its first problem."""
+    # lazy: only a dataset (not a plan folder) is checked, and the check reads every case
+    from alseg.data.dataset import read_dataset
+    from alseg.data.validate import check_dataset
+
+    result = check_dataset(read_dataset(target), show_progress=show_progress)
+    if not result.ok:
+        more = f" (and {len(result.problems) - 1} more problem(s): run 'alseg check {target}')"
+        raise AlsegError(result.problems[0] + (more if len(result.problems) > 1 else ""))
 
 
 @dataclass

@@ -31,6 +31,8 @@ class CaseFiles:
     images: tuple[Path, ...]
     label: Path | None = None
     four_d: bool = False
+    channel_ids: tuple[int, ...] = ()
+    """nnU-Net layout: the ``_XXXX`` indices found (must be 0..C-1); empty for MSD."""
 
 
 @dataclass
@@ -44,6 +46,10 @@ class DatasetInfo:
     training: list[CaseFiles]
     test: list[CaseFiles] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    num_training: object = None
+    """``numTraining`` as dataset.json declares it (None when absent)."""
+    other_endings: list[Path] = field(default_factory=list)
+    """nnU-Net layout: files in imagesTr that do not end in ``file_ending`` (ignored)."""
 
     @property
     def n_channels(self) -> int:
@@ -126,7 +132,16 @@ def _msd(root: Path, meta: dict) -> DatasetInfo:
         test.append(CaseFiles(_strip_suffix(p.name), (p,), None, four_d=len(channel_names) > 1))
     ending = _ending_of(cases[0].images[0].name) if cases else ".nii.gz"
     return DatasetInfo(
-        root, str(meta.get("name", root.name)), "msd", channel_names, labels, ending, cases, test, duplicates
+        root,
+        str(meta.get("name", root.name)),
+        "msd",
+        channel_names,
+        labels,
+        ending,
+        cases,
+        test,
+        duplicates,
+        num_training=meta.get("numTraining"),
     )
 
 
@@ -154,13 +169,19 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
     if not isinstance(ending, str) or not ending:
         raise AlsegError('\'file_ending\' is missing — add e.g. "file_ending": ".nii.gz"', js)
 
+    other_endings: list[Path] = []
+
     def scan(folder: str, with_labels: bool) -> list[CaseFiles]:
         d = root / folder
         if not d.is_dir():
             return []
         per_case: dict[str, dict[int, Path]] = {}
         for f in sorted(d.iterdir()):
-            if f.name.startswith(".") or not f.name.endswith(ending):
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            if not f.name.endswith(ending):
+                if with_labels:
+                    other_endings.append(f)
                 continue
             m = _CHANNEL_RE.match(f.name[: -len(ending)])
             if not m:
@@ -169,7 +190,8 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
         out = []
         for case_id, chans in per_case.items():
             images = tuple(chans[k] for k in sorted(chans))
-            out.append(CaseFiles(case_id, images, root / "labelsTr" / f"{case_id}{ending}" if with_labels else None))
+            label = root / "labelsTr" / f"{case_id}{ending}" if with_labels else None
+            out.append(CaseFiles(case_id, images, label, channel_ids=tuple(sorted(chans))))
         return out
 
     training = scan("imagesTr", True)
@@ -182,6 +204,8 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
         ending,
         training,
         scan("imagesTs", False),
+        num_training=meta.get("numTraining"),
+        other_endings=other_endings,
     )
 
 
@@ -216,6 +240,16 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
             )
         image = arr
     else:
+        if case.channel_ids and case.channel_ids != tuple(range(n_channels)):
+            ending = _ending_of(case.images[0].name)
+            missing = [f"{case.case_id}_{k:04d}{ending}" for k in range(n_channels) if k not in case.channel_ids]
+            extra = [f"{case.case_id}_{k:04d}{ending}" for k in case.channel_ids if k >= n_channels]
+            what = f"lacks {', '.join(missing)}" if missing else f"has extra channel file(s) {', '.join(extra)}"
+            raise AlsegError(
+                f"case {case.case_id} {what} — dataset.json declares {n_channels} channel(s), files "
+                f"{case.case_id}_0000..{n_channels - 1:04d}{ending}; add/rename the files or fix 'channel_names'",
+                case.images[0].parent,
+            )
         if len(case.images) != n_channels:
             raise AlsegError(
                 f"case {case.case_id} has {len(case.images)} channel file(s), dataset.json declares {n_channels} — add the missing _XXXX files or fix 'channel_names'",
@@ -254,5 +288,11 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
         if not np.issubdtype(lab.dtype, np.integer):
             if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
                 raise AlsegError("holds non-integer values — a label map must hold integer class indices", case.label)
+        if lab.min(initial=0) < 0:
+            negative = sorted(int(v) for v in np.unique(lab[lab < 0]))
+            raise AlsegError(
+                f"holds negative label value(s) {negative} — a label map holds class indices 0..K (0 = background)",
+                case.label,
+            )
         label = lab.astype(np.int16 if lab.max(initial=0) > 255 else np.uint8)
     return image, label, geom

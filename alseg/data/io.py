@@ -8,6 +8,7 @@ convention, which keeps alseg's plans comparable with nnU-Net's.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from alseg.atomic import default_file_mode, write_error
 from alseg.errors import AlsegError
 
 __all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "to_sitk", "write_volume"]
@@ -115,13 +117,20 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
+    tmp = None
     try:
-        sitk.WriteImage(to_sitk(array, geometry), tmp, useCompression=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+        os.close(fd)
+        try:
+            sitk.WriteImage(to_sitk(array, geometry), tmp, useCompression=True)
+        except RuntimeError as err:  # ITK reports a failed write (e.g. a full disk) as a RuntimeError
+            raise OSError(errno.EIO, "write failed") from err
+        os.chmod(tmp, default_file_mode())  # readable by others, as any new file (mkstemp gives 0600)
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(err, Path(err.filename) if err.filename and err.filename != tmp else path) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

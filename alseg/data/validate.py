@@ -81,15 +81,75 @@ def _unlisted(info: DatasetInfo) -> list[str]:
         if d.is_dir():
             for f in sorted(d.iterdir()):
                 if f.is_file() and not f.name.startswith(".") and f.resolve() not in referenced:
-                    out.append(f"{f}: not listed in dataset.json — it is ignored; list it in 'training' or remove it")
+                    if info.layout == "msd":
+                        out.append(
+                            f"{f}: not listed in dataset.json — it is ignored; list it in 'training' or remove it"
+                        )
+                    elif not f.name.endswith(info.file_ending):
+                        out.append(
+                            f"{f}: does not end in file_ending '{info.file_ending}' — it is ignored; rename it or remove it"
+                        )
+                    else:
+                        out.append(
+                            f"{f}: no case in imagesTr has this label — it is ignored; add the image or remove it"
+                        )
+    return out
+
+
+MIN_CASES = 5
+"""nnU-Net's 5-fold split (one fold is the test set) needs at least this many labelled cases."""
+
+
+def _labels_example(info: DatasetInfo, n: int) -> str:
+    """A consecutive ``labels`` entry in the dataset's own layout."""
+    names = [info.labels.get(k, f"class{k}") for k in sorted(info.labels)][:n]
+    if info.layout == "msd":
+        return "{" + ", ".join(f'"{k}": "{name}"' for k, name in enumerate(names)) + "}"
+    return "{" + ", ".join(f'"{name}": {k}' for k, name in enumerate(names)) + "}"
+
+
+def _declared_problems(info: DatasetInfo) -> list[str]:
+    """What dataset.json itself gets wrong (no image opened): endings, numTraining, labels."""
+    js = info.root / "dataset.json"
+    out = []
+    if not info.training:
+        if info.layout == "nnunet" and info.other_endings:
+            found = sorted({f.name[len(f.name.split(".")[0]) :] for f in info.other_endings})
+            out.append(
+                f"{js}: no file in imagesTr ends in file_ending '{info.file_ending}', but {len(info.other_endings)} "
+                f"end in {', '.join(repr(e) for e in found)} (e.g. {info.other_endings[0].name}) — set "
+                f'"file_ending": "{found[0]}" in dataset.json or rename the files'
+            )
+        elif info.layout == "nnunet":
+            out.append(
+                f"{js}: imagesTr holds no case — add images named <case>_0000{info.file_ending} (one file per channel)"
+            )
+        else:
+            out.append(f"{js}: the training list is empty — list at least 2 labelled cases")
+        return out
+    if info.num_training is not None:
+        where = "'training' lists" if info.layout == "msd" else "imagesTr holds"
+        if not isinstance(info.num_training, int) or info.num_training != len(info.training) + len(info.duplicates):
+            n = len(info.training) + len(info.duplicates)
+            out.append(
+                f'{js}: numTraining is {info.num_training!r} but {where} {n} case(s) — set "numTraining": {n}'
+                + (" or add the missing cases" if info.layout == "nnunet" else "")
+            )
+    keys = sorted(info.labels)
+    if keys != list(range(len(keys))):
+        renumber = ", ".join(f"{old} → {new}" for new, old in enumerate(keys) if old != new)
+        out.append(
+            f"{js}: labels must be consecutive integers 0..{len(keys) - 1} (nnU-Net requires it), found {keys} — "
+            f"renumber {renumber} in the label files and declare 'labels': {_labels_example(info, len(keys))}"
+        )
     return out
 
 
 def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: bool = True) -> CheckResult:
     result = CheckResult()
     js = info.root / "dataset.json"
+    result.problems.extend(_declared_problems(info))
     if not info.training:
-        result.problems.append(f"{js}: the training list is empty — list at least 2 labelled cases")
         return result
     for d in info.duplicates:
         result.problems.append(f"{js}: case {d} is listed more than once — remove the duplicate entry")
@@ -111,11 +171,25 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
         result.problems.append(
             f"{js}: only {len(info.training)} labelled case — at least 2 are needed to train and test"
         )
+    elif len(info.training) < MIN_CASES:
+        result.warnings.append(
+            f"{js}: only {len(info.training)} labelled cases — 'alseg train' and 'alseg loop' split the cases into "
+            f"nnU-Net's {MIN_CASES} folds and need at least {MIN_CASES}; add cases to train here"
+        )
     if result.cases and not result.problems:
         dims = {len(c.shape) for c in result.cases}
+        flat = [c for c in result.cases if min(c.shape) == 1]
         if len(dims) > 1:
             result.problems.append(
                 f"{js}: cases mix dimensionalities {sorted(dims)} — all images must be 3D (or all single-slice 2D)"
+            )
+        elif flat and len(flat) < len(result.cases):
+            c = flat[0]
+            result.problems.append(
+                f"{js}: case {c.case_id} is a single slice ({' x '.join(map(str, c.shape))}) but "
+                f"{len(result.cases) - len(flat)} case(s) are 3D volumes — a dataset is all 3D or all 2D; "
+                f"remove {'it from training' if info.layout == 'msd' else 'its files from imagesTr/labelsTr'} or "
+                "convert it"
             )
         fg = {k for c in result.cases for k, n in c.voxels_per_class.items() if k != 0 and n > 0}
         if not fg:

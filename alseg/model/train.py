@@ -51,7 +51,9 @@ def make_split(
     if not 0 <= fold < n_folds:
         raise AlsegError(f"fold {fold} does not exist — choose 0..{n_folds - 1}")
     if len(ids) < n_folds:
-        raise AlsegError(f"{len(ids)} cases cannot be split into {n_folds} folds — use fewer folds")
+        raise AlsegError(
+            f"{len(ids)} cases cannot be split into nnU-Net's {n_folds} folds — add labelled cases (at least {n_folds})"
+        )
     splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(ids))
     train_idx, test_idx = splits[fold]
     return [ids[i] for i in train_idx], [ids[i] for i in test_idx]
