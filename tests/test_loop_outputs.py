@@ -1,0 +1,105 @@
+"""What a loop leaves for people: TensorBoard events, segmentation pictures, annotated voxels, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from alseg.active.loop import PICTURE_CASES, LoopDriver, picture_cases
+from alseg.active.settings import LoopSettings
+from alseg.report import build_report
+from alseg.report.build import picture_rounds
+
+TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Two strategies, one seed each, on a tiny synthetic dataset (the report's smallest honest input)."""
+    # lazy: the fixture builds its own data; importing at the top would slow test collection of other files
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    root = tmp_path_factory.mktemp("outputs")
+    data = generate_dataset(root / "data", cases=5, test_cases=0)
+    plan_dataset(data, root / "plan", show_progress=False)
+    for strategy in ("random", "entropy"):
+        settings = LoopSettings(**TINY, strategy=strategy, seed=0)
+        LoopDriver(root / "plan", root / "runs" / strategy, settings, workers=0, show_progress=False).run_all()
+    return root / "runs"
+
+
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_holds_train_loss_per_round_and_dice_per_class_per_run(runs: Path):
+    run = runs / "random"
+    for k in range(3):
+        events = run / "logs" / f"round_{k:03d}" / "tensorboard"
+        assert list(events.glob("events.out.tfevents.*")), events
+        assert any(tag.startswith("train_loss") for tag in _scalars(events))
+    rounds = _scalars(run / "logs" / "rounds")
+    for tag in ("test/dice_mean", "test/dice_Anterior", "test/dice_Posterior", "seconds/train", "labelled/items"):
+        assert [step for step, _ in rounds[tag]] == [0, 1, 2], tag
+    assert [v for _, v in rounds["labelled/items"]] == [8.0, 12.0, 16.0]
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    last_dice = float(metrics[-1].split(",")[metrics[0].split(",").index("dice_Anterior")])
+    assert rounds["test/dice_Anterior"][-1][1] == pytest.approx(last_dice, abs=1e-5)
+
+
+def test_pictures_are_the_same_test_slice_every_round_with_a_prediction_of_its_shape(runs: Path):
+    split = json.loads((runs / "random" / "split.json").read_text())
+    assert picture_cases(split["test"]) == sorted(split["test"])[:PICTURE_CASES]
+    first = None
+    for k in range(3):
+        with np.load(runs / "random" / "rounds" / f"round_{k:03d}_pictures.npz") as data:
+            assert data["cases"].tolist() == picture_cases(split["test"])
+            for j in range(len(data["cases"])):
+                assert data[f"pred_{j}"].shape == data[f"label_{j}"].shape == data[f"image_{j}"].shape
+                assert data[f"label_{j}"].any(), "the slice shown is the one with most foreground"
+            first = first or data["slices"].tolist()
+            assert data["slices"].tolist() == first
+
+
+def test_round_files_record_annotated_voxels_per_class(runs: Path):
+    totals = []
+    for k in range(3):
+        record = json.loads((runs / "random" / "rounds" / f"round_{k:03d}.json").read_text())
+        voxels = record["labelled_voxels_per_class"]
+        assert set(voxels) == {"background", "Anterior", "Posterior"}
+        totals.append(sum(voxels.values()))
+    metrics = (runs / "random" / "metrics.csv").read_text().splitlines()
+    column = metrics[0].split(",").index("n_labelled_voxels")
+    assert totals == [int(line.split(",")[column]) for line in metrics[1:]]
+
+
+def test_picture_rounds_are_first_middle_last():
+    assert picture_rounds([0, 1, 2, 3, 4]) == [0, 2, 4]
+    assert picture_rounds([3, 0, 1]) == [0, 1, 3]
+    assert picture_rounds([0, 1]) == [0, 1]
+    assert picture_rounds([5]) == [5]
+    assert picture_rounds([]) == []
+
+
+def test_report_of_two_strategies_one_seed_has_pictures_per_class_curves_and_no_penalty(runs: Path, tmp_path: Path):
+    summary = build_report([runs], tmp_path / "report")
+    setting = next(iter(summary["settings"].values()))
+    assert setting["penalty_shown"] is False
+    assert not any(name.startswith("penalty") for name in summary["figures"])
+    pictures = [name for name in summary["figures"] if name.startswith("segmentation_")]
+    split = json.loads((runs / "random" / "split.json").read_text())
+    assert len(pictures) == len(picture_cases(split["test"])) >= 1
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "seeds shared by all strategies, and these runs share 1" in page
+    assert page.index("learning_curve") < page.index("segmentation_") < page.index("<table>")
+    voxels = setting["labelled_voxels"]
+    assert set(voxels) == {"entropy", "random"} and sorted(voxels["random"]) == ["0", "1", "2"]
+    assert "Annotated voxels per class" in page
+
