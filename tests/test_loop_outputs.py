@@ -103,3 +103,19 @@ def test_report_of_two_strategies_one_seed_has_pictures_per_class_curves_and_no_
     assert set(voxels) == {"entropy", "random"} and sorted(voxels["random"]) == ["0", "1", "2"]
     assert "Annotated voxels per class" in page
 
+
+def test_a_round_checkpoint_loads_into_a_plain_dynunet_with_the_loops_logits(runs: Path):
+    # lazy: torch and the loader are only needed by this test of the fixture's runs
+    import torch
+
+    from alseg.model import load_dynunet
+
+    run = runs / "random"
+    net, config = load_dynunet(run / "checkpoints" / "round_002.ckpt")
+    settings = LoopSettings(**TINY, strategy="random", seed=0)
+    driver = LoopDriver(run.parent.parent / "plan", run, settings, resume=True, workers=0, show_progress=False)
+    module = driver.load_module(2)
+    module.net.eval()
+    x = torch.randn(2, 1, *config.patch_size)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), module.net(x), rtol=1e-4, atol=1e-4)
