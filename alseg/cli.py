@@ -102,7 +102,14 @@ def check(
 def plan(
     dataset: Path = typer.Argument(..., help="Dataset folder (MSD or nnU-Net v2 raw layout)."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="Folder for fingerprint.json and plans.json."),
-    export_nnunet: bool = typer.Option(False, "--export-nnunet", help="Also write an nnU-Net v2 nnUNetPlans.json."),
+    export_nnunet: bool = typer.Option(
+        False,
+        "--export-nnunet",
+        help="Also write nnU-Net v2's OUT/nnUNet_preprocessed/DatasetXXX_Name/ (plans, fingerprint, dataset.json).",
+    ),
+    nnunet_id: Optional[int] = typer.Option(
+        None, "--nnunet-id", help="nnU-Net dataset id XXX of the export (default: the folder's, else 999)."
+    ),
     workers: Optional[int] = typer.Option(
         None, "--workers", help="Processes for the fingerprint (default: all cores)."
     ),
@@ -112,10 +119,12 @@ def plan(
     from alseg.plans.planner import plan_dataset, summarize_plans
 
     _check(dataset, quiet=True)
-    plans = plan_dataset(dataset, out_dir, export_nnunet=export_nnunet, workers=workers)
+    plans = plan_dataset(dataset, out_dir, export_nnunet=export_nnunet, workers=workers, nnunet_id=nnunet_id)
     out.print(summarize_plans(plans))
-    written = ["fingerprint.json", "plans.json"] + (["nnUNetPlans.json"] if export_nnunet else [])
-    out.print(f"wrote {', '.join(str(out_dir / w) for w in written)}")
+    written = [str(out_dir / w) for w in ("fingerprint.json", "plans.json")]
+    if export_nnunet:
+        written.append(f"{out_dir / 'nnUNet_preprocessed'}/ (nnU-Net v2's plans, fingerprint and dataset.json)")
+    out.print(f"wrote {', '.join(written)}")
 
 
 @app.command()
