@@ -18,8 +18,8 @@ TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_si
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """Two strategies, one seed each, on a tiny synthetic dataset (the report's smallest honest input)."""
+def plan(tmp_path_factory) -> Path:
+    """A plan of a tiny synthetic dataset (5 cases)."""
     # lazy: the fixture builds its own data; importing at the top would slow test collection of other files
     from alseg.data.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
@@ -27,10 +27,16 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("outputs")
     data = generate_dataset(root / "data", cases=5, test_cases=0)
     plan_dataset(data, root / "plan", show_progress=False)
+    return root / "plan"
+
+
+@pytest.fixture(scope="module")
+def runs(plan: Path) -> Path:
+    """Two strategies, one seed each (the report's smallest honest input)."""
     for strategy in ("random", "entropy"):
         settings = LoopSettings(**TINY, strategy=strategy, seed=0)
-        LoopDriver(root / "plan", root / "runs" / strategy, settings, workers=0, show_progress=False).run_all()
-    return root / "runs"
+        LoopDriver(plan, plan.parent / "runs" / strategy, settings, workers=0, show_progress=False).run_all()
+    return plan.parent / "runs"
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -119,3 +125,22 @@ def test_a_round_checkpoint_loads_into_a_plain_dynunet_with_the_loops_logits(run
     x = torch.randn(2, 1, *config.patch_size)
     with torch.no_grad():
         torch.testing.assert_close(net(x), module.net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_each_round_prints_one_clean_line_and_no_stale_bar(plan: Path, tmp_path: Path, capsys):
+    # lazy: the CLI's quieting of Lightning's banners is what a user of 'alseg loop' sees
+    from alseg.cli import _quiet_libraries
+
+    _quiet_libraries()
+    settings = LoopSettings(**{**TINY, "rounds": 1}, strategy="random", seed=0)
+    LoopDriver(plan, tmp_path / "run", settings, workers=0, show_progress=True).run_all()
+    err = capsys.readouterr().err
+    assert "v_num" not in err and "Epoch 0" not in err
+    assert "round 0 · epoch 1/1" in err and "round 1 · epoch 1/1" in err, "epochs count from 1 and name the round"
+    # what a terminal shows: the text after the last carriage return of each line
+    visible = [line.rsplit("\r", 1)[-1].strip() for line in err.split("\n")]
+    visible = [line for line in visible if line]
+    assert len(visible) == 3, visible  # no bar is left behind
+    assert visible[0].startswith("round 0: 8 items labelled — Dice ")
+    assert visible[1].startswith("round 1: 4 items selected by random")
+    assert visible[2].startswith("round 1: 12 items labelled — Dice ")

@@ -34,6 +34,7 @@ from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
+from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
@@ -189,7 +190,8 @@ class LoopDriver:
         trainer = make_trainer(
             trainer_settings(self.config),
             max_epochs=self.config.epochs,
-            callbacks=[ActiveLoop(self, round_)],
+            callbacks=[ActiveLoop(self, round_)]
+            + ([RoundProgressBar(round_, self.config.epochs)] if self.show_progress else []),
             logger=[
                 CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
                 TensorBoardLogger(
