@@ -67,10 +67,10 @@ CT_LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 CNR_RANGE = (1.5, 3.0)  # foreground contrast / noise standard deviation
 DIFFICULTIES = ("hard", "easy")
 """``hard``: Hippocampus-like contrast (CNR 1.5-3, head and body within 3 %), for benchmarks.
-``easy``: the demo's, a model learns it in minutes on a CPU: CNR 6-9 and the posterior body 20 %
-darker than the head, so both classes can be told from the image and not only from the shape."""
-EASY_CNR_RANGE = (6.0, 9.0)
-EASY_CLASS_OFFSET = -0.2  # posterior body intensity relative to the head
+``easy``: the demo's, a model learns it in minutes on a CPU: CNR 4-6 and the posterior body 30 %
+brighter than the head, so both classes can be told from the image and not only from the shape."""
+EASY_CNR_RANGE = (4.0, 6.0)
+EASY_CLASS_OFFSET = 0.3  # posterior body intensity relative to the head: brighter, between head and white matter
 PSF_SIGMA_MM = 0.6  # blur of the noise-free image: partial-volume edges
 BIAS_STRENGTH = 0.06  # standard deviation of each term of the log bias field
 MIN_FOREGROUND_VOXELS = {3: 20, 2: 5}  # per class; a draw with fewer is redrawn
