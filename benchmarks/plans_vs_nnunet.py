@@ -9,6 +9,12 @@ table of the planned fields with ✓/✗ and the planning wall-time ratio alseg 
 in the same run. With nnU-Net present it also preprocesses a few cases with both and reports the
 largest difference of the arrays.
 
+With ``--train`` (nnU-Net present) it also checks that nnU-Net trains from alseg's export: it
+writes ``alseg plan --export-nnunet``'s ``nnUNet_preprocessed/DatasetXXX_Name/`` for the first
+dataset, runs ``nnUNetv2_preprocess`` on it and one short epoch of nnU-Net's own
+``nnUNetTrainer`` (a subclass with ``--train-iterations`` iterations, on the CPU), in a
+subprocess of the same interpreter, and prints nnU-Net's losses and pseudo Dice.
+
 Datasets: ``demo`` (``generate_dataset(tmp, seed=0)``, Hippocampus-like), ``ct`` (the CT-like
 variant), ``task04`` (/work/shared/data/Task04_Hippocampus or ``--task04 PATH``, if present).
 
@@ -31,6 +37,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +57,7 @@ from alseg.data.io import read_volume, write_volume  # noqa: E402
 from alseg.data.synthetic import generate_dataset  # noqa: E402
 from alseg.plans.fingerprint import extract_fingerprint  # noqa: E402
 from alseg.plans.models import Fingerprint, IntensityStats  # noqa: E402
-from alseg.plans.nnunet_export import to_nnunet_plans  # noqa: E402
+from alseg.plans.nnunet_export import to_nnunet_plans, write_nnunet_export  # noqa: E402
 from alseg.plans.planner import plan_experiment  # noqa: E402
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
@@ -309,6 +316,77 @@ def print_table(title: str, rows, timing: str) -> None:
     Console(width=160).print(table)
 
 
+NNUNET_SMOKE_TRAINING = """
+import json, sys, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json, join
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+dataset, config, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+
+class nnUNetTrainerAlsegSmoke(nnUNetTrainer):
+    # nnU-Net's trainer, one epoch of a few iterations: does it train from alseg's export?
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+        # explicit arguments: nnU-Net records them from locals() for its checkpoints
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = iterations
+        self.num_val_iterations_per_epoch = 2
+
+
+folder = join(nnUNet_preprocessed, dataset)
+plans = load_json(join(folder, "nnUNetPlans.json"))
+plans["continue_training"] = False  # what nnunetv2.run.run_training adds before building a trainer
+trainer = nnUNetTrainerAlsegSmoke(plans, config, 0, load_json(join(folder, "dataset.json")), torch.device("cpu"))
+trainer.run_training()
+log = getattr(trainer.logger, "local_logger", trainer.logger).my_fantastic_logging  # 2.8.1: MetaLogger
+print("RESULT " + json.dumps({
+    "train_loss": float(log["train_losses"][-1]), "val_loss": float(log["val_losses"][-1]),
+    "pseudo_dice": [float(d) for d in log["dice_per_class_or_region"][-1]],
+    "epoch_seconds": float(log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][-1]),
+}))
+"""
+
+
+def train_nnunet_on_export(src: Path, ds: str, tmp: Path, workers: int, config: str, iterations: int) -> int:
+    """alseg's export → ``nnUNetv2_preprocess`` → one short nnU-Net epoch; prints what nnU-Net reports."""
+    fp, plans, _, _ = run_alseg(src, workers)
+    export_root = tmp / "alseg_export"
+    folder = write_nnunet_export(export_root, plans, fp, ds)
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(tmp / "nnUNet_raw"),
+        nnUNet_preprocessed=str(export_root / "nnUNet_preprocessed"),
+        nnUNet_results=str(tmp / "alseg_export_results"),
+        nnUNet_n_proc_DA="0",
+        nnUNet_compile="f",
+    )
+    bin_dir = Path(sys.executable).parent
+    dataset_id = ds.removeprefix("Dataset").split("_")[0]
+    steps = [
+        [str(bin_dir / "nnUNetv2_preprocess"), "-d", dataset_id, "-c", config, "-np", str(workers)],
+        [sys.executable, "-c", NNUNET_SMOKE_TRAINING, ds, config, str(iterations)],
+    ]
+    print(f"nnU-Net v2 on alseg's export {folder} ({time.strftime('%Y-%m-%d')}):")
+    for cmd in steps:
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        name = Path(cmd[0]).name if cmd[0] != sys.executable else f"nnUNetTrainer, 1 epoch of {iterations} iterations"
+        if done.returncode != 0:
+            print(f"  {name}: FAILED (exit {done.returncode})\n" + "\n".join(done.stderr.splitlines()[-15:]))
+            return 1
+        print(f"  {name}: ok in {time.perf_counter() - t0:.0f} s")
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    numbers = json.loads(result.removeprefix("RESULT "))
+    dice = ", ".join(f"{d:.3f}" for d in numbers["pseudo_dice"])
+    print(
+        f"  nnU-Net's log: train loss {numbers['train_loss']:.3f}, val loss {numbers['val_loss']:.3f}, "
+        f"pseudo Dice per class [{dice}], epoch {numbers['epoch_seconds']:.0f} s"
+    )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="demo,ct,task04")
@@ -316,6 +394,11 @@ def main() -> int:
     ap.add_argument("--task04", type=Path, default=TASK04)
     ap.add_argument("--no-nnunet", action="store_true", help="print alseg's plans only")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (converted data, nnU-Net's files)")
+    ap.add_argument(
+        "--train", action="store_true", help="let nnU-Net preprocess and train one short epoch on the export"
+    )
+    ap.add_argument("--train-config", default="2d", help="configuration nnU-Net trains with --train")
+    ap.add_argument("--train-iterations", type=int, default=10, help="iterations of the --train epoch")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="alseg-vs-nnunet-"))
@@ -340,6 +423,7 @@ def main() -> int:
                 print(f"skipping task04: {args.task04} not found")
 
     n_bad = 0
+    trained: list[tuple[Path, str]] = []
     for i, (name, src) in enumerate(sources.items(), start=1):
         fp, plans, t_fp, t_plan = run_alseg(src, args.workers)
         mine = to_nnunet_plans(plans, fp)
@@ -355,6 +439,7 @@ def main() -> int:
             )
             dataset_json = json.loads((tmp / "nnUNet_raw" / ds / "dataset.json").read_text())
             notes = compare_preprocessing(src, plans, theirs, dataset_json)
+            trained.append((src, ds))
         rows = compare(mine, theirs, fp, fp_theirs)
         n_bad += sum(r[3] == BAD for r in rows)
         print_table(f"{name}: {src} ({len(fp.case_ids)} cases, {time.strftime('%Y-%m-%d')})", rows, timing)
@@ -374,6 +459,8 @@ def main() -> int:
             "" if n_plan is None else f" | nnU-Net v2 plan {n_plan * 1e3:.0f} ms | ratio {t_plan / n_plan:.3f}"
         )
         print_table(f"planner only, synthetic fingerprint: {label} {spec}", rows, timing)
+    if args.train and trained:
+        n_bad += train_nnunet_on_export(*trained[0], tmp, args.workers, args.train_config, args.train_iterations)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{n_bad} field(s) differ" if use_nnunet else "(no nnU-Net comparison)")

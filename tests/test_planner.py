@@ -14,7 +14,7 @@ import pytest
 
 from alseg.errors import AlsegError
 from alseg.plans.models import Fingerprint, IntensityStats, load_plans, save_model
-from alseg.plans.nnunet_export import to_nnunet_plans
+from alseg.plans.nnunet_export import nnunet_dataset_name, to_nnunet_fingerprint, to_nnunet_plans
 from alseg.plans.planner import (
     determine_fullres_target_spacing,
     determine_transpose,
@@ -23,7 +23,8 @@ from alseg.plans.planner import (
 )
 from alseg.plans.topology import conv_feature_map_size, get_pool_and_conv_props
 
-TASK04 = Path("/work/shared/data/Task04_Hippocampus")
+TASK04 = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
+"""Real data beside the checkout (``../shared``), as every machine of this project has it."""
 STATS = IntensityStats(
     mean=100.0, median=95.0, std=20.0, min=-50.0, max=400.0, percentile_00_5=10.0, percentile_99_5=300.0
 )
@@ -207,6 +208,52 @@ def test_nnunet_export_has_nnunet_v2_format():
     json.dumps(nn)  # plain JSON types only
 
 
+def test_nnunet_dataset_name_follows_the_folder_convention():
+    assert nnunet_dataset_name("/data/Dataset004_Hippocampus", "Hippocampus") == "Dataset004_Hippocampus"
+    assert nnunet_dataset_name("/data/Task04_Hippocampus", "Hippocampus") == "Dataset004_Hippocampus"
+    assert nnunet_dataset_name("/data/my data", "Synthetic Hippo-campus") == "Dataset999_SyntheticHippocampus"
+    assert nnunet_dataset_name("/data/Task04_Hippocampus", "x", dataset_id=12) == "Dataset012_Hippocampus"
+    with pytest.raises(ValueError, match="3 digits"):
+        nnunet_dataset_name("/data/x", "x", dataset_id=1000)
+
+
+def test_nnunet_export_writes_nnunets_preprocessed_layout(tmp_path: Path):
+    # lazy: generating a dataset is slow to import for the other planner tests
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    data = generate_dataset(tmp_path / "Task07_Synth", cases=4, test_cases=0)
+    plan_dataset(data, tmp_path / "plan", export_nnunet=True, show_progress=False)
+    folder = tmp_path / "plan" / "nnUNet_preprocessed" / "Dataset007_Synth"
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    fp = json.loads((folder / "dataset_fingerprint.json").read_text())
+    ds = json.loads((folder / "dataset.json").read_text())
+    assert plans["dataset_name"] == "Dataset007_Synth"
+    assert set(fp) == {
+        "foreground_intensity_properties_per_channel",
+        "median_relative_size_after_cropping",
+        "shapes_after_crop",
+        "spacings",
+    }
+    assert len(fp["spacings"]) == len(fp["shapes_after_crop"]) == ds["numTraining"] == 4
+    assert ds["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2} and ds["file_ending"] == ".nii.gz"
+    assert ds["channel_names"] == {"0": "MRI"}
+
+
+def test_nnunet_fingerprint_format():
+    fp = to_nnunet_fingerprint(hippocampus(3))
+    assert fp["spacings"] == [list(map(float, s)) for s in hippocampus(3).spacings]
+    assert set(fp["foreground_intensity_properties_per_channel"]["0"]) == {
+        "mean",
+        "median",
+        "std",
+        "min",
+        "max",
+        "percentile_99_5",
+        "percentile_00_5",
+    }
+
+
 def test_summary_table_has_a_column_per_configuration():
     table = summarize_plans(plan_experiment(hippocampus(20)))
     assert [c.header for c in table.columns][1:] == ["2d", "3d_fullres"]
@@ -221,4 +268,7 @@ def test_real_task04_plan(tmp_path):
     assert plans.configurations["2d"].patch_size == [56, 40]
     assert plans.configurations["3d_fullres"].patch_size == [40, 56, 40]
     assert plans.configurations["3d_fullres"].spacing == [1.0, 1.0, 1.0]
-    assert {p.name for p in tmp_path.iterdir()} >= {"plans.json", "fingerprint.json", "nnUNetPlans.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"plans.json", "fingerprint.json", "nnUNet_preprocessed"}
+    export = tmp_path / "nnUNet_preprocessed" / "Dataset004_Hippocampus"
+    assert {p.name for p in export.iterdir()} == {"nnUNetPlans.json", "dataset_fingerprint.json", "dataset.json"}
+    assert json.loads((export / "nnUNetPlans.json").read_text())["dataset_name"] == "Dataset004_Hippocampus"

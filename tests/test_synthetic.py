@@ -179,3 +179,16 @@ def test_rerun_with_fewer_cases_leaves_only_listed_files(tmp_path):
 def test_bad_arguments_are_user_errors(tmp_path, kwargs):
     with pytest.raises(AlsegError):
         generate_dataset(tmp_path, **kwargs)
+
+
+def test_easy_difficulty_keeps_the_shapes_and_separates_the_classes_by_intensity():
+    hard, easy = synthesize_case(3, seed=1), synthesize_case(3, seed=1, difficulty="easy")
+    np.testing.assert_array_equal(hard.label, easy.label)  # same draws: only the contrast changes
+
+    def gap(case) -> float:
+        anterior, posterior = (float(np.median(case.image[case.label == k])) for k in (1, 2))
+        return abs(anterior - posterior) / anterior
+
+    assert gap(easy) > 0.06 and gap(easy) > gap(hard) + 0.04, (gap(hard), gap(easy))
+    with pytest.raises(AlsegError, match="difficulty must be one of hard, easy"):
+        synthesize_case(0, difficulty="trivial")

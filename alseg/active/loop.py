@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from alseg.active.oracles import FilesOracle, LabelStore, SimulatedOracle, item_geometry
 from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
@@ -31,14 +31,24 @@ from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
 from alseg.errors import AlsegError
+from alseg.model.inference import predict_volume
 from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
+from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
-__all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
+__all__ = ["PICTURE_CASES", "LoopDriver", "ActiveLoop", "AnnotationIncomplete", "picture_cases", "trainer_settings"]
+
+PICTURE_CASES = 2
+"""Test cases whose prediction is saved each round for the report's segmentation pictures."""
+
+
+def picture_cases(test_ids: list[str]) -> list[str]:
+    """The fixed picture cases: the first test cases by name, the same for every strategy and round."""
+    return sorted(test_ids)[:PICTURE_CASES]
 
 
 def trainer_settings(settings: LoopSettings) -> TrainerSettings:
@@ -207,8 +217,18 @@ class LoopDriver:
         trainer = make_trainer(
             trainer_settings(self.config),
             max_epochs=self.config.epochs,
-            callbacks=[ActiveLoop(self, round_)],
-            logger=CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
+            callbacks=[ActiveLoop(self, round_)]
+            + ([RoundProgressBar(round_, self.config.epochs)] if self.show_progress else []),
+            logger=[
+                CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
+                TensorBoardLogger(
+                    self.run.path,
+                    name=self.run.logs_dir.name,
+                    version=self.run.log_version(round_),
+                    sub_dir="tensorboard",
+                    default_hp_metric=False,
+                ),
+            ],
             show_progress=self.show_progress,
             iterations_per_epoch=self.config.iters_per_epoch,
             enable_model_summary=False,
@@ -237,6 +257,8 @@ class LoopDriver:
                 "seconds_select": f"{sec.get('select', 0.0):.3f}",
             }
         )
+        self.save_pictures(round_, module)
+        self.record_round_extras(round_, labelled, row)
         self.run.write_metrics_row(row)
         self.state.round = round_
         self.state.finished = round_ >= self.config.rounds
@@ -314,6 +336,45 @@ class LoopDriver:
         net.train(was_training)
         keys = rows[0].keys() if rows else []
         return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+
+    def save_pictures(self, round_: int, module) -> None:
+        """Save one slice of each picture case (image, truth, prediction) for the report."""
+        net = module.net
+        was_training = net.training
+        net.eval()
+        cases, slices, arrays = [], [], {}
+        with torch.inference_mode():
+            for j, c in enumerate(picture_cases(self.test_ids)):
+                image = np.array(self.ws.image(c))  # a copy: torch refuses read-only memory maps
+                label = np.asarray(self.ws.ground_truth(c))
+                label = label[0] if label.ndim == image.ndim else label
+                z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
+                if len(module.config.patch_size) == 2:  # a 2-D network needs only the slice
+                    pred = predict_volume(net, image[:, z : z + 1], module.config, output="labels")[0]
+                else:
+                    pred = predict_volume(net, image, module.config, output="labels")[z]
+                cases.append(c)
+                slices.append(z)
+                arrays[f"image_{j}"] = image[0, z].astype(np.float32)
+                arrays[f"label_{j}"] = label[z].astype(np.uint8)
+                arrays[f"pred_{j}"] = pred.cpu().numpy().astype(np.uint8)
+        net.train(was_training)
+        self.run.save_pictures(round_, cases, slices, arrays)
+
+    def record_round_extras(self, round_: int, labelled: np.ndarray, row: dict) -> None:
+        """Annotated voxels per class into the round file; the round's numbers into TensorBoard."""
+        counts = self.labels.voxels_per_class(self.pool, self.labelled_mask, self.ws.plans.n_classes)
+        names = {0: "background", **self.ws.foreground_labels}
+        record = self.run.load_round(round_) or {"round": round_}
+        record["labelled_voxels_per_class"] = {names.get(c, str(c)): int(n) for c, n in enumerate(counts)}
+        self.run.save_round(round_, record)
+        board = TensorBoardLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.rounds_log_dir.name)
+        scalars = {f"test/{k}": float(v) for k, v in row.items() if k.startswith("dice_")}
+        scalars.update({f"seconds/{k.removeprefix('seconds_')}": float(v) for k, v in row.items() if "seconds" in k})
+        scalars["labelled/items"] = float(len(labelled))
+        scalars.update({f"labelled/voxels_{k}": float(v) for k, v in record["labelled_voxels_per_class"].items()})
+        board.log_metrics(scalars, step=round_)
+        board.finalize("success")
 
     def new_module(self):
         overrides = {

@@ -11,9 +11,12 @@ report reads through it. Layout (``RUN/``)::
     metrics.csv          one row per finished round (the stable record other tools read)
     rounds/round_XXX.json  each round's selection with its scores and timings
     rounds/round_XXX_embeddings.npz  embeddings for the t-SNE map (USIM runs)
+    rounds/round_XXX_pictures.npz    one slice of a few fixed test cases: image, truth, prediction
     labels/<case>.npy    annotated voxels per case (255 = not annotated yet)
     checkpoints/round_XXX.ckpt  the model after each round
     annotate/round_XXX/  the files oracle's package for a person
+    logs/round_XXX/      Lightning's CSV log of round XXX (+ tensorboard/: its TensorBoard events)
+    logs/rounds/         TensorBoard events of the whole run: test Dice per class, items, seconds per round
     logs/                Lightning's CSV logs per round
     .lock                held (``fcntl.flock``) by the one process writing the run; holds its pid
 
@@ -62,6 +65,8 @@ __all__ = [
     "read_metrics",
     "read_batch_uncertainty",
     "embedding_files",
+    "picture_files",
+    "read_labelled_voxels",
     "find_run_dirs",
     "read_json",
     "RunLock",
@@ -210,6 +215,18 @@ class RunDir:
     def embeddings_path(self, k: int) -> Path:
         return self.path / ROUNDS / f"round_{k:03d}_embeddings.npz"
 
+    @property
+    def plans_path(self) -> Path:
+        return self.path / PLANS
+
+    @property
+    def rounds_log_dir(self) -> Path:
+        """TensorBoard events of the run as a whole (one step per round)."""
+        return self.path / LOGS / ROUNDS
+
+    def pictures_path(self, k: int) -> Path:
+        return self.path / ROUNDS / f"round_{k:03d}_pictures.npz"
+
     def log_version(self, k: int) -> str:
         """The Lightning logger version of round ``k`` (``RUN/logs/<version>/``)."""
         return f"round_{k:03d}"
@@ -341,7 +358,7 @@ class RunDir:
 
     def save_plans_and_split(self, plans: BaseModel, fold: int, train: list[str], test: list[str]) -> None:
         """The run's own copy of its plan and split, so it stands alone."""
-        atomic_write_text(self.path / PLANS, plans.model_dump_json(indent=2) + "\n")
+        atomic_write_text(self.plans_path, plans.model_dump_json(indent=2) + "\n")
         atomic_write_json(self.path / SPLIT, {"fold": fold, "train": train, "test": test})
 
     def save_round(self, k: int, record: dict) -> None:
@@ -350,6 +367,12 @@ class RunDir:
     def save_embeddings(self, k: int, embeddings: np.ndarray, role: np.ndarray) -> None:
         atomic_save_npz(
             self.embeddings_path(k), embeddings=np.asarray(embeddings, np.float32), role=np.asarray(role).astype(str)
+        )
+
+    def save_pictures(self, k: int, cases: list[str], slices: list[int], arrays: dict[str, np.ndarray]) -> None:
+        """One 2-D slice per picture case: ``image_j`` (float), ``label_j`` and ``pred_j`` (uint8)."""
+        atomic_save_npz(
+            self.pictures_path(k), cases=np.asarray(cases).astype(str), slices=np.asarray(slices, np.int64), **arrays
         )
 
     def write_metrics_row(self, row: dict) -> None:
@@ -416,6 +439,8 @@ class RoundFile(BaseModel):
 
     round: int
     batch_uncertainty: float | None = None
+    labelled_voxels_per_class: dict[str, int] | None = None
+    """Annotated voxels per label name (background included) once the round's training set was fixed."""
 
 
 def read_json(path: Path) -> object:
@@ -513,6 +538,32 @@ def embedding_files(run_dir: Path) -> dict[int, Path]:
         if stem.isdigit():
             found[int(stem)] = path
     return found
+
+
+def picture_files(run_dir: Path) -> dict[int, Path]:
+    """Round → ``round_XXX_pictures.npz`` (runs that saved predictions of their picture cases)."""
+    found: dict[int, Path] = {}
+    for path in sorted((Path(run_dir) / ROUNDS).glob("round_*_pictures.npz")):
+        stem = path.name.removeprefix("round_").removesuffix("_pictures.npz")
+        if stem.isdigit():
+            found[int(stem)] = path
+    return found
+
+
+def read_labelled_voxels(run_dir: Path, rounds: np.ndarray) -> dict[int, dict[str, int]]:
+    """Round → annotated voxels per label name, for the rounds whose round file recorded them."""
+    out: dict[int, dict[str, int]] = {}
+    for r in rounds.astype(int):
+        path = RunDir(run_dir).round_path(int(r))
+        if not path.is_file():
+            continue
+        try:
+            record = RoundFile.model_validate(read_json(path))
+        except ValidationError as err:
+            raise AlsegError(f"invalid round file ({_validation_line(err)})", path) from None
+        if record.labelled_voxels_per_class is not None:
+            out[int(r)] = record.labelled_voxels_per_class
+    return out
 
 
 def find_run_dirs(exp_dir: Path) -> list[Path]:

@@ -37,7 +37,15 @@ from scipy import ndimage as ndi
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 
-__all__ = ["DEFAULT_CASES", "DEFAULT_TEST_CASES", "SyntheticCase", "case_id", "generate_dataset", "synthesize_case"]
+__all__ = [
+    "DEFAULT_CASES",
+    "DEFAULT_TEST_CASES",
+    "DIFFICULTIES",
+    "SyntheticCase",
+    "case_id",
+    "generate_dataset",
+    "synthesize_case",
+]
 
 DEFAULT_CASES = 24
 DEFAULT_TEST_CASES = 4
@@ -57,6 +65,12 @@ IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 MRI_LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
 CT_LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 CNR_RANGE = (1.5, 3.0)  # foreground contrast / noise standard deviation
+DIFFICULTIES = ("hard", "easy")
+"""``hard``: Hippocampus-like contrast (CNR 1.5-3, head and body within 3 %), for benchmarks.
+``easy``: the demo's, a model learns it in minutes on a CPU: CNR 4-6 and the posterior body 30 %
+brighter than the head, so both classes can be told from the image and not only from the shape."""
+EASY_CNR_RANGE = (4.0, 6.0)
+EASY_CLASS_OFFSET = 0.3  # posterior body intensity relative to the head: brighter, between head and white matter
 PSF_SIGMA_MM = 0.6  # blur of the noise-free image: partial-volume edges
 BIAS_STRENGTH = 0.06  # standard deviation of each term of the log bias field
 MIN_FOREGROUND_VOXELS = {3: 20, 2: 5}  # per class; a draw with fewer is redrawn
@@ -215,8 +229,9 @@ def _mri_label(rng: np.random.Generator, grid, flat: bool) -> tuple[np.ndarray, 
     return label, sdf
 
 
-def _mri_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
+def _mri_case(rng: np.random.Generator, dims: int, difficulty: str = "hard") -> SyntheticCase:
     flat = dims == 2
+    easy = difficulty == "easy"
     shape, spacing, origin = _mri_geometry(rng, flat)
     grid = _grid_mm(shape, spacing)
     for _ in range(MAX_DRAWS):
@@ -228,7 +243,7 @@ def _mri_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
 
     # Background anatomy, relative to white matter = 1: grey-matter-like regions, CSF, vessels.
     sigma = rng.uniform(0.06, 0.09)  # noise standard deviation
-    fg_level = 1.0 - rng.uniform(*CNR_RANGE) * sigma
+    fg_level = 1.0 - rng.uniform(*(EASY_CNR_RANGE if easy else CNR_RANGE)) * sigma
     grey = fg_level - rng.uniform(-0.03, 0.06)  # overlaps the foreground intensities
     folds = _sigmoid(8.0 * (0.3 - np.abs(_smooth_noise(rng, shape, spacing, 2.5))))  # sheet-like cortex
     tissue = 1.0 - (1.0 - grey) * folds
@@ -241,7 +256,9 @@ def _mri_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
     tissue += rng.uniform(1.0, 1.8) * _sigmoid(6.0 * (_smooth_noise(rng, shape, spacing, 0.8) - 2.7))
 
     fg = fg_level + 0.02 * _smooth_noise(rng, shape, spacing, 1.5)
-    fg = np.where(label == 2, fg * (1.0 + rng.uniform(-0.03, 0.03)), fg)  # head and body nearly alike
+    offset = rng.uniform(-0.03, 0.03)  # drawn in both modes, so the other draws stay the same
+    offset = EASY_CLASS_OFFSET if easy else offset  # easy: a body the image shows; hard: head and body nearly alike
+    fg = np.where(label == 2, fg * (1.0 + offset), fg)
     clean = np.where(label > 0, fg, tissue)
     clean = ndi.gaussian_filter(clean, _sigma_vox(PSF_SIGMA_MM, shape, spacing))
     clean *= _bias_field(rng, grid, shape, spacing, BIAS_STRENGTH)
@@ -333,11 +350,18 @@ def _ct_case(rng: np.random.Generator, dims: int) -> SyntheticCase:
 # --------------------------------------------------------------------------- public API
 
 
-def synthesize_case(index: int, seed: int = 0, dims: int = 3, ct: bool = False) -> SyntheticCase:
-    """Case ``index`` of the dataset ``generate_dataset(..., seed, dims, ct)`` writes, in memory."""
+def synthesize_case(
+    index: int, seed: int = 0, dims: int = 3, ct: bool = False, difficulty: str = "hard"
+) -> SyntheticCase:
+    """Case ``index`` of the dataset ``generate_dataset(..., seed, dims, ct, difficulty=...)`` writes, in memory.
+
+    ``difficulty`` (:data:`DIFFICULTIES`) applies to the MRI-like cases; CT cases ignore it.
+    """
     _check_args(dims=dims)
+    if difficulty not in DIFFICULTIES:
+        raise AlsegError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     rng = _case_rng(seed, index)
-    return _ct_case(rng, dims) if ct else _mri_case(rng, dims)
+    return _ct_case(rng, dims) if ct else _mri_case(rng, dims, difficulty)
 
 
 def case_id(index: int) -> str:
@@ -386,6 +410,7 @@ def generate_dataset(
     dims: int = 3,
     ct: bool = False,
     test_cases: int = DEFAULT_TEST_CASES,
+    difficulty: str = "hard",
 ) -> Path:
     """Write a synthetic dataset in the Medical Segmentation Decathlon layout and return ``out``.
 
@@ -404,7 +429,7 @@ def generate_dataset(
     test_ids = [case_id(i) for i in range(cases, cases + test_cases)]
 
     for i, cid in enumerate(train_ids + test_ids):
-        case = synthesize_case(i, seed, dims, ct)
+        case = synthesize_case(i, seed, dims, ct, difficulty)
         if i < cases:
             _write(case.image, case, folders["imagesTr"] / f"{cid}.nii.gz")
             _write(case.label, case, folders["labelsTr"] / f"{cid}.nii.gz")

@@ -64,6 +64,7 @@ from alseg.plans.models import Configuration
 __all__ = [
     "IGNORE_INDEX",
     "MCDropout",
+    "dropout_modules",
     "SegNetwork",
     "build_network",
     "head_gradient_embedding",
@@ -240,32 +241,50 @@ def unwrap_network(model: nn.Module) -> SegNetwork:
     raise TypeError(f"expected a SegNetwork or a module with .net, got {type(model).__name__}")
 
 
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """Every torch dropout module of ``model``: ``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
+    ``FeatureAlphaDropout`` and their subclasses (alseg's :class:`MCDropout`; MONAI builds its
+    networks' dropout from these too)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
 @contextmanager
 def mc_dropout(model: nn.Module, p: float | None = None) -> Iterator[nn.Module]:
     """Monte-Carlo dropout passes (Gal & Ghahramani 2016): the network in eval mode with only its
-    :class:`MCDropout` modules in train mode at rate ``p`` (default: the network's
-    ``dropout_mc``). Every module's mode and every dropout rate is restored on exit.
+    dropout modules (:func:`dropout_modules`) in train mode at rate ``p`` (default: alseg's
+    network's ``dropout_mc``; on another network, each module's own rate). Every module's mode
+    and every dropout rate is restored on exit.
+
+    A network without dropout modules raises :class:`~alseg.errors.AlsegError`: its "MC passes"
+    would all be equal and every uncertainty score silently 0.
 
     Usage::
 
         with torch.no_grad(), mc_dropout(net):
             probs = torch.stack([net(x).softmax(1) for _ in range(10)])
     """
-    if p is None:
+    if p is None and (isinstance(model, SegNetwork) or isinstance(getattr(model, "net", None), SegNetwork)):
         p = unwrap_network(model).dropout_mc
-    if not 0 <= p < 1:
+    if p is not None and not 0 <= p < 1:
         raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+    drops = dropout_modules(model)
+    if not drops or (p is None and all(d.p == 0 for d in drops)):
+        what = "no dropout modules (torch.nn.Dropout*)" if not drops else "only dropout modules of rate 0"
+        raise AlsegError(
+            f"the {type(model).__name__} has {what}, so MC-dropout passes would all be equal — build it with "
+            "dropout (e.g. MONAI UNet(..., dropout=0.1)) or use a strategy without MC passes"
+        )
     modes = {m: m.training for m in model.modules()}
-    drops = [m for m in model.modules() if isinstance(m, MCDropout)]
     rates = [d.p for d in drops]
     try:
         model.eval()
         for d in drops:
-            d.p = p
+            if p is not None:
+                d.p = p
             d.train()
         yield model
     finally:
-        for d, r in zip(drops, rates):
+        for d, r in zip(drops, rates, strict=True):
             d.p = r
         for m, mode in modes.items():
             m.training = mode

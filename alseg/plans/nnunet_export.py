@@ -1,4 +1,17 @@
-"""Export an alseg plan as nnU-Net v2's ``nnUNetPlans.json``.
+"""Export an alseg plan as the preprocessed-folder files nnU-Net v2 trains from.
+
+``alseg plan --export-nnunet`` writes, next to alseg's own files::
+
+    OUT/nnUNet_preprocessed/DatasetXXX_Name/nnUNetPlans.json          the plan (:func:`to_nnunet_plans`)
+    OUT/nnUNet_preprocessed/DatasetXXX_Name/dataset_fingerprint.json  :func:`to_nnunet_fingerprint`
+    OUT/nnUNet_preprocessed/DatasetXXX_Name/dataset.json              :func:`to_nnunet_dataset_json`
+
+With ``nnUNet_preprocessed=OUT/nnUNet_preprocessed`` and the raw data in
+``nnUNet_raw/DatasetXXX_Name`` (nnU-Net's layout), ``nnUNetv2_preprocess -d XXX -c 2d`` and
+``nnUNetv2_train XXX 2d 0`` run on alseg's plan (``benchmarks/plans_vs_nnunet.py --train``
+does exactly that). ``XXX_Name`` is :func:`nnunet_dataset_name`: the dataset folder's own when it
+is ``DatasetXXX_Name`` (nnU-Net) or ``TaskXX_Name`` (MSD, as ``nnUNetv2_convert_MSD_dataset``
+numbers it), else ``--nnunet-id`` (default 999) and the ``dataset.json`` name.
 
 The dict has the keys and value formats that nnU-Net v2 (2.x, checked against 2.8.1) writes
 from ``ExperimentPlanner.plan_experiment`` and reads with ``PlansManager``: dotted class names
@@ -13,17 +26,34 @@ own additions (dropout for MC passes, the trainer recipe), which nnU-Net has no 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from alseg.atomic import atomic_write_json
 from alseg.plans.models import Configuration, Fingerprint, Plans
 from alseg.plans.patch_size import DEFAULT_GPU_MEMORY_GB, patch_and_topology
 
 LOWRES_CREATION_THRESHOLD = 0.25  # 3d_lowres when the fullres patch covers < 25 % of the median image
 LOWRES_SPACING_INCREASE = 1.03  # spacing_increase_factor of the lowres search
 
-__all__ = ["nnunet_would_plan_lowres", "to_nnunet_plans"]
+__all__ = [
+    "DEFAULT_DATASET_ID",
+    "nnunet_dataset_name",
+    "nnunet_would_plan_lowres",
+    "to_nnunet_dataset_json",
+    "to_nnunet_fingerprint",
+    "to_nnunet_plans",
+    "write_nnunet_export",
+]
+
+DEFAULT_DATASET_ID = 999
+"""nnU-Net dataset id of an export whose folder names none (nnU-Net reserves no id; 999 rarely clashes)."""
+PREPROCESSED_DIR = "nnUNet_preprocessed"
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+DATASET_FILE = "dataset.json"
 
 NNUNET_PLANS_NAME = "nnUNetPlans"
 NETWORK_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
@@ -115,20 +145,22 @@ def nnunet_would_plan_lowres(
     return planned and float(np.prod(shape)) / median_voxels >= 2
 
 
-def to_nnunet_plans(plans: Plans, fingerprint: Fingerprint, plans_name: str = NNUNET_PLANS_NAME) -> dict[str, Any]:
-    """``nnUNetPlans.json`` content for ``plans``; ``fingerprint`` supplies the intensity statistics.
+def nnunet_dataset_name(dataset_root: str | Path, name: str, dataset_id: int | None = None) -> str:
+    """nnU-Net's ``DatasetXXX_Name`` for a dataset folder (module docstring); ``dataset_id`` overrides the number."""
+    folder = Path(dataset_root).name
+    match = re.fullmatch(r"(?:Dataset|Task)(\d+)_(.+)", folder)
+    if match:
+        number, base = int(match.group(1)), match.group(2)
+    else:
+        number, base = DEFAULT_DATASET_ID, re.sub(r"[^A-Za-z0-9]+", "", name) or "Dataset"
+    number = number if dataset_id is None else dataset_id
+    if not 0 < number < 1000:
+        raise ValueError(f"an nnU-Net dataset id has 3 digits (1-999), got {number}")
+    return f"Dataset{number:03d}_{base}"
 
-    ``batch_dice`` follows nnU-Net: True for ``2d``; for ``3d_fullres`` True only when nnU-Net
-    would also have planned a ``3d_lowres`` configuration.
-    """
-    configurations: dict[str, Any] = {}
-    if "2d" in plans.configurations:
-        configurations["2d"] = _configuration(plans.configurations["2d"], True, plans_name)
-    if "3d_fullres" in plans.configurations:
-        full = plans.configurations["3d_fullres"]
-        lowres = nnunet_would_plan_lowres(full, full.median_shape, len(plans.labels))
-        configurations["3d_fullres"] = _configuration(full, lowres, plans_name)
-    stats = {
+
+def _intensity_stats(fingerprint: Fingerprint) -> dict[str, dict[str, float]]:
+    return {
         str(c): {
             "mean": s.mean,
             "median": s.median,
@@ -140,8 +172,60 @@ def to_nnunet_plans(plans: Plans, fingerprint: Fingerprint, plans_name: str = NN
         }
         for c, s in sorted(fingerprint.foreground_intensity_properties_per_channel.items())
     }
+
+
+def to_nnunet_fingerprint(fingerprint: Fingerprint) -> dict[str, Any]:
+    """``dataset_fingerprint.json`` as nnU-Net v2's ``DatasetFingerprintExtractor`` writes it."""
     return {
-        "dataset_name": plans.dataset_name,
+        "foreground_intensity_properties_per_channel": _intensity_stats(fingerprint),
+        "median_relative_size_after_cropping": fingerprint.median_relative_size_after_cropping,
+        "shapes_after_crop": [list(map(int, s)) for s in fingerprint.shapes_after_crop],
+        "spacings": [list(map(float, s)) for s in fingerprint.spacings],
+    }
+
+
+def to_nnunet_dataset_json(fingerprint: Fingerprint, file_ending: str = ".nii.gz") -> dict[str, Any]:
+    """nnU-Net v2's ``dataset.json``: channels by index, labels by name, number of training cases."""
+    return {
+        "channel_names": {str(c): name for c, name in sorted(fingerprint.channel_names.items())},
+        "labels": {name: int(k) for k, name in sorted(fingerprint.labels.items())},
+        "numTraining": len(fingerprint.case_ids),
+        "file_ending": file_ending,
+    }
+
+
+def write_nnunet_export(
+    out_dir: Path, plans: Plans, fingerprint: Fingerprint, dataset_name: str, file_ending: str = ".nii.gz"
+) -> Path:
+    """Write the three files of the module docstring; returns ``OUT/nnUNet_preprocessed/<dataset_name>``."""
+    folder = Path(out_dir) / PREPROCESSED_DIR / dataset_name
+    atomic_write_json(
+        folder / f"{NNUNET_PLANS_NAME}.json", to_nnunet_plans(plans, fingerprint, dataset_name=dataset_name)
+    )
+    atomic_write_json(folder / FINGERPRINT_FILE, to_nnunet_fingerprint(fingerprint))
+    atomic_write_json(folder / DATASET_FILE, to_nnunet_dataset_json(fingerprint, file_ending))
+    return folder
+
+
+def to_nnunet_plans(
+    plans: Plans, fingerprint: Fingerprint, plans_name: str = NNUNET_PLANS_NAME, dataset_name: str | None = None
+) -> dict[str, Any]:
+    """``nnUNetPlans.json`` content for ``plans``; ``fingerprint`` supplies the intensity statistics.
+
+    ``batch_dice`` follows nnU-Net: True for ``2d``; for ``3d_fullres`` True only when nnU-Net
+    would also have planned a ``3d_lowres`` configuration. ``dataset_name`` is nnU-Net's folder
+    name (:func:`nnunet_dataset_name`; default: derived from the fingerprint's dataset folder).
+    """
+    configurations: dict[str, Any] = {}
+    if "2d" in plans.configurations:
+        configurations["2d"] = _configuration(plans.configurations["2d"], True, plans_name)
+    if "3d_fullres" in plans.configurations:
+        full = plans.configurations["3d_fullres"]
+        lowres = nnunet_would_plan_lowres(full, full.median_shape, len(plans.labels))
+        configurations["3d_fullres"] = _configuration(full, lowres, plans_name)
+    stats = _intensity_stats(fingerprint)
+    return {
+        "dataset_name": dataset_name or nnunet_dataset_name(fingerprint.dataset_root, plans.dataset_name),
         "plans_name": plans_name,
         "original_median_spacing_after_transp": list(plans.original_median_spacing_after_transp),
         "original_median_shape_after_transp": list(plans.original_median_shape_after_transp),

@@ -32,7 +32,6 @@ from typing import Sequence
 import numpy as np
 from rich.table import Table
 
-from alseg.atomic import atomic_write_json
 from alseg.data.dataset import read_dataset
 from alseg.data.resample import compute_new_shape
 from alseg.errors import AlsegError
@@ -46,7 +45,7 @@ from alseg.plans.models import (
     Resampling,
     save_model,
 )
-from alseg.plans.nnunet_export import to_nnunet_plans
+from alseg.plans.nnunet_export import nnunet_dataset_name, write_nnunet_export
 from alseg.plans.patch_size import (
     BASE_FEATURES,
     DEFAULT_GPU_MEMORY_GB,
@@ -297,8 +296,10 @@ def plan_dataset(
     export_nnunet: bool = False,
     workers: int | None = None,
     show_progress: bool = True,
+    nnunet_id: int | None = None,
 ) -> Plans:
-    """Fingerprint and plan a dataset; writes ``fingerprint.json``, ``plans.json`` (and ``nnUNetPlans.json``).
+    """Fingerprint and plan a dataset; writes ``fingerprint.json``, ``plans.json`` (and, with
+    ``export_nnunet``, nnU-Net's ``nnUNet_preprocessed/DatasetXXX_Name/``: :mod:`alseg.plans.nnunet_export`).
 
     All files are written atomically into ``out_dir``; bad input is an :class:`AlsegError`.
     """
@@ -310,7 +311,8 @@ def plan_dataset(
     save_model(fingerprint, out_dir / "fingerprint.json")
     save_model(plans, out_dir / "plans.json")
     if export_nnunet:
-        atomic_write_json(out_dir / "nnUNetPlans.json", to_nnunet_plans(plans, fingerprint))
+        name = nnunet_dataset_name(info.root, info.name, nnunet_id)
+        write_nnunet_export(out_dir, plans, fingerprint, name, info.file_ending)
     return plans
 
 
@@ -335,8 +337,8 @@ def summarize_plans(plans: Plans):
     row("batch size", lambda c: str(c.batch_size))
     row("stages", lambda c: str(c.network.n_stages))
     row("features", lambda c: ", ".join(map(str, c.network.features_per_stage)))
-    row("strides", lambda c: " ".join("".join(map(str, s)) for s in c.network.strides))
-    row("kernels", lambda c: " ".join("".join(map(str, k)) for k in c.network.kernel_sizes))
+    row("strides", lambda c: ", ".join("x".join(map(str, s)) for s in c.network.strides))
+    row("kernels", lambda c: ", ".join("x".join(map(str, k)) for k in c.network.kernel_sizes))
     row(
         "normalisation",
         lambda c: ", ".join(n.scheme + ("+mask" if n.use_mask_for_norm else "") for n in c.normalization),

@@ -16,7 +16,16 @@ from alseg.report.curves import Curve, common_rounds, full_data_dice, items_to_r
 from alseg.report.penalty import column_phi, penalty_matrix
 from alseg.report.runs import RunRecord, load_runs
 
-__all__ = ["TARGET_FRACTION", "PenaltySummary", "ReportSummary", "SettingSummary", "StrategySummary", "build_report"]
+__all__ = [
+    "MIN_PENALTY_SEEDS",
+    "MIN_PENALTY_STRATEGIES",
+    "TARGET_FRACTION",
+    "PenaltySummary",
+    "ReportSummary",
+    "SettingSummary",
+    "StrategySummary",
+    "build_report",
+]
 
 TARGET_FRACTION = 0.95
 """Items-to-reach target: this fraction of the full-data Dice (the paper's 'near full performance')."""
@@ -56,6 +65,10 @@ class SettingSummary(BaseModel):
     rounds: list[int]
     strategies: dict[str, StrategySummary]
     penalty: PenaltySummary
+    penalty_shown: bool
+    """False when the setting has fewer than 2 strategies or 2 shared seeds: the matrix says nothing then."""
+    labelled_voxels: dict[str, dict[int, dict[str, int]]]
+    """Strategy (lowest seed) → round → annotated voxels per label name (background included)."""
 
 
 class ReportSummary(BaseModel):
@@ -65,6 +78,23 @@ class ReportSummary(BaseModel):
     overall_penalty: PenaltySummary | None
     figures: list[str]
     notes: list[str]
+
+
+MIN_PENALTY_STRATEGIES = 2
+MIN_PENALTY_SEEDS = 2
+"""A penalty matrix needs two strategies to compare and two paired seeds for a t-test."""
+
+
+def _penalty_gap(n_strategies: int, n_seeds: int) -> str | None:
+    """Why no penalty matrix is drawn (one sentence), or None when it is."""
+    if n_strategies < MIN_PENALTY_STRATEGIES:
+        return "No penalty matrix: it compares strategies, and these runs hold only one."
+    if n_seeds < MIN_PENALTY_SEEDS:
+        return (
+            f"No penalty matrix: its paired t-tests need at least {MIN_PENALTY_SEEDS} seeds shared by all "
+            f"strategies, and these runs share {n_seeds}."
+        )
+    return None
 
 
 def _slug(text: str) -> str:
@@ -211,27 +241,51 @@ figure{margin:1em 0} img{max-width:100%} .notes li{margin:.3em 0}
 """
 
 
-def _html(summary: ReportSummary, figure_paths: dict[str, list[Path]]) -> str:
+def _voxel_table(setting: SettingSummary) -> str:
+    """Annotated voxels per class after each round, one block of rows per strategy (lowest seed)."""
+    names = sorted({n for by_round in setting.labelled_voxels.values() for v in by_round.values() for n in v})
+    names = [n for n in names if n != "background"] + (["background"] if "background" in names else [])
+    head = "<tr><th>strategy</th><th>round</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+    rows = []
+    for strategy, by_round in setting.labelled_voxels.items():
+        for k in sorted(by_round):
+            cells = "".join(f"<td>{by_round[k].get(n, 0):,}</td>" for n in names)
+            rows.append(f"<tr><td>{html.escape(strategy)}</td><td>{k}</td>{cells}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _html(summary: ReportSummary, figure_paths: dict[str, dict[str, list[Path]]]) -> str:
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>alseg report</title>',
         f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>",
     ]
+    for key, setting in summary.settings.items():
+        found = figure_paths[key]
+        full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
+        parts += [
+            f"<h2>{html.escape(key)}</h2>",
+            *(_img(p) for p in found["curves"]),
+            *(_img(p) for p in found["pictures"]),
+            f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
+            _strategy_table(setting),
+            "<h3>Annotated voxels per class</h3>",
+            _voxel_table(setting)
+            if setting.labelled_voxels
+            else "<p>The runs recorded no annotated voxels per class (runs of an older alseg).</p>",
+            "<h3>Pairwise penalty matrix</h3>",
+        ]
+        if setting.penalty_shown:
+            parts += [_penalty_table(setting.penalty), *(_img(p) for p in found["penalty"])]
+        else:
+            gap = _penalty_gap(len(setting.penalty.strategies), len(next(iter(setting.penalty.seeds.values()))))
+            parts.append(f"<p>{html.escape(gap or '')}</p>")
+        parts += [_img(p) for p in found["more"]]
     if summary.overall_penalty is not None:
         parts += [
             "<h2>All settings: pairwise penalty matrix</h2>",
             f"<p>Settings pooled: {html.escape(', '.join(summary.overall_penalty.settings))}.</p>",
             _penalty_table(summary.overall_penalty),
-            *(_img(p) for p in figure_paths["overall"]),
-        ]
-    for key, setting in summary.settings.items():
-        full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
-        parts += [
-            f"<h2>{html.escape(key)}</h2>",
-            f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
-            _strategy_table(setting),
-            "<h3>Pairwise penalty matrix</h3>",
-            _penalty_table(setting.penalty),
-            *(_img(p) for p in figure_paths[key]),
+            *(_img(p) for p in figure_paths["overall"]["penalty"]),
         ]
     items = "".join(f"<li>{html.escape(n)}</li>" for n in summary.notes)
     parts.append(f'<h2>Notes</h2><ul class="notes">{items}</ul>')
@@ -263,8 +317,7 @@ def _setting_summary(
         raise AlsegError(f"the runs of {key} share no round; check that every run logged round 0", group[0].path)
     target = None if full is None else TARGET_FRACTION * full
     penalty = _penalty({key: by_strategy}, strategies)
-    if len(penalty.seeds[key]) < 2:
-        notes.append(f"{key}: fewer than 2 seeds shared by all strategies, so no t-test can be significant.")
+    gap = _penalty_gap(len(strategies), len(penalty.seeds[key]))
     if full is None:
         notes.append(f"{key}: no full-data run, so no reference line and no items-to-target.")
     return SettingSummary(
@@ -283,7 +336,69 @@ def _setting_summary(
             for k, s in enumerate(strategies)
         },
         penalty=penalty,
+        penalty_shown=gap is None,
+        labelled_voxels={s: run.labelled_voxels for s, run in _first_seed_runs(group).items() if run.labelled_voxels},
     )
+
+
+def _first_seed_runs(runs: list[RunRecord]) -> dict[str, RunRecord]:
+    """The lowest-seed run of each strategy, strategies sorted: the run a picture or table shows."""
+    chosen: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: (r.strategy, r.seed if r.seed is not None else -1)):
+        if not run.is_full:
+            chosen.setdefault(run.strategy, run)
+    return chosen
+
+
+def picture_rounds(rounds: list[int]) -> list[int]:
+    """The first, a middle and the last round (fewer when the runs have fewer)."""
+    rounds = sorted(set(rounds))
+    if not rounds:
+        return []
+    return sorted({rounds[0], rounds[len(rounds) // 2], rounds[-1]})
+
+
+def _segmentation_figures(runs: list[RunRecord], setting: str, out: Path) -> list[Path]:
+    """Per picture case: image, truth and each strategy's prediction after the first, a middle and the last round."""
+    chosen = {s: r for s, r in _first_seed_runs([r for r in runs if r.setting == setting]).items() if r.pictures}
+    if not chosen:
+        return []
+    shared = sorted(set.intersection(*(set(r.pictures) for r in chosen.values())))
+    rounds = picture_rounds(shared)
+    loaded: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for strategy, run in chosen.items():
+        loaded[strategy] = {}
+        for k in rounds:
+            try:
+                with np.load(run.pictures[k], allow_pickle=False) as data:
+                    loaded[strategy][k] = {name: data[name] for name in data.files}
+            except (OSError, ValueError) as err:
+                raise AlsegError(f"cannot read the picture arrays ({err})", run.pictures[k]) from None
+    first = next(iter(chosen.values()))
+    label_names = [first.labels[k] for k in sorted(first.labels, key=int)]
+    reference = loaded[next(iter(chosen))][rounds[0]]
+    paths = []
+    for j, case in enumerate(reference["cases"].tolist()):
+        predictions: dict[str, dict[int, np.ndarray]] = {}
+        for strategy, by_round in loaded.items():
+            row = {}
+            for k, data in by_round.items():
+                cases = data["cases"].tolist()
+                if case in cases:
+                    row[k] = data[f"pred_{cases.index(case)}"]
+            predictions[f"{strategy} (seed {chosen[strategy].seed})"] = row
+        z = int(reference["slices"][j])
+        paths.append(
+            figures.plot_segmentations(
+                reference[f"image_{j}"],
+                reference[f"label_{j}"],
+                predictions,
+                label_names,
+                out / f"segmentation_{_slug(setting)}_{_slug(case)}.png",
+                f"{setting}: test case {case}, slice {z}",
+            )
+        )
+    return paths
 
 
 def _setting_figures(
@@ -293,26 +408,35 @@ def _setting_figures(
     runs: list[RunRecord],
     out: Path,
     colours: dict[str, tuple[float, ...]],
-) -> list[Path]:
+) -> dict[str, list[Path]]:
+    """The setting's figures by section: ``curves``, ``pictures``, ``penalty``, ``more``."""
     slug = _slug(key)
     penalty = setting.penalty
-    paths = [
-        figures.plot_learning_curves(
-            by_strategy,
-            out / f"learning_curve_{slug}.png",
-            f"{key}: learning curves",
-            full_dice=setting.full_dice,
-            x_unit=figures.X_UNITS[setting.config],
-            colours=colours,
-        ),
-        figures.plot_penalty_matrix(
-            np.array(penalty.matrix),
-            np.array(penalty.phi),
-            penalty.strategies,
-            out / f"penalty_{slug}.png",
-            f"{key}: pairwise penalty matrix",
-        ),
-    ]
+    found: dict[str, list[Path]] = {
+        "curves": [
+            figures.plot_learning_curves(
+                by_strategy,
+                out / f"learning_curve_{slug}.png",
+                f"{key}: learning curves",
+                full_dice=setting.full_dice,
+                x_unit=figures.X_UNITS[setting.config],
+                colours=colours,
+            )
+        ],
+        "pictures": _segmentation_figures(runs, key, out),
+        "penalty": [],
+    }
+    if setting.penalty_shown:
+        found["penalty"].append(
+            figures.plot_penalty_matrix(
+                np.array(penalty.matrix),
+                np.array(penalty.phi),
+                penalty.strategies,
+                out / f"penalty_{slug}.png",
+                f"{key}: pairwise penalty matrix",
+            )
+        )
+    paths: list[Path] = []
     if any(np.isfinite(c.batch_uncertainty).any() for c in by_strategy.values()):
         paths.append(
             figures.plot_batch_uncertainty(
@@ -322,7 +446,8 @@ def _setting_figures(
                 colours=colours,
             )
         )
-    return paths + _tsne_figures(runs, key, out)
+    found["more"] = paths + _tsne_figures(runs, key, out)
+    return found
 
 
 def build_report(exp_dirs: list[Path], out: Path) -> dict:
@@ -345,7 +470,7 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
     ]
 
     settings: dict[str, SettingSummary] = {}
-    figure_paths: dict[str, list[Path]] = {}
+    figure_paths: dict[str, dict[str, list[Path]]] = {}
     for key, by_strategy in curves.items():
         settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes)
         figure_paths[key] = _setting_figures(key, settings[key], by_strategy, runs, out, colours)
@@ -358,22 +483,28 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
             notes.append(
                 f"Overall penalty matrix leaves out strategies missing from some setting: {', '.join(dropped)}."
             )
-        if shared:
+        if len(shared) >= MIN_PENALTY_STRATEGIES:
             overall = _penalty(curves, shared)
-            figure_paths["overall"] = [
-                figures.plot_penalty_matrix(
-                    np.array(overall.matrix),
-                    np.array(overall.phi),
-                    shared,
-                    out / "penalty_overall.png",
-                    f"All settings ({len(curves)}): pairwise penalty matrix",
-                )
-            ]
+        if overall is not None and min(len(seeds) for seeds in overall.seeds.values()) < MIN_PENALTY_SEEDS:
+            notes.append(f"No overall penalty matrix: some setting has fewer than {MIN_PENALTY_SEEDS} shared seeds.")
+            overall = None
+        if overall is not None:
+            figure_paths["overall"] = {
+                "penalty": [
+                    figures.plot_penalty_matrix(
+                        np.array(overall.matrix),
+                        np.array(overall.phi),
+                        shared,
+                        out / "penalty_overall.png",
+                        f"All settings ({len(curves)}): pairwise penalty matrix",
+                    )
+                ]
+            }
 
     summary = ReportSummary(
         settings=settings,
         overall_penalty=overall,
-        figures=sorted(p.name for paths in figure_paths.values() for p in paths),
+        figures=sorted(p.name for found in figure_paths.values() for paths in found.values() for p in paths),
         notes=notes,
     )
     (out / "summary.json").write_text(summary.model_dump_json(indent=2))

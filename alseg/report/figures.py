@@ -21,6 +21,7 @@ __all__ = [
     "plot_embeddings_tsne",
     "plot_learning_curves",
     "plot_penalty_matrix",
+    "plot_segmentations",
     "strategy_colours",
 ]
 
@@ -63,23 +64,90 @@ def plot_learning_curves(
     x_unit: str = "items",
     colours: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Path:
-    """Mean Dice vs labelled items per strategy, 95% CI band over seeds, full-data Dice dashed."""
+    """Dice vs labelled items per strategy: the mean foreground Dice, then one panel per class.
+
+    Lines are means over seeds with a 95% CI band; the full-data Dice (mean panel) is dashed. A
+    class the model misses shows in its own panel, where the mean would hide it.
+    """
     colours = colours or strategy_colours(list(curves))
-    fig = _new_figure(7.0, 4.6)
-    ax = fig.subplots()
-    for name, curve in curves.items():
-        mean, _, half = mean_std_ci(curve.dice)
-        x = curve.x
-        ax.plot(x, mean, marker="o", ms=3.5, lw=1.6, color=colours[name], label=f"{name} (n={len(curve.seeds)})")
-        ax.fill_between(x, mean - half, mean + half, color=colours[name], alpha=0.18, lw=0)
-    if full_dice is not None:
-        ax.axhline(full_dice, color="black", ls="--", lw=1.2, label=f"full data ({full_dice:.3f})")
-    ax.set_xlabel(f"labelled items ({x_unit})")
-    ax.set_ylabel("mean foreground Dice (test set)")
-    ax.set_title(f"{title}\nmean over seeds, band: 95% CI", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", frameon=True)
+    classes = sorted(set.intersection(*(set(c.dice_per_class) for c in curves.values()))) if curves else []
+    panels = [("mean foreground", None), *((name, name) for name in classes)]
+    fig = _new_figure(4.2 * len(panels) + 0.6, 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (panel, key) in zip(axes, panels, strict=True):
+        for name, curve in curves.items():
+            values = curve.dice if key is None else curve.dice_per_class[key]
+            mean, _, half = mean_std_ci(values)
+            x = curve.x
+            ax.plot(x, mean, marker="o", ms=3.5, lw=1.6, color=colours[name], label=f"{name} (n={len(curve.seeds)})")
+            ax.fill_between(x, mean - half, mean + half, color=colours[name], alpha=0.18, lw=0)
+        if key is None and full_dice is not None:
+            ax.axhline(full_dice, color="black", ls="--", lw=1.2, label=f"full data ({full_dice:.3f})")
+        ax.set_title(f"Dice: {panel}", fontsize=10)
+        ax.set_xlabel(f"labelled items ({x_unit})")
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice (test set)")
+    axes[0].legend(fontsize=8, loc="lower right", frameon=True)
+    fig.suptitle(f"{title} — mean over seeds, band: 95% CI", fontsize=10)
     return _save(fig, out)
+
+
+LABEL_COLOURS = colormaps["tab10"]
+"""Label k is drawn in tab10 colour k-1 in every segmentation picture."""
+
+
+def _overlay(ax, image: np.ndarray, labels: np.ndarray | None, n_labels: int) -> None:
+    ax.imshow(image, cmap="gray", interpolation="nearest")
+    if labels is not None and n_labels > 0:
+        rgba = np.zeros((*labels.shape, 4))
+        for k in range(1, n_labels + 1):
+            rgba[labels == k] = (*LABEL_COLOURS((k - 1) % 10)[:3], 0.55)
+        ax.imshow(rgba, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_segmentations(
+    image: np.ndarray,
+    truth: np.ndarray,
+    predictions: Mapping[str, Mapping[int, np.ndarray]],
+    label_names: Sequence[str],
+    out: Path,
+    title: str,
+) -> Path:
+    """One test slice: the image with its ground truth, then each strategy's prediction per round.
+
+    ``predictions`` maps a row name (strategy) to round → label slice; every row shows the same
+    rounds (those of the first row), one column each.
+    """
+    rows = list(predictions)
+    rounds = sorted(predictions[rows[0]]) if rows else []
+    n_labels = len(label_names)
+    cols = 2 + len(rounds)
+    height = image.shape[0] / max(image.shape[1], 1)
+    fig = _new_figure(2.1 * cols, 2.1 * height * max(len(rows), 1) + 0.9)
+    axes = np.array(fig.subplots(max(len(rows), 1), cols, squeeze=False))
+    for i, row in enumerate(rows):
+        _overlay(axes[i, 0], image, None, n_labels)
+        _overlay(axes[i, 1], image, truth, n_labels)
+        axes[i, 0].set_ylabel(row, fontsize=9)
+        for j, k in enumerate(rounds):
+            pred = predictions[row].get(k)
+            _overlay(axes[i, 2 + j], image, pred, n_labels)
+            if pred is None:
+                axes[i, 2 + j].text(
+                    0.5, 0.5, "not reached", ha="center", va="center", transform=axes[i, 2 + j].transAxes
+                )
+    for j, name in enumerate(["image", "ground truth", *(f"after round {k}" for k in rounds)]):
+        axes[0, j].set_title(name, fontsize=9)
+    legend = ", ".join(f"{name}: {_colour_name(k)}" for k, name in enumerate(label_names, start=1))
+    fig.suptitle(f"{title}\n{legend}", fontsize=9)
+    return _save(fig, out)
+
+
+def _colour_name(k: int) -> str:
+    return ["blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive", "cyan"][(k - 1) % 10]
 
 
 def plot_penalty_matrix(matrix: np.ndarray, phi: np.ndarray, strategies: Sequence[str], out: Path, title: str) -> Path:

@@ -7,7 +7,7 @@ The files are read through :mod:`alseg.active.rundir`, their one owner; a malfor
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,10 @@ from alseg.active.rundir import (
     RunDir,
     embedding_files,
     find_run_dirs,
+    picture_files,
     read_batch_uncertainty,
     read_json,
+    read_labelled_voxels,
     read_metrics,
     read_summary,
 )
@@ -51,6 +53,10 @@ class RunRecord:
     embeddings: dict[int, Path]
     """Round → ``round_XXX_embeddings.npz`` (USIM runs only)."""
     finished: bool | None
+    pictures: dict[int, Path] = field(default_factory=dict)
+    """Round → ``round_XXX_pictures.npz``: a slice of the fixed picture cases with the round's prediction."""
+    labelled_voxels: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Round → annotated voxels per label name (background included), where the round file has them."""
 
     @property
     def setting(self) -> str:
@@ -94,6 +100,8 @@ def load_run(run_dir: Path) -> RunRecord:
         batch_uncertainty=read_batch_uncertainty(run_dir, rounds),
         embeddings=embedding_files(run_dir),
         finished=finished,
+        pictures=picture_files(run_dir),
+        labelled_voxels=read_labelled_voxels(run_dir, rounds),
     )
 
 
