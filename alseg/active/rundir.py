@@ -17,7 +17,6 @@ report reads through it. Layout (``RUN/``)::
     annotate/round_XXX/  the files oracle's package for a person
     logs/round_XXX/      Lightning's CSV log of round XXX (+ tensorboard/: its TensorBoard events)
     logs/rounds/         TensorBoard events of the whole run: test Dice per class, items, seconds per round
-    logs/                Lightning's CSV logs per round
     .lock                held (``fcntl.flock``) by the one process writing the run; holds its pid
 
 Every file is written atomically (temp + rename) and in an order that makes a kill at any
