@@ -564,6 +564,40 @@ def demo(
     out.print(f"[bold]4/4[/bold] report: {out_dir / 'report' / 'report.html'}")
 
 
+@app.command()
+def predict(
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="A run directory (alseg loop) or an 'alseg train' output folder.")
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Option("-i", "--input", help="Image files, a folder of images (MSD or nnU-Net _XXXX), or a dataset."),
+    ],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder for <case>.nii.gz (and <case>.npz).")],
+    round_: Annotated[
+        Optional[int], typer.Option("--round", min=0, help="Round of a run to use (default: the last finished).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over all mirrorings (nnU-Net's test-time augmentation).")
+    ] = False,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write <case>.npz with per-class probabilities.")
+    ] = False,
+    devices: Annotated[
+        str, typer.Option("--devices", help="auto (a GPU when present), 0 or cpu, or N (a GPU).")
+    ] = "auto",
+) -> None:
+    """Segment scans with a trained model; one label map per input, in the input's own geometry."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.model.predict import load_model
+    from alseg.model.predict import predict as run_prediction
+
+    loaded = load_model(model, round_)
+    written = run_prediction(loaded, inputs, out_dir, tta=tta, save_probabilities=save_probabilities, devices=devices)
+    source = f"round {loaded.round}" if loaded.round is not None else str(loaded.checkpoint)
+    out.print(f"wrote {len(written)} label map(s) to {out_dir} (model: {source})")
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for alseg's own progress: Lightning's banners and tips are noise here."""
     # Lightning sets its package loggers to INFO when it is imported (lazily, after this runs),
