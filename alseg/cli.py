@@ -598,6 +598,28 @@ def predict(
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (model: {source})")
 
 
+@app.command("export-nnunet")
+def export_nnunet(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory (written by 'alseg loop').")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="nnU-Net raw folder to write DatasetNNN_Name into.")],
+    dataset_id: Annotated[int, typer.Option("--dataset-id", help="nnU-Net dataset id NNN (1..999).")] = 500,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Dataset name (default: the plan's dataset name + 'AL').")
+    ] = None,
+) -> None:
+    """Write what was annotated as an nnU-Net v2 raw dataset (unannotated voxels = nnU-Net's ignore label)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.active.export import export_nnunet as run_export
+
+    summary = run_export(run_dir, out_dir, dataset_id=dataset_id, name=name)
+    share = summary.annotated_voxels / max(summary.total_voxels, 1)
+    out.print(
+        f"wrote {summary.folder}: {len(summary.cases)} case(s), {summary.annotated_voxels:,} annotated voxels "
+        f"({share:.1%} of their voxels; the rest is 'ignore'). For nnU-Net: nnUNet_raw={out_dir} "
+        f"nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity"
+    )
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for alseg's own progress: Lightning's banners and tips are noise here."""
     # Lightning sets its package loggers to INFO when it is imported (lazily, after this runs),

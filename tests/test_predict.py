@@ -13,8 +13,6 @@ import pytest
 import torch
 from builders import write_msd
 
-from alseg.active.loop import LoopDriver
-from alseg.active.settings import LoopSettings
 from alseg.data.cache import CaseCache
 from alseg.data.dataset import load_case, read_dataset
 from alseg.data.io import read_volume
@@ -25,21 +23,6 @@ from alseg.model.metrics import dice_per_class, mean_dice
 from alseg.model.predict import collect_inputs, load_model, predict, predict_case
 from alseg.plans.models import load_plans
 from alseg.plans.planner import plan_dataset
-
-TINY = dict(rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=3, batch_size=4, mc_passes=2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(dataset, plan folder, run directory) of a finished 2-round loop on demo data."""
-    from alseg.data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("predict")
-    data = generate_dataset(root / "data", cases=5, test_cases=2)
-    plan_dataset(data, root / "plan", show_progress=False)
-    run = root / "run"
-    LoopDriver(root / "plan", run, LoopSettings(**TINY), workers=0, show_progress=False).run_all()
-    return data, root / "plan", run
 
 
 def test_outputs_have_each_inputs_geometry(finished_run, tmp_path: Path):
