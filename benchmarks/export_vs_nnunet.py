@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -34,8 +36,13 @@ from rich.table import Table  # noqa: E402
 
 from alseg.active.export import export_nnunet  # noqa: E402
 from alseg.active.loop import LoopDriver  # noqa: E402
+from alseg.active.rundir import RunDir  # noqa: E402
 from alseg.active.settings import LoopSettings  # noqa: E402
+from alseg.data.dataset import read_dataset  # noqa: E402
+from alseg.data.io import read_volume  # noqa: E402
 from alseg.data.synthetic import generate_dataset  # noqa: E402
+from alseg.model.metrics import dice_per_class, mean_dice  # noqa: E402
+from alseg.model.predict import load_model, predict_case  # noqa: E402
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
 OK, BAD = "✓", "✗"
@@ -87,13 +94,30 @@ print(json.dumps(out))
 """
 
 
-def simulated_run(dataset: Path, work: Path, initial: int, budget: int) -> Path:
+def simulated_run(dataset: Path, work: Path, initial: int, budget: int, epochs: int, iters: int) -> Path:
     settings = LoopSettings(
-        strategy="random", rounds=1, budget=budget, initial=initial, epochs=1, iters_per_epoch=2, batch_size=8
+        strategy="random", rounds=1, budget=budget, initial=initial, epochs=epochs, iters_per_epoch=iters, batch_size=8
     )
     run = work / "run"
     LoopDriver(dataset, run, settings, resume=True, workers=0, show_progress=False).run_all()
     return run
+
+
+def predicted_test_dice(run_dir: Path) -> tuple[float, float, float]:
+    """(loop's recorded test Dice, alseg predict's Dice in the files' own grid, seconds per case)."""
+    run = RunDir(run_dir)
+    loaded = load_model(run_dir)
+    plans = loaded.module.plans
+    info = read_dataset(plans.dataset_root)
+    test = json.loads(run.split_path.read_text())["test"]
+    t0 = time.perf_counter()
+    scores = []
+    for case_id in test:
+        pred = predict_case(loaded.module, info.case(case_id))
+        truth, _ = read_volume(info.case(case_id).label)
+        scores.append(mean_dice(dice_per_class(pred.labels, truth.astype(np.int64), plans.n_classes)))
+    recorded = float(run.read_metrics()[-1]["dice_mean"])
+    return recorded, float(np.mean(scores)), (time.perf_counter() - t0) / len(test)
 
 
 def check_with_nnunet(python: str, raw_root: Path, dataset_id: int, folder: Path, work: Path) -> dict:
@@ -121,7 +145,7 @@ def main() -> None:
     parser.add_argument("--task04", type=Path, default=TASK04)
     args = parser.parse_args()
     console = Console(width=150)
-    table = Table(title=f"alseg export-nnunet → nnU-Net v2 ({time.strftime('%Y-%m-%d')})")
+    table = Table(title=f"alseg export-nnunet → nnU-Net v2, alseg predict ({time.strftime('%Y-%m-%d')})")
     for col in (
         "dataset",
         "cases",
@@ -130,6 +154,7 @@ def main() -> None:
         "plan_and_preprocess",
         "ignore label",
         "ignore share export / nnU-Net",
+        "test Dice loop / predict",
     ):
         table.add_column(col)
     for i, name in enumerate(d.strip() for d in args.datasets.split(",") if d.strip()):
@@ -137,17 +162,22 @@ def main() -> None:
             work = Path(tmp)
             if name == "demo":
                 dataset = generate_dataset(work / "data", cases=12, test_cases=0)
-                initial, budget = 20, 10
+                initial, budget, epochs, iters = 20, 10, 2, 20
             elif name == "task04":
                 if not (args.task04 / "dataset.json").is_file():
                     console.print(f"skipping task04: {args.task04} not found")
                     continue
-                dataset, initial, budget = args.task04, 200, 100
+                dataset, initial, budget, epochs, iters = args.task04, 200, 100, 3, 40
             else:
                 raise SystemExit(f"unknown dataset {name}")
             t0 = time.perf_counter()
-            run = simulated_run(dataset, work, initial, budget)
+            run = simulated_run(dataset, work, initial, budget, epochs, iters)
             t_run = time.perf_counter() - t0
+            recorded, predicted, per_case = predicted_test_dice(run)
+            console.print(
+                f"{name}: test Dice recorded by the loop (plan grid) {recorded:.4f}, "
+                f"alseg predict (files' grid) {predicted:.4f} ({per_case:.2f} s/case)"
+            )
             dataset_id = 900 + i
             summary = export_nnunet(run, work / "raw", dataset_id=dataset_id, name=f"alseg{name}", show_progress=False)
             share = 1 - summary.annotated_voxels / summary.total_voxels
@@ -164,6 +194,7 @@ def main() -> None:
                 else f"{BAD} {result.get('plan_preprocess')}",
                 f"{OK} {result.get('ignore_label')}" if result.get("has_ignore_label") else BAD,
                 f"{share:.1%} / {pre:.1%}" if pre is not None else f"{share:.1%} / -",
+                f"{recorded:.4f} / {predicted:.4f}",
             )
     console.print(table)
 

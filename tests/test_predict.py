@@ -159,3 +159,31 @@ def test_cli_one_line_error_for_an_unreadable_input(finished_run, tmp_path: Path
         cmd[:4] + [str(tmp_path), "-i", str(bad), "-o", str(tmp_path / "o")], capture_output=True, text=True
     )
     assert res.returncode == 2 and "neither a run directory" in res.stderr
+
+
+def test_an_alseg_train_output_predicts_too(finished_run, tmp_path: Path):
+    from alseg.model.train import train
+
+    data, plan_dir, run = finished_run
+    plans = load_plans(plan_dir / "plans.json")
+    out = tmp_path / "trained"
+    train(
+        plans,
+        "2d",
+        CaseCache.of(plan_dir, plans, "2d"),
+        out,
+        epochs=1,
+        iters_per_epoch=1,
+        num_workers=0,
+        progress=False,
+        augment=False,
+    )
+    image = data / "imagesTs" / "synth_006.nii.gz"
+    for model in (out, out / "model.ckpt"):
+        written = predict(model, [image], tmp_path / "p", devices="0", show_progress=False)
+        seg, geom = read_volume(written[0])
+        assert seg.shape == read_volume(image)[0].shape and geom == read_volume(image)[1]
+    with pytest.raises(AlsegError, match="--round needs a run directory"):
+        load_model(out, 1)
+    with pytest.raises(AlsegError, match="round 5 has not finished"):
+        load_model(run, 5)
