@@ -108,10 +108,15 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
         else:
             result.cases.append(out)
     if len(info.training) < 2:
-        result.problems.append(
-            f"{js}: only {len(info.training)} labelled case — at least 2 are needed to train and test"
+        result.problems.append(f"{js}: only {len(info.training)} case — at least 2 are needed to train and test")
+    unlabelled = [c.case_id for c in info.training if c.label is None]
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        result.warnings.append(
+            f"{js}: {len(unlabelled)} of {len(info.training)} training cases have no label file ({shown}) — "
+            "images only: planned from their images; preprocessing, training and the test Dice need labels"
         )
-    if result.cases and not result.problems:
+    if result.cases and not result.problems and len(unlabelled) < len(info.training):
         dims = {len(c.shape) for c in result.cases}
         if len(dims) > 1:
             result.problems.append(
