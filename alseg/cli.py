@@ -587,6 +587,62 @@ def demo(
     out.print(f"[bold]4/4[/bold] report: {out_dir / 'report' / 'report.html'}")
 
 
+@app.command()
+def predict(
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="A run directory (alseg loop) or an 'alseg train' output folder.")
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Option("-i", "--input", help="Image files, a folder of images (MSD or nnU-Net _XXXX), or a dataset."),
+    ],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Folder for <case>.nii.gz (and <case>.npz).")],
+    round_: Annotated[
+        Optional[int], typer.Option("--round", min=0, help="Round of a run to use (default: the last finished).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over all mirrorings (nnU-Net's test-time augmentation).")
+    ] = False,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write <case>.npz with per-class probabilities.")
+    ] = False,
+    devices: Annotated[
+        str, typer.Option("--devices", help="auto (a GPU when present), 0 or cpu, or N (a GPU).")
+    ] = "auto",
+) -> None:
+    """Segment scans with a trained model; one label map per input, in the input's own geometry."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.model.predict import load_model
+    from alseg.model.predict import predict as run_prediction
+
+    loaded = load_model(model, round_)
+    written = run_prediction(loaded, inputs, out_dir, tta=tta, save_probabilities=save_probabilities, devices=devices)
+    source = f"round {loaded.round}" if loaded.round is not None else str(loaded.checkpoint)
+    out.print(f"wrote {len(written)} label map(s) to {out_dir} (model: {source})")
+
+
+@app.command("export-nnunet")
+def export_nnunet(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A run directory (written by 'alseg loop').")],
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="nnU-Net raw folder to write DatasetNNN_Name into.")],
+    dataset_id: Annotated[int, typer.Option("--dataset-id", help="nnU-Net dataset id NNN (1..999).")] = 500,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Dataset name (default: the plan's dataset name + 'AL').")
+    ] = None,
+) -> None:
+    """Write what was annotated as an nnU-Net v2 raw dataset (unannotated voxels = nnU-Net's ignore label)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.active.export import export_nnunet as run_export
+
+    summary = run_export(run_dir, out_dir, dataset_id=dataset_id, name=name)
+    share = summary.annotated_voxels / max(summary.total_voxels, 1)
+    out.print(
+        f"wrote {summary.folder}: {len(summary.cases)} case(s), {summary.annotated_voxels:,} annotated voxels "
+        f"({share:.1%} of their voxels; the rest is 'ignore'). For nnU-Net: nnUNet_raw={out_dir} "
+        f"nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity"
+    )
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for alseg's own progress: Lightning's banners and tips are noise here."""
     # Lightning sets its package loggers to INFO when it is imported (lazily, after this runs),

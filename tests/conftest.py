@@ -27,3 +27,23 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+FINISHED_RUN = dict(rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=3, batch_size=4, mc_passes=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(dataset, plan folder, run directory) of a finished 2-round 2D loop on demo data with 2 test images."""
+    # lazy: only the predict and export tests need a trained run (and its heavier imports)
+    from alseg.active.loop import LoopDriver
+    from alseg.active.settings import LoopSettings
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    root = tmp_path_factory.mktemp("finished_run")
+    data = generate_dataset(root / "data", cases=5, test_cases=2)
+    plan_dataset(data, root / "plan", show_progress=False)
+    run = root / "run"
+    LoopDriver(root / "plan", run, LoopSettings(**FINISHED_RUN), workers=0, show_progress=False).run_all()
+    return data, root / "plan", run

@@ -201,8 +201,20 @@ class RunDir:
         return self.path / METRICS
 
     @property
+    def plans_path(self) -> Path:
+        return self.path / PLANS
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / SPLIT
+
+    @property
     def labels_dir(self) -> Path:
         return self.path / LABELS
+
+    def label_path(self, case_id: str) -> Path:
+        """``labels/<case>.npy``: the case's annotated voxels on the plan's grid (255 = not annotated)."""
+        return self.path / LABELS / f"{case_id}.npy"
 
     @property
     def logs_dir(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["bbox_of_mask", "create_nonzero_mask", "crop_to_nonzero"]
+__all__ = ["bbox_of_mask", "create_nonzero_mask", "crop_to_nonzero", "uncrop"]
 
 
 def create_nonzero_mask(image: np.ndarray) -> np.ndarray:
@@ -42,3 +42,14 @@ def crop_to_nonzero(
     bbox = bbox_of_mask(mask)
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     return image[(slice(None),) + sl], (label[sl] if label is not None else None), mask[sl], bbox
+
+
+def uncrop(array: np.ndarray, bbox: list[list[int]], shape: tuple[int, ...] | list[int], fill: float = 0) -> np.ndarray:
+    """The inverse of the crop: ``array`` (..., *cropped) placed at ``bbox`` in a (..., *shape)
+    array filled with ``fill`` (leading axes, e.g. channels, are kept as they are)."""
+    lead = array.shape[: array.ndim - len(shape)]
+    out = np.full((*lead, *shape), fill, dtype=array.dtype)
+    sl = tuple(slice(lo, hi) for lo, hi in bbox)
+    assert out[(..., *sl)].shape == array.shape, (array.shape, bbox, shape)
+    out[(..., *sl)] = array
+    return out

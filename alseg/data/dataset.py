@@ -56,6 +56,11 @@ class DatasetInfo:
         return len(self.channel_names)
 
     @property
+    def labelled(self) -> list[CaseFiles]:
+        """The training cases with a label file (the others are images only)."""
+        return [c for c in self.training if c.label is not None]
+
+    @property
     def foreground_labels(self) -> list[int]:
         return sorted(k for k in self.labels if k != 0)
 
@@ -113,13 +118,13 @@ def _msd(root: Path, meta: dict) -> DatasetInfo:
         raise AlsegError('\'training\' must be a list of {"image": ..., "label": ...} entries', js)
     cases, seen, duplicates = [], set(), []
     for i, entry in enumerate(training_raw):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+        if not isinstance(entry, dict) or "image" not in entry:
             raise AlsegError(
-                f'training[{i}] must have \'image\' and \'label\' — e.g. {{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}}',
+                f'training[{i}] must have \'image\' (and \'label\' when annotated) — e.g. {{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}}',
                 js,
             )
         image = (root / entry["image"]).resolve()
-        label = (root / entry["label"]).resolve()
+        label = (root / entry["label"]).resolve() if entry.get("label") else None  # images only: no label yet
         case_id = _strip_suffix(image.name)
         if case_id in seen:
             duplicates.append(case_id)
@@ -190,7 +195,9 @@ def _nnunet(root: Path, meta: dict) -> DatasetInfo:
         out = []
         for case_id, chans in per_case.items():
             images = tuple(chans[k] for k in sorted(chans))
-            label = root / "labelsTr" / f"{case_id}{ending}" if with_labels else None
+            label = root / "labelsTr" / f"{case_id}{ending}"
+            # a case without a label file is an images-only case (not annotated yet)
+            label = label if with_labels and label.is_file() else None
             out.append(CaseFiles(case_id, images, label, channel_ids=tuple(sorted(chans))))
         return out
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from alseg.data.crop import crop_to_nonzero
+from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
 from alseg.data.io import Geometry
 from alseg.data.normalize import normalize
 from alseg.data.resample import compute_new_shape, resample
@@ -39,9 +39,11 @@ __all__ = [
     "CLASS_LOCATION_SEED",
     "MAX_CLASS_LOCATIONS",
     "PREPROCESS_VERSION",
+    "grid_properties",
     "label_dtype",
     "preprocess_case",
     "sample_class_locations",
+    "target_spacing",
 ]
 
 PREPROCESS_VERSION = 1
@@ -71,6 +73,41 @@ def sample_class_locations(
 def label_dtype(seg: np.ndarray) -> type:
     """uint8 when every label fits, else int16 (nnU-Net stores segmentations as small ints)."""
     return np.uint8 if seg.size == 0 or (seg.min() >= 0 and seg.max() <= 255) else np.int16
+
+
+def target_spacing(spacing: Sequence[float], config_spacing: Sequence[float]) -> tuple[list[float], int | None]:
+    """The spacing a case is resampled to, and the axis never resampled (0 for 2D, else None).
+
+    2D configurations keep the case's own spacing between slices and resample in-plane only.
+    """
+    target = [float(s) for s in config_spacing]
+    if len(target) < len(spacing):
+        return [float(spacing[0])] + target, 0
+    return target, None
+
+
+def grid_properties(image: np.ndarray, geometry: Geometry, plans: Plans, config_name: str) -> dict[str, Any]:
+    """The properties :func:`preprocess_case` returns that map between the file's grid and the
+    plan's (shapes, crop box, spacings, transpose), without normalising or resampling anything:
+    enough to map annotations or predictions on the plan's grid back to the file."""
+    config = plans.configuration(config_name)
+    tf = list(plans.transpose_forward)
+    transposed = image.transpose([0, *[t + 1 for t in tf]])
+    spacing = [float(geometry.spacing[t]) for t in tf]
+    bbox = bbox_of_mask(create_nonzero_mask(transposed))
+    shape_after_crop = [hi - lo for lo, hi in bbox]
+    target, _ = target_spacing(spacing, config.spacing)
+    return {
+        "original_shape": [int(s) for s in image.shape[1:]],
+        "original_geometry": geometry.to_json(),
+        "transpose_forward": tf,
+        "shape_before_cropping": list(transposed.shape[1:]),
+        "bbox_used_for_cropping": bbox,
+        "shape_after_cropping": shape_after_crop,
+        "spacing_before_resampling": spacing,
+        "shape_after_resampling": compute_new_shape(shape_after_crop, spacing, target),
+        "spacing_after_resampling": target,
+    }
 
 
 def preprocess_case(
@@ -105,11 +142,7 @@ def preprocess_case(
     data, seg, mask, bbox = crop_to_nonzero(data, seg)
     shape_after_crop = list(data.shape[1:])
 
-    target = list(config.spacing)
-    slice_axis = None
-    if len(target) < len(spacing):  # 2D: keep the spacing between slices, resample in-plane only
-        target = [spacing[0]] + target
-        slice_axis = 0
+    target, slice_axis = target_spacing(spacing, config.spacing)
     new_shape = compute_new_shape(shape_after_crop, spacing, target)
 
     norm_mask = mask if seg is None else (mask | (seg > 0))

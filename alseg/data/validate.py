@@ -168,15 +168,20 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
         else:
             result.cases.append(out)
     if len(info.training) < 2:
-        result.problems.append(
-            f"{js}: only {len(info.training)} labelled case — at least 2 are needed to train and test"
-        )
+        result.problems.append(f"{js}: only {len(info.training)} case — at least 2 are needed to train and test")
     elif len(info.training) < MIN_CASES:
         result.warnings.append(
             f"{js}: only {len(info.training)} labelled cases — 'alseg train' and 'alseg loop' split the cases into "
             f"nnU-Net's {MIN_CASES} folds and need at least {MIN_CASES}; add cases to train here"
         )
-    if result.cases and not result.problems:
+    unlabelled = [c.case_id for c in info.training if c.label is None]
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        result.warnings.append(
+            f"{js}: {len(unlabelled)} of {len(info.training)} training cases have no label file ({shown}) — "
+            "images only: planned from their images; preprocessing, training and the test Dice need labels"
+        )
+    if result.cases and not result.problems and len(unlabelled) < len(info.training):
         dims = {len(c.shape) for c in result.cases}
         flat = [c for c in result.cases if min(c.shape) == 1]
         if len(dims) > 1:

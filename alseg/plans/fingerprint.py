@@ -21,7 +21,7 @@ from alseg.data.crop import crop_to_nonzero
 from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
 from alseg.data.workers import default_workers, make_executor
 from alseg.errors import AlsegError
-from alseg.plans.models import Fingerprint, IntensityStats
+from alseg.plans.models import Fingerprint, IntensitySource, IntensityStats
 from alseg.progress import progress_map
 
 __all__ = ["CaseFingerprint", "analyze_case", "extract_fingerprint", "intensity_stats"]
@@ -44,19 +44,26 @@ class CaseFingerprint:
     n_channels: int
 
 
-def analyze_case(case: CaseFiles, n_channels: int, n_samples: int, seed: int = FINGERPRINT_SEED) -> CaseFingerprint:
-    """Fingerprint of one case (nnU-Net's ``analyze_case``); label > 0 is foreground."""
+def analyze_case(
+    case: CaseFiles, n_channels: int, n_samples: int, seed: int = FINGERPRINT_SEED, nonzero: bool = False
+) -> CaseFingerprint:
+    """Fingerprint of one case (nnU-Net's ``analyze_case``); label > 0 is foreground.
+
+    A case without a label contributes no intensity samples, or with ``nonzero`` samples from
+    its non-zero region (the fallback when no case of the dataset is labelled).
+    """
     image, label, geometry = load_case(case, n_channels)
-    if label is None:
-        raise AlsegError(f"case {case.case_id} has no label file — every training case needs one", case.images[0])
-    cropped, seg, _, _ = crop_to_nonzero(image, label)
-    foreground = seg > 0
+    cropped, seg, mask, _ = crop_to_nonzero(image, label)
+    if seg is not None:
+        foreground = seg > 0
+    else:
+        foreground = mask if nonzero else np.zeros(mask.shape, bool)
     rs = np.random.RandomState(seed)
     samples = []
     for c in range(cropped.shape[0]):
         pixels = cropped[c][foreground]
         samples.append(rs.choice(pixels, n_samples, replace=True) if len(pixels) else np.empty(0, np.float32))
-    counts = np.bincount(label.ravel().astype(np.int64))
+    counts = np.bincount(label.ravel().astype(np.int64)) if label is not None else np.zeros(0, np.int64)
     return CaseFingerprint(
         case_id=case.case_id,
         spacing=[float(s) for s in geometry.spacing],
@@ -103,8 +110,10 @@ def extract_fingerprint(
         raise AlsegError(
             "dataset.json lists no training cases — add labelled cases to 'training'", info.root / "dataset.json"
         )
-    per_case = max(1, int(n_samples // len(cases)))
-    jobs = [(c, info.n_channels, per_case, seed) for c in cases]
+    labelled = [c for c in cases if c.label is not None]
+    source: IntensitySource = "labelled foreground" if labelled else "nonzero region"
+    per_case = max(1, int(n_samples // len(labelled or cases)))
+    jobs = [(c, info.n_channels, per_case, seed, not labelled) for c in cases]
     workers = default_workers() if workers is None else workers
     if workers <= 1 or len(jobs) == 1:
         results = progress_map(map, _analyze, jobs, "fingerprinting cases", show_progress)
@@ -122,7 +131,7 @@ def extract_fingerprint(
     for r in results:
         for k, v in r.voxels_per_class.items():
             voxels[k] = voxels.get(k, 0) + v
-    if not any(v for k, v in voxels.items() if k != 0):
+    if labelled and not any(v for k, v in voxels.items() if k != 0):
         raise AlsegError(
             "every label map is all background (0) — nothing to learn; check that labelsTr holds the annotations",
             info.root / "labelsTr",
@@ -143,5 +152,6 @@ def extract_fingerprint(
         shapes_after_crop=[r.shape_after_crop for r in results],
         median_relative_size_after_cropping=float(np.median([r.relative_size_after_crop for r in results])),
         foreground_intensity_properties_per_channel=stats,
+        intensity_source=source,
         voxels_per_class=dict(sorted(voxels.items())),
     )

@@ -24,6 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Configuration",
     "Fingerprint",
+    "IntensitySource",
     "IntensityStats",
     "Network",
     "Normalization",
@@ -56,6 +57,9 @@ class IntensityStats(_Model):
     percentile_99_5: float
 
 
+IntensitySource = Literal["labelled foreground", "nonzero region"]
+
+
 class Fingerprint(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     dataset_name: str
@@ -67,7 +71,12 @@ class Fingerprint(_Model):
     shapes_after_crop: list[list[int]]
     median_relative_size_after_cropping: float
     foreground_intensity_properties_per_channel: dict[int, IntensityStats]
-    voxels_per_class: dict[int, int] = Field(description="label voxels over all cases, background included")
+    intensity_source: IntensitySource = Field(
+        "labelled foreground",
+        description="where the intensity statistics come from: label > 0 of the labelled cases, or (no case "
+        "labelled yet) the non-zero region of every case",
+    )
+    voxels_per_class: dict[int, int] = Field(description="label voxels over labelled cases, background included")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Fingerprint":

@@ -85,7 +85,8 @@ def check_fingerprint(fp: Fingerprint) -> None:
         raise AlsegError(
             f"only {n} training case(s) — planning (and a train/test split) needs at least {MIN_CASES}", where
         )
-    if not any(v > 0 for k, v in fp.voxels_per_class.items() if k != 0):
+    labelled = fp.intensity_source == "labelled foreground"  # else: no case is labelled yet
+    if labelled and not any(v > 0 for k, v in fp.voxels_per_class.items() if k != 0):
         raise AlsegError("every label map is all background (0) — check that labelsTr holds the annotations", where)
     dims = {len(s) for s in fp.spacings} | {len(s) for s in fp.shapes_after_crop}
     if dims != {3}:

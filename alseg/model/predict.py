@@ -1,0 +1,251 @@
+"""``alseg predict``: segment whole scans with a trained model, in each input's own geometry.
+
+Per input case, as ``nnUNetv2_predict`` does:
+
+1. read the image (one file per channel ``<case>_XXXX``, or one file, 4D for several channels);
+2. preprocess it as the plan says (:func:`alseg.data.pipeline.preprocess_case`: transpose,
+   crop, normalise, resample);
+3. sliding-window prediction on the plan's grid (:func:`alseg.model.inference.predict_volume`;
+   ``tta``: nnU-Net's mirroring test-time augmentation);
+4. map the logits back (:func:`alseg.data.restore.logits_to_original`: resample, softmax,
+   argmax, uncrop, transpose back);
+5. write ``OUT/<case>.nii.gz`` with the input's spacing, origin and direction, and with
+   ``save_probabilities`` ``OUT/<case>.npz`` holding ``probabilities`` ``(K, z, y, x)``
+   float32 in the file's array order (nnU-Net's ``--save_probabilities`` file).
+
+The model is an ``alseg loop`` run directory (the checkpoint of its last finished round, or
+``round_``) or an ``alseg train`` output folder (``model.ckpt``), or a checkpoint file of the latter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alseg.active.rundir import RunDir
+from alseg.atomic import atomic_save_npz
+from alseg.data.dataset import CaseFiles, load_case, read_dataset
+from alseg.data.io import IMAGE_SUFFIXES, Geometry, write_volume
+from alseg.data.pipeline import preprocess_case
+from alseg.data.restore import logits_to_original
+from alseg.errors import AlsegError
+from alseg.model.inference import predict_volume
+from alseg.model.module import SegmentationModule
+from alseg.model.train import load_weights
+from alseg.plans.models import load_plans
+from alseg.progress import console, make_progress
+
+__all__ = [
+    "CasePrediction",
+    "LoadedModel",
+    "collect_inputs",
+    "load_model",
+    "output_paths",
+    "predict",
+    "predict_case",
+    "resolve_device",
+]
+
+TRAIN_CHECKPOINT = "model.ckpt"  # alseg train's final checkpoint (alseg.model.train writes it)
+OUTPUT_ENDING = ".nii.gz"
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to predict, with where it came from (for messages)."""
+
+    module: SegmentationModule
+    checkpoint: Path
+    round: int | None = None
+
+
+def load_model(model: str | Path, round_: int | None = None) -> LoadedModel:
+    """The model of a run directory (round ``round_``, default the last finished one), of an
+    ``alseg train`` output folder, or of a ``.ckpt`` written by ``alseg train``."""
+    path = Path(model)
+    run = RunDir(path)
+    if run.exists():
+        config = run.load_config()
+        if not run.plans_path.is_file():
+            raise AlsegError("missing — this run directory is incomplete; predict with another model", run.plans_path)
+        last = run.load_state().round
+        k = last if round_ is None else round_
+        if k < 0:
+            raise AlsegError("no round has finished yet — run 'alseg loop --resume' first", path)
+        if k > last:
+            raise AlsegError(
+                f"round {k} has not finished (last finished round: {last}) — choose --round 0..{last}", path
+            )
+        overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
+        module = SegmentationModule(load_plans(run.plans_path), config.config, overrides=overrides)
+        load_weights(module, run.checkpoint_path(k))
+        return LoadedModel(module, run.checkpoint_path(k), k)
+    if round_ is not None:
+        raise AlsegError("--round needs a run directory (written by 'alseg loop')", path)
+    ckpt = path / TRAIN_CHECKPOINT if path.is_dir() else path
+    if not ckpt.is_file():
+        raise AlsegError(
+            "neither a run directory (config.json) nor an 'alseg train' output (model.ckpt) — pass one of them", path
+        )
+    try:
+        module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu")
+    except (KeyError, TypeError, RuntimeError, OSError) as e:
+        raise AlsegError(
+            f"cannot be loaded as an alseg model ({type(e).__name__}) — pass 'alseg train' output", ckpt
+        ) from None
+    return LoadedModel(module, ckpt, None)
+
+
+def resolve_device(devices: str | int = "auto") -> torch.device:
+    """``auto`` (a GPU when present), ``0`` or ``cpu`` (CPU), or a number of GPUs (the first is used)."""
+    value = str(devices)
+    if value in ("0", "cpu"):
+        return torch.device("cpu")
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value.isdigit():
+        if not torch.cuda.is_available():
+            raise AlsegError(f"--devices {value} asks for a GPU but none is available — use --devices auto or 0")
+        return torch.device("cuda:0")
+    raise AlsegError(f"--devices must be 'auto', 'cpu' or a number, got '{value}'")
+
+
+def _strip_ending(name: str) -> str:
+    return next((name[: -len(s)] for s in IMAGE_SUFFIXES if name.endswith(s)), Path(name).stem)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.name.endswith(IMAGE_SUFFIXES)
+    )
+
+
+def _group(files: list[Path], n_channels: int) -> list[CaseFiles]:
+    """nnU-Net raw channel files ``<case>_XXXX`` become one case each when every case has channels
+    0..C-1; otherwise every file is a case (4D when the plan has several channels)."""
+    per_case: dict[str, dict[int, Path]] = {}
+    grouped = True
+    for f in files:
+        m = _CHANNEL_RE.match(_strip_ending(f.name))
+        if not m:
+            grouped = False
+            break
+        per_case.setdefault(m["case"], {})[int(m["ch"])] = f
+    if grouped and per_case and all(sorted(ch) == list(range(n_channels)) for ch in per_case.values()):
+        return [CaseFiles(c, tuple(ch[k] for k in sorted(ch))) for c, ch in sorted(per_case.items())]
+    return [CaseFiles(_strip_ending(f.name), (f,), four_d=n_channels > 1) for f in files]
+
+
+def collect_inputs(inputs: Sequence[str | Path], n_channels: int) -> list[CaseFiles]:
+    """The cases to predict: files, folders of images, or a dataset folder (all its images)."""
+    cases: list[CaseFiles] = []
+    loose: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir() and (item / "dataset.json").is_file():
+            info = read_dataset(item)
+            cases += [dataclasses.replace(c, label=None) for c in [*info.training, *info.test]]
+        elif item.is_dir():
+            found = _image_files(item)
+            if not found:
+                raise AlsegError(f"holds no image files ({', '.join(IMAGE_SUFFIXES)}) — pass a folder of images", item)
+            cases += _group(found, n_channels)
+        elif item.is_file() or item.name.endswith(IMAGE_SUFFIXES):
+            loose.append(item)  # a missing file fails when read, naming it
+        else:
+            raise AlsegError("not found — pass image files or a folder of images", item)
+    cases += _group(loose, n_channels) if loose else []
+    if not cases:
+        raise AlsegError("no input images given — pass -i FOLDER or image files")
+    seen: set[str] = set()
+    for c in cases:
+        if c.case_id in seen:
+            raise AlsegError(
+                f"two inputs are both case '{c.case_id}' — outputs would overwrite each other", c.images[0]
+            )
+        seen.add(c.case_id)
+    return cases
+
+
+@dataclass
+class CasePrediction:
+    """One case's prediction on the file's grid (``labels``, ``probabilities``) and on the plan's
+    (``grid_labels``, with the ``properties`` that map one to the other)."""
+
+    case_id: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    geometry: Geometry
+    grid_labels: np.ndarray
+    properties: dict
+
+
+def predict_case(module: SegmentationModule, case: CaseFiles, *, tta: bool = False) -> CasePrediction:
+    """Predict one case with ``module`` (on the device it is on, in eval mode)."""
+    plans, config = module.plans, module.config
+    image, _, geometry = load_case(case, len(plans.channel_names))
+    data, _, props = preprocess_case(image, None, geometry, plans, config.name)
+    module.net.eval()
+    with torch.inference_mode():
+        logits = predict_volume(module.net, data, config, output="logits", mirror=tta).cpu().numpy()
+    labels, probabilities = logits_to_original(logits, props, config.resampling)
+    return CasePrediction(case.case_id, labels, probabilities, geometry, logits.argmax(0), props)
+
+
+def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
+    """``OUT/<case>.nii.gz`` and ``OUT/<case>.npz`` (probabilities)."""
+    return out_dir / f"{case_id}{OUTPUT_ENDING}", out_dir / f"{case_id}.npz"
+
+
+def predict(
+    model: str | Path | LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    round_: int | None = None,
+    tta: bool = False,
+    save_probabilities: bool = False,
+    devices: str | int = "auto",
+    show_progress: bool = True,
+) -> list[Path]:
+    """Segment every input case; returns the label maps written (see the module docstring)."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, round_)
+    module = loaded.module.to(resolve_device(devices))
+    cases = collect_inputs(inputs, len(module.plans.channel_names))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    show = show_progress and console.is_terminal
+    with make_progress() if show else _NoBar() as bar:
+        task = bar.add_task(f"predicting {len(cases)} case(s)", total=len(cases))
+        for case in cases:
+            pred = predict_case(module, case, tta=tta)
+            seg_path, prob_path = output_paths(out_dir, case.case_id)
+            write_volume(pred.labels, pred.geometry, seg_path)
+            if save_probabilities:
+                atomic_save_npz(prob_path, probabilities=pred.probabilities.astype(np.float32))
+            written.append(seg_path)
+            bar.advance(task)
+    return written
+
+
+class _NoBar:
+    """A progress bar that shows nothing (tests, logs)."""
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def advance(self, *args: object) -> None:
+        return None
