@@ -227,10 +227,6 @@ class RunDir:
         return self.path / ROUNDS / f"round_{k:03d}_embeddings.npz"
 
     @property
-    def plans_path(self) -> Path:
-        return self.path / PLANS
-
-    @property
     def rounds_log_dir(self) -> Path:
         """TensorBoard events of the run as a whole (one step per round)."""
         return self.path / LOGS / ROUNDS
