@@ -127,9 +127,12 @@ def test_a_round_checkpoint_loads_into_a_plain_dynunet_with_the_loops_logits(run
         torch.testing.assert_close(net(x), module.net(x), rtol=1e-4, atol=1e-4)
 
 
-def test_each_round_prints_one_clean_line_and_no_stale_bar(plan: Path, tmp_path: Path, capsys):
+def test_each_round_prints_one_clean_line_and_no_stale_bar(plan: Path, tmp_path: Path, capsys, monkeypatch):
     # lazy: the CLI's quieting of Lightning's banners is what a user of 'alseg loop' sees
+    import alseg.active.loop
     from alseg.cli import _quiet_libraries
+
+    monkeypatch.setattr(alseg.active.loop, "_terminal", lambda: True)  # what a terminal shows
 
     _quiet_libraries()
     settings = LoopSettings(**{**TINY, "rounds": 1}, strategy="random", seed=0)
@@ -144,3 +147,12 @@ def test_each_round_prints_one_clean_line_and_no_stale_bar(plan: Path, tmp_path:
     assert visible[0].startswith("round 0: 8 items labelled — Dice ")
     assert visible[1].startswith("round 1: 4 items selected by random")
     assert visible[2].startswith("round 1: 12 items labelled — Dice ")
+
+
+def test_without_a_terminal_a_loop_prints_its_round_lines_and_no_bar(plan: Path, tmp_path: Path, capsys):
+    """A log file (stderr not a terminal, as under pytest's capture) gets no bar redraws."""
+    settings = LoopSettings(**{**TINY, "rounds": 0}, strategy="random", seed=0)
+    LoopDriver(plan, tmp_path / "run", settings, workers=0, show_progress=True).run_all()
+    captured = capsys.readouterr()
+    assert "round 0 · epoch" not in captured.err and "it/s" not in captured.err
+    assert [ln for ln in (captured.out + captured.err).splitlines() if ln.strip()][-1].startswith("round 0: 8 items")

@@ -15,6 +15,7 @@ annotate) → :meth:`~LoopDriver.train_round` → (callback) :meth:`~LoopDriver.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -214,11 +215,11 @@ class LoopDriver:
             num_workers=self.workers,
             seed=seed,
         )
+        bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
         trainer = make_trainer(
             trainer_settings(self.config),
             max_epochs=self.config.epochs,
-            callbacks=[ActiveLoop(self, round_)]
-            + ([RoundProgressBar(round_, self.config.epochs)] if self.show_progress else []),
+            callbacks=[ActiveLoop(self, round_)] + ([RoundProgressBar(round_, self.config.epochs)] if bar else []),
             logger=[
                 CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
                 TensorBoardLogger(
@@ -229,7 +230,7 @@ class LoopDriver:
                     default_hp_metric=False,
                 ),
             ],
-            show_progress=self.show_progress,
+            show_progress=bar,
             iterations_per_epoch=self.config.iters_per_epoch,
             enable_model_summary=False,
         )
@@ -472,6 +473,11 @@ class LoopDriver:
     @property
     def labelled_mask(self) -> np.ndarray:
         return self.pool.mask(self.state.labelled)
+
+
+def _terminal() -> bool:
+    """Whether stderr is a terminal, where the training bar can redraw itself in place."""
+    return sys.stderr.isatty()
 
 
 class AnnotationIncomplete(Exception):
