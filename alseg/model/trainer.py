@@ -95,27 +95,7 @@ def resolved_trainer_kwargs(
     return kwargs
 
 
-def make_trainer(
-    settings: TrainerSettings,
-    *,
-    max_epochs: int,
-    callbacks: Sequence[Any] = (),
-    logger: Any = None,
-    show_progress: bool = True,
-    validate: bool = False,
-    iterations_per_epoch: int | None = None,
-    **extra: Any,
-) -> pl.Trainer:
-    """A Lightning Trainer with alseg's rules (module docstring); see :func:`resolved_trainer_kwargs`."""
-    return pl.Trainer(
-        **resolved_trainer_kwargs(
-            settings,
-            max_epochs=max_epochs,
-            callbacks=callbacks,
-            logger=logger,
-            show_progress=show_progress,
-            validate=validate,
-            iterations_per_epoch=iterations_per_epoch,
-            **extra,
-        )
-    )
+def make_trainer(settings: TrainerSettings, **kwargs: Any) -> pl.Trainer:
+    """A Lightning Trainer with alseg's rules (module docstring); ``kwargs`` are those of
+    :func:`resolved_trainer_kwargs` (``max_epochs``, ``callbacks``, ``logger``, ...)."""
+    return pl.Trainer(**resolved_trainer_kwargs(settings, **kwargs))

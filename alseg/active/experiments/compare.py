@@ -90,12 +90,15 @@ def loop_command(plan_dir: Path, cell: Cell, settings: LoopSettings, workers: in
     return cmd
 
 
-def run_full_reference(plan_dir: Path, exp_dir: Path, settings: LoopSettings, workers: int | None = None) -> None:
+def run_full_reference(
+    plan_dir: Path, exp_dir: Path, settings: LoopSettings, workers: int | None = None, ws: Workspace | None = None
+) -> None:
     """Train on every training case of the fold: the horizontal line of the learning curves."""
     full = RunDir(Path(exp_dir) / "full")
     if full.metrics_path.is_file():
         return
-    ws = Workspace.open(plan_dir, Path(exp_dir), settings.config, settings.fold, show_progress=False)
+    if ws is None:  # the grid passes the workspace it already opened
+        ws = Workspace.open(plan_dir, Path(exp_dir), settings.config, settings.fold, show_progress=False)
     epochs = settings.epochs * (settings.rounds + 1)  # as many iterations as a whole loop
     ts = trainer_settings(settings)
     final = train(
@@ -187,7 +190,7 @@ def run_compare(
             console.print(f"{cell.strategy} seed {cell.seed}: {status} in {time.time() - t0:.0f} s")
     if full_reference:
         t0 = time.time()
-        run_full_reference(plan_dir, exp_dir, settings, workers)
+        run_full_reference(plan_dir, exp_dir, settings, workers, ws=ws)
         console.print(f"full-data reference: done in {time.time() - t0:.0f} s")
     if failures:
         raise AlsegError(f"{len(failures)} run(s) failed; first: {failures[0]}")
