@@ -302,6 +302,7 @@ def loop(
 ) -> None:
     """Run active learning: train, score the pool, select, annotate, fine-tune — resumable."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.active.ddp import FollowerDriver, LeaderGone, launched_rank
     from alseg.active.loop import AnnotationIncomplete, LoopDriver
 
     values = dict(
@@ -327,6 +328,12 @@ def loop(
         values = {**base, **{k: v for k, v in values.items() if k in given}}
         given = set(values)
     settings = LoopSettings.checked(**values)
+    if launched_rank() > 0:  # a copy Lightning started for another device: it follows rank 0 silently
+        try:
+            FollowerDriver(target, run_dir, settings, workers=workers).run_all()
+        except LeaderGone:
+            pass
+        return
     driver = LoopDriver(target, run_dir, settings, resume=resume, workers=workers, given=given)
     try:
         state = driver.run_all()
@@ -579,6 +586,7 @@ def demo(
         iters_per_epoch=60,
         batch_size=8,
         mc_passes=4,
+        devices="1",  # runs inside 'alseg demo': one device, never re-launched for DDP
     )
     driver = LoopDriver(out_dir / "plan", run_dir, settings, resume=True, workers=0)
     state = driver.run_all()

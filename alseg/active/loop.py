@@ -442,6 +442,13 @@ class LoopDriver:
     def _validate_sizes(self) -> None:
         n = len(self.pool)
         cfg = self.config
+        if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
+            batch = cfg.batch_size or self.ws.configuration.batch_size
+            if batch < int(cfg.devices):
+                raise AlsegError(
+                    f"a batch of {batch} cannot be split over {cfg.devices} devices — use --batch-size "
+                    f"{cfg.devices} or more, or fewer --devices"
+                )
         if cfg.initial > n:
             raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
         if cfg.initial + cfg.budget > n:

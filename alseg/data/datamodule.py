@@ -26,6 +26,12 @@ Reproducibility: each sample is drawn from a numpy generator (and the augmentati
 generators) seeded from ``(seed, rank)`` or, in worker processes, from the worker's torch seed,
 which the data loader's own seeded generator fixes; so a run with the same seed, workers and
 devices draws the same patches.
+
+On several devices (DDP) the plan's batch size is the *global* batch, split over the ranks as
+nnU-Net v2 splits it (:func:`rank_batch_size`), and every rank draws its own patches for the
+same number of iterations: the optimiser takes as many steps, on as many patches, as on one
+device. Lightning's ``DistributedSampler`` is therefore switched off (the samples are random
+draws already, not a dataset to shard).
 """
 
 from __future__ import annotations
@@ -52,11 +58,22 @@ __all__ = [
     "PatchDataset",
     "Region",
     "SegDataModule",
+    "rank_batch_size",
     "whole_case_region",
 ]
 
 MAX_LOCATIONS = 10_000  # foreground coordinates kept per class, as the cache's class_locations
 _OPEN_CASES = 64  # memory maps kept open per worker
+
+
+def rank_batch_size(batch_size: int, rank: int, world_size: int) -> int:
+    """Rank ``rank``'s share of a global batch: the first ``batch_size % world_size`` ranks take one more."""
+    if batch_size < world_size:
+        raise AlsegError(
+            f"a batch of {batch_size} cannot be split over {world_size} devices — use --batch-size {world_size} "
+            f"or more, or fewer --devices"
+        )
+    return batch_size // world_size + (1 if rank < batch_size % world_size else 0)
 
 
 @dataclass(frozen=True)
@@ -340,12 +357,13 @@ class SegDataModule(LightningDataModule):
     def build_train_dataset(self) -> PatchDataset:
         cfg = self.config
         dims = len(cfg.patch_size)
+        batch = self._batch_size()
         return PatchDataset(
             self.cache,
             self.train_regions,
             cfg.patch_size,
-            length=cfg.trainer.iterations_per_epoch * cfg.batch_size,
-            batch_size=cfg.batch_size,
+            length=cfg.trainer.iterations_per_epoch * batch,
+            batch_size=batch,
             foreground_oversample=cfg.trainer.foreground_oversample,
             transforms=get_training_transforms(cfg.patch_size, dims) if self.augment else None,
             sample_size=sampling_patch_size(cfg.patch_size) if self.augment else None,
@@ -361,6 +379,12 @@ class SegDataModule(LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.global_rank) if trainer is not None else 0
 
+    def _batch_size(self) -> int:
+        """This rank's share of the plan's (global) batch size; the whole batch on one device."""
+        trainer = getattr(self, "trainer", None)
+        world = int(trainer.world_size) if trainer is not None else 1
+        return rank_batch_size(self.config.batch_size, self._rank(), world)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
@@ -368,7 +392,7 @@ class SegDataModule(LightningDataModule):
         ds.rank = self._rank()
         return DataLoader(
             ds,
-            batch_size=self.config.batch_size,
+            batch_size=ds.batch_size,
             shuffle=False,  # randomness is in the samples; order keeps the oversampling slots
             num_workers=self.num_workers,
             worker_init_fn=_worker_init if self.num_workers > 0 else None,

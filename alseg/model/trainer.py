@@ -12,6 +12,8 @@ with a :class:`TrainerSettings`. The rules, once:
   some 3D ones do not exist).
 * **log_every_n_steps** ``max(1, min(50, iterations_per_epoch))``: at least one logged step per
   epoch when epochs are short.
+* **no distributed sampler**: on several devices each rank draws its own share of the global
+  batch (:mod:`alseg.data.datamodule`), as nnU-Net v2 does.
 * validation and the sanity check only when asked (``validate=True``); checkpointing only when
   a ``ModelCheckpoint`` is among the callbacks (no stray ``lightning_logs`` checkpoints).
 """
@@ -26,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["GRADIENT_CLIP", "TrainerSettings", "make_trainer", "resolved_trainer_kwargs", "uses_cuda"]
+__all__ = ["GRADIENT_CLIP", "TrainerSettings", "make_trainer", "one_device", "resolved_trainer_kwargs", "uses_cuda"]
 
 GRADIENT_CLIP = 12.0  # nnU-Net v2 clips the gradient norm at 12
 MAX_LOG_EVERY = 50  # Lightning's default log_every_n_steps
@@ -43,6 +45,18 @@ class TrainerSettings(BaseModel):
     precision: str | int | None = None
     gradient_clip_val: float = GRADIENT_CLIP
     deterministic: bool | Literal["warn"] | None = None
+
+
+def one_device(settings: TrainerSettings) -> TrainerSettings:
+    """The same settings on at most one device: for training inside a process that does more than
+    train (``alseg compare``'s full-data reference, ``alseg demo``), which Lightning's DDP
+    launcher must not start again on the other devices."""
+    devices = settings.devices
+    if devices == "auto" or (isinstance(devices, int) and devices > 1):
+        devices = 1
+    elif isinstance(devices, list) and len(devices) > 1:
+        devices = devices[:1]
+    return settings.model_copy(update={"devices": devices})
 
 
 def uses_cuda(settings: TrainerSettings) -> bool:
@@ -85,6 +99,7 @@ def resolved_trainer_kwargs(
         "enable_progress_bar": show_progress,
         "enable_model_summary": show_progress,
         "num_sanity_val_steps": 0,
+        "use_distributed_sampler": False,  # patches are random draws per rank (alseg.data.datamodule)
         "log_every_n_steps": MAX_LOG_EVERY
         if iterations_per_epoch is None
         else max(1, min(MAX_LOG_EVERY, iterations_per_epoch)),

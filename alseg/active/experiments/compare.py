@@ -25,6 +25,7 @@ from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 from alseg.model.train import train
+from alseg.model.trainer import one_device
 from alseg.progress import console
 from alseg.strategies import available, options_for
 
@@ -100,7 +101,7 @@ def run_full_reference(
     if ws is None:  # the grid passes the workspace it already opened
         ws = Workspace.open(plan_dir, Path(exp_dir), settings.config, settings.fold, show_progress=False)
     epochs = settings.epochs * (settings.rounds + 1)  # as many iterations as a whole loop
-    ts = trainer_settings(settings)
+    ts = one_device(trainer_settings(settings))  # trains inside 'alseg compare': never re-launched for DDP
     final = train(
         ws.plans,
         settings.config,
