@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import numpy as np
 from alseg.errors import AlsegError
 
 __all__ = [
+    "atomic_copy",
     "atomic_save_npy",
     "atomic_save_npz",
     "atomic_torch_save",
@@ -117,6 +119,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    """A byte-for-byte copy of ``source`` (its header and voxels unchanged), written atomically."""
+    _atomic(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

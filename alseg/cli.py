@@ -342,7 +342,8 @@ def loop(
             err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
         out.print(
             f"round {e.round}: {len(e.accepted)} mask(s) accepted, {e.n_waiting} still missing, {len(e.problems)} rejected. "
-            f"Annotate the items in {e.folder} (see manifest.json), then run the same command with --resume.",
+            f"Annotate the items in {e.folder} (see {e.guide.name if e.guide else 'its files'}), then run the same "
+            "command with --resume.",
             markup=False,
             highlight=False,
             soft_wrap=True,  # one line: scripts read the package path from it (exit code 3)

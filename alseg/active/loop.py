@@ -25,16 +25,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from alseg.active.oracles import FilesOracle, LabelStore, SimulatedOracle, item_geometry
+from alseg.active.oracles import FilesOracle, LabelStore, PatchOracle, SimulatedOracle, item_geometry
 from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
+from alseg.data.dataset import CaseFiles, DatasetInfo, read_dataset
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
+from alseg.model.predict import resolve_device
 from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
@@ -65,6 +67,8 @@ class LoopDriver:
     ``given`` (default: all) must equal the stored ones — the CLI passes the options a user typed.
     ``workers`` and ``show_progress`` only affect this process.
     """
+
+    _dataset: DatasetInfo | None = None  # the plan's dataset, read when the files oracle needs a case's files
 
     def __init__(
         self,
@@ -188,7 +192,13 @@ class LoopDriver:
         self.state.pending = Pending(round=round_, selected=record["selected"])
         self.run.save_state(self.state)
         t0 = time.perf_counter()
-        answer = self.oracle.annotate(round_, self.pool.indices(selected))
+
+        def model():  # the model that selected the batch, for the files oracle's pre-segmentation
+            return (
+                module if module is not None else self.load_module(round_ - 1).to(resolve_device(self.config.devices))
+            )
+
+        answer = self.oracle.annotate(round_, self.pool.indices(selected), model if round_ > 0 else None)
         for path in self.labels.write(self.pool, answer.masks):
             self.run.record_checksum(self.state, path)
         if answer.problems or answer.waiting:
@@ -464,7 +474,7 @@ class LoopDriver:
     def _make_oracle(self):
         if self.config.oracle == "simulated":
             return SimulatedOracle(self.pool, self.ws.ground_truth)
-        return FilesOracle(
+        patches = PatchOracle(
             self.run,
             self.pool,
             self.ws.image,
@@ -472,6 +482,23 @@ class LoopDriver:
             self.ws.plans.transpose_backward,
             self.ws.plans.labels,
         )
+        if self.config.oracle == "patches":
+            return patches
+        return FilesOracle(
+            self.run, self.pool, self.ws.properties, self._case_files, self.ws.plans, self.config.config, patches
+        )
+
+    def _case_files(self, case_id: str) -> CaseFiles:
+        """A training case's files in the dataset the plan was made from (the package copies them)."""
+        if self._dataset is None:
+            self._dataset = read_dataset(self.ws.plans.dataset_root)
+        try:
+            return self._dataset.case(case_id)
+        except KeyError:
+            raise AlsegError(
+                f"has no training case '{case_id}' any more — resume with the dataset the run was made from",
+                Path(self.ws.plans.dataset_root) / "dataset.json",
+            ) from None
 
     def rng(self, round_: int) -> np.random.Generator:
         """The generator of one round: the same on a resumed run as on an uninterrupted one."""
@@ -496,6 +523,7 @@ class AnnotationIncomplete(Exception):
         self.n_waiting = n_waiting
         self.accepted = accepted
         self.folder = oracle.folder(round_) if hasattr(oracle, "folder") else None
+        self.guide = oracle.guide(round_) if hasattr(oracle, "guide") else None
         super().__init__(f"round {round_}: {n_waiting} mask(s) missing, {len(problems)} rejected")
 
 

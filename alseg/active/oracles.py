@@ -1,9 +1,11 @@
 """Oracles: who provides the masks of selected items.
 
 ``simulated`` reveals the ground truth of the preprocessed case (the paper's simulation).
-``files`` exports the selected items as NIfTI files with their world geometry and a manifest
-for a person to annotate in any tool (ITK-SNAP, 3D Slicer), and imports the masks written
-back, validating each one; a wrong mask is rejected with one line and the others are kept.
+``files`` writes a package per case for a person (the case's image in its own geometry, the
+model's pre-segmentation, the region to annotate; :mod:`alseg.active.annotation`) and imports
+the label map saved for each case, keeping only the selected items' voxels. ``patches``
+exports each item as a NIfTI patch with its world geometry and imports one mask per item.
+Both validate what comes back; a wrong file is rejected with one line and the others are kept.
 
 Masks land in a :class:`LabelStore` (``RUN/labels/<case>.npy``, 255 = not annotated), which
 is what the DataModule trains from.
@@ -14,15 +16,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from alseg.active.rundir import RunDir
+from alseg.active.annotation import CaseRequest, case_masks, presegment, read_case_label, write_package
+from alseg.active.rundir import AnnotationPackage, RunDir
 from alseg.atomic import atomic_save_npy, atomic_write_json
-from alseg.data.io import Geometry, read_volume, write_volume
+from alseg.data.dataset import CaseFiles
+from alseg.data.io import IMAGE_SUFFIXES, Geometry, read_volume, write_volume
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
+from alseg.plans.models import Plans
 
 __all__ = [
     "UNLABELLED",
@@ -30,11 +35,15 @@ __all__ = [
     "Annotation",
     "SimulatedOracle",
     "FilesOracle",
+    "PatchOracle",
     "item_geometry",
     "manifest_items",
 ]
 
 UNLABELLED = 255
+
+ModelSource = Callable[[], Any] | None
+"""The model that selected a round's batch, loaded only when asked (None in round 0)."""
 
 
 class LabelStore:
@@ -104,7 +113,7 @@ class SimulatedOracle:
         self.pool = pool
         self.ground_truth = ground_truth
 
-    def annotate(self, round_: int, indices: np.ndarray) -> Annotation:
+    def annotate(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Annotation:
         masks: dict[int, np.ndarray] = {}
         for i in sorted(int(i) for i in indices):
             seg = self.ground_truth(self.pool[i].case_id)
@@ -141,14 +150,106 @@ def _safe(item_id: str) -> str:
 
 
 class FilesOracle:
-    """Round trip through files a person edits: export, then validate and import the masks.
+    """A package per case for a person (:mod:`alseg.active.annotation`), then the label maps back.
+
+    Per case with selected items: the image in its own geometry, the pre-segmentation of the
+    model that selected the batch (rounds >= 1), the region of the items, and ``label.nii.gz``
+    to save. A label map is checked against the image, mapped to the plan's grid as the plan
+    maps labels, and only the items' boxes are kept. A round whose folder is in the patches
+    layout (made before the package per case existed) is imported in that layout.
+    """
+
+    name = "files"
+
+    def __init__(
+        self,
+        run: RunDir,
+        pool: Pool,
+        properties: Callable[[str], dict],
+        case_files: Callable[[str], CaseFiles],
+        plans: Plans,
+        config_name: str,
+        patches: "PatchOracle",
+    ):
+        self.run = run
+        self.pool = pool
+        self.properties = properties
+        self.case_files = case_files
+        self.plans = plans
+        self.config_name = config_name
+        self.patches = patches
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.plans.labels
+
+    def folder(self, round_: int) -> Path:
+        return self.run.annotate_dir(round_)
+
+    def guide(self, round_: int) -> Path:
+        """The file that tells the person what to do."""
+        package = self.run.package(round_)
+        return package.manifest if package.is_patch_layout() else package.readme
+
+    def _by_case(self, indices: np.ndarray) -> dict[str, dict[int, object]]:
+        by_case: dict[str, dict[int, object]] = {}
+        for i in sorted(int(i) for i in indices):
+            by_case.setdefault(self.pool[i].case_id, {})[i] = self.pool[i]
+        return by_case
+
+    def export(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Path:
+        """Write round ``round_``'s package; ``model`` gives the pre-segmentations (None: none)."""
+        requests = [
+            CaseRequest(self.case_files(case_id), self.properties(case_id), items)
+            for case_id, items in self._by_case(indices).items()
+        ]
+        module = model() if model is not None else None
+        predict = None if module is None else (lambda case: presegment(module, case))
+        package = self.run.package(round_)
+        resampling = self.plans.configuration(self.config_name).resampling
+        write_package(package, round_, requests, self.labels, resampling, predict)
+        return package.folder
+
+    def annotate(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Annotation:
+        package = self.run.package(round_)
+        if package.is_patch_layout():
+            return self.patches.annotate(round_, indices)
+        if not package.manifest.is_file():
+            self.export(round_, indices, model)
+        masks: dict[int, np.ndarray] = {}
+        problems: list[str] = []
+        waiting: list[int] = []
+        for case_id, items in self._by_case(indices).items():
+            found = package.label_candidates(case_id, IMAGE_SUFFIXES)
+            if not found:
+                waiting.extend(items)
+                continue
+            if len(found) > 1:
+                names = ", ".join(p.name for p in found)
+                problems.append(
+                    f"{package.case_dir(case_id)}: holds {len(found)} label files ({names}) — keep only "
+                    f"{package.label(case_id).name}"
+                )
+                continue
+            props = self.properties(case_id)
+            try:
+                label = read_case_label(found[0], props, self.labels)
+            except AlsegError as e:
+                problems.append(str(e))
+                continue
+            masks.update(case_masks(label, props, self.plans, self.config_name, items))
+        return Annotation(masks, problems, waiting)
+
+
+class PatchOracle:
+    """Round trip through one file per item: export each patch, then validate and import its mask.
 
     The exported image of an item is its preprocessed patch in the file's own axis order with
     the world geometry of that patch (spacing of the plan, origin of its first voxel), so it
     overlays the original scan in any viewer. Masks go to ``masks/<same name>`` beside it.
     """
 
-    name = "files"
+    name = "patches"
 
     def __init__(
         self,
@@ -169,6 +270,10 @@ class FilesOracle:
     def folder(self, round_: int) -> Path:
         return self.run.annotate_dir(round_)
 
+    def guide(self, round_: int) -> Path:
+        """The file that tells the person what to do."""
+        return self.run.package(round_).manifest
+
     def _to_file_order(self, arr: np.ndarray) -> np.ndarray:
         return np.transpose(arr, self.transpose_backward)
 
@@ -177,27 +282,27 @@ class FilesOracle:
         return np.transpose(arr, forward)
 
     def export(self, round_: int, indices: np.ndarray) -> Path:
-        folder = self.folder(round_)
+        package = self.run.package(round_)
         entries = []
         for i in sorted(int(i) for i in indices):
             item = self.pool[i]
             image = self.load_image(item.case_id)
             patch = np.asarray(image[0][tuple(slice(a, b) for a, b in item.box)], dtype=np.float32)
             name = f"{_safe(item.id)}.nii.gz"
-            if not (folder / "images" / name).is_file():
-                write_volume(self._to_file_order(patch), self.item_geometry(i), folder / "images" / name)
+            if not package.patch_image(name).is_file():
+                write_volume(self._to_file_order(patch), self.item_geometry(i), package.patch_image(name))
             entries.append(
                 {
                     "id": item.id,
                     "case": item.case_id,
-                    "image": f"images/{name}",
-                    "mask": f"masks/{name}",
+                    "image": package.relative(package.patch_image(name)),
+                    "mask": package.relative(package.patch_mask(name)),
                     "shape": list(self._to_file_order(patch).shape),
                 }
             )
-        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        package.patch_masks_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            folder / "manifest.json",
+            package.manifest,
             {
                 "round": round_,
                 "labels": {str(k): v for k, v in self.labels.items()},
@@ -205,17 +310,17 @@ class FilesOracle:
                 "instructions": "Write one label map per item into masks/ with the image's name and grid; then run 'alseg loop --resume'.",
             },
         )
-        return folder
+        return package.folder
 
-    def annotate(self, round_: int, indices: np.ndarray) -> Annotation:
-        folder = self.folder(round_)
-        if not (folder / "manifest.json").is_file():
+    def annotate(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Annotation:
+        package = self.run.package(round_)
+        if not package.manifest.is_file():
             self.export(round_, indices)
         masks, problems, waiting = {}, [], []
         allowed = set(self.labels)
         for i in sorted(int(i) for i in indices):
             name = f"{_safe(self.pool[i].id)}.nii.gz"
-            mask_path = folder / "masks" / name
+            mask_path = package.patch_mask(name)
             if not mask_path.is_file():
                 waiting.append(i)
                 continue
@@ -224,7 +329,7 @@ class FilesOracle:
             except AlsegError as e:
                 problems.append(str(e))
                 continue
-            image, image_geom = read_volume(folder / "images" / name)
+            image, image_geom = read_volume(package.patch_image(name))
             if mask.shape != image.shape:
                 problems.append(
                     f"{mask_path}: shape {mask.shape} differs from its image {image.shape} — draw the mask on the exported image's grid"
@@ -250,5 +355,5 @@ class FilesOracle:
 
 
 def manifest_items(folder: Path) -> list[dict]:
-    """The items listed in an annotation folder's manifest (used by scripts and tests)."""
-    return json.loads((Path(folder) / "manifest.json").read_text())["items"]
+    """The items listed in a patches package's manifest (used by scripts and tests)."""
+    return json.loads(AnnotationPackage(Path(folder)).manifest.read_text())["items"]

@@ -14,7 +14,10 @@ report reads through it. Layout (``RUN/``)::
     rounds/round_XXX_pictures.npz    one slice of a few fixed test cases: image, truth, prediction
     labels/<case>.npy    annotated voxels per case (255 = not annotated yet)
     checkpoints/round_XXX.ckpt  the model after each round
-    annotate/round_XXX/  the files oracle's package for a person
+    annotate/round_XXX/  the files oracle's package for a person (:class:`AnnotationPackage`):
+                         README.txt, manifest.json, cases/<case>/{image*, presegmentation, region}.nii.gz,
+                         and the person's cases/<case>/label.nii.gz; the patches oracle's (and runs made
+                         before the case package): images/<item>.nii.gz, masks/<item>.nii.gz, manifest.json
     logs/round_XXX/      Lightning's CSV log of round XXX (+ tensorboard/: its TensorBoard events)
     logs/rounds/         TensorBoard events of the whole run: test Dice per class, items, seconds per round
     .lock                held (``fcntl.flock``) by the one process writing the run; holds its pid
@@ -55,6 +58,7 @@ __all__ = [
     "RunState",
     "Pending",
     "RunDir",
+    "AnnotationPackage",
     "RunSummary",
     "RoundFile",
     "FULL_STRATEGY",
@@ -75,6 +79,10 @@ __all__ = [
 CONFIG, STATE, METRICS, PLANS, SPLIT = "config.json", "state.json", "metrics.csv", "plans.json", "split.json"
 ROUNDS, LABELS, CHECKPOINTS, ANNOTATE, LOGS = "rounds", "labels", "checkpoints", "annotate", "logs"
 LOCK = ".lock"
+PACKAGE_MANIFEST, PACKAGE_README, PACKAGE_CASES = "manifest.json", "README.txt", "cases"
+CASE_IMAGE, CASE_PRESEGMENTATION, CASE_REGION, CASE_LABEL = "image", "presegmentation", "region", "label"
+NIFTI = ".nii.gz"
+PATCH_IMAGES, PATCH_MASKS = "images", "masks"
 
 
 class RunLock:
@@ -181,6 +189,67 @@ class RunState(BaseModel):
     )
 
 
+class AnnotationPackage:
+    """The file names of one round's annotation package (``RUN/annotate/round_XXX/``).
+
+    Two layouts: the files oracle's package per case (``cases/<case>/``: the image as the dataset
+    holds it, the model's pre-segmentation, the region to annotate, and ``label.nii.gz``, which
+    the person saves), and the patches oracle's (``images/`` and ``masks/``, one file per item).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / PACKAGE_MANIFEST
+
+    @property
+    def readme(self) -> Path:
+        return self.folder / PACKAGE_README
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.folder / PACKAGE_CASES / case_id
+
+    def image(self, case_id: str, channel: int | None, ending: str) -> Path:
+        """The case's image file: ``image<ending>`` when one file holds every channel, else ``image_XXXX``."""
+        stem = CASE_IMAGE if channel is None else f"{CASE_IMAGE}_{channel:04d}"
+        return self.case_dir(case_id) / f"{stem}{ending}"
+
+    def presegmentation(self, case_id: str) -> Path:
+        return self.case_dir(case_id) / f"{CASE_PRESEGMENTATION}{NIFTI}"
+
+    def region(self, case_id: str) -> Path:
+        return self.case_dir(case_id) / f"{CASE_REGION}{NIFTI}"
+
+    def label(self, case_id: str) -> Path:
+        """Where the person saves the case's label map (the documented name)."""
+        return self.case_dir(case_id) / f"{CASE_LABEL}{NIFTI}"
+
+    def label_candidates(self, case_id: str, endings: Iterable[str]) -> list[Path]:
+        """Label files the person may have saved: ``label`` with any image ending."""
+        return [p for e in endings if (p := self.case_dir(case_id) / f"{CASE_LABEL}{e}").is_file()]
+
+    def relative(self, path: Path) -> str:
+        return Path(path).relative_to(self.folder).as_posix()
+
+    # the patches layout (one file per item)
+    def patch_image(self, name: str) -> Path:
+        return self.folder / PATCH_IMAGES / name
+
+    def patch_mask(self, name: str) -> Path:
+        return self.folder / PATCH_MASKS / name
+
+    @property
+    def patch_masks_dir(self) -> Path:
+        return self.folder / PATCH_MASKS
+
+    def is_patch_layout(self) -> bool:
+        """True for a package in the patches layout (also every files-oracle package made before
+        the case package existed): such a round is imported in that layout."""
+        return (self.folder / PATCH_IMAGES).is_dir()
+
+
 class RunDir:
     """Reads and writes one run directory; see the module docstring for its layout."""
 
@@ -243,6 +312,10 @@ class RunDir:
 
     def annotate_dir(self, k: int) -> Path:
         return self.path / ANNOTATE / f"round_{k:03d}"
+
+    def package(self, k: int) -> "AnnotationPackage":
+        """The annotation package of round ``k`` (``annotate/round_XXX/``)."""
+        return AnnotationPackage(self.annotate_dir(k))
 
     def exists(self) -> bool:
         return self.config_path.is_file()

@@ -28,10 +28,17 @@ class Configuration(str, Enum):
 
 
 class OracleKind(str, Enum):
-    """Who annotates: the ground truth (simulation) or a person through files."""
+    """Who annotates: the ground truth (simulation) or a person through files.
+
+    ``files``: a package per case (image in its own geometry, pre-segmentation, region to
+    annotate; one label map per case comes back). ``patches``: one NIfTI patch per item and one
+    mask per item back (what ``files`` meant before the package per case; a round of such a run
+    whose folder is in that layout is still imported in it).
+    """
 
     simulated = "simulated"
     files = "files"
+    patches = "patches"
 
 
 class LoopSettings(BaseModel):
@@ -56,7 +63,9 @@ class LoopSettings(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="Override the plan's batch size.")
     mc_passes: int = Field(10, ge=1, description="Monte-Carlo dropout passes for uncertainty.")
     oracle: OracleKind = Field(
-        OracleKind.simulated, description="simulated (ground truth) or files (a person annotates)."
+        OracleKind.simulated,
+        description="simulated (ground truth); files (a person annotates a package per case: image, "
+        "pre-segmentation, region); patches (a person annotates one NIfTI patch per item).",
     )
     devices: str = Field("auto", description="Lightning devices: a number or 'auto'.")
     fine_tune: bool = Field(True, description="Later rounds start from the previous round's weights.")

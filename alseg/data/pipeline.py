@@ -41,6 +41,7 @@ __all__ = [
     "PREPROCESS_VERSION",
     "grid_properties",
     "label_dtype",
+    "label_to_grid",
     "preprocess_case",
     "sample_class_locations",
     "target_spacing",
@@ -110,6 +111,40 @@ def grid_properties(image: np.ndarray, geometry: Geometry, plans: Plans, config_
     }
 
 
+def _resample_label(seg, new_shape, spacing, target, rs, slice_axis: int | None) -> np.ndarray:
+    """The label step of :func:`preprocess_case` (and :func:`label_to_grid`): ``(1, *new_shape)``."""
+    return resample(
+        seg[None],
+        new_shape,
+        spacing,
+        target,
+        True,
+        rs.label_order,
+        rs.order_z,
+        rs.separate_z_anisotropy_threshold,
+        slice_axis,
+    )
+
+
+def label_to_grid(label: np.ndarray, props: dict[str, Any], plans: Plans, config_name: str) -> np.ndarray:
+    """A label map ``(z, y, x)`` on the file's grid as ``(*grid)`` on the plan's, through the same
+    steps :func:`preprocess_case` takes for a case's label: transpose, crop to the case's crop box
+    (``props``, as the cache stores them), resample labels as the plan says.
+
+    For a case's own label file this gives exactly the cached label.
+    """
+    config = plans.configuration(config_name)
+    label = np.asarray(label)
+    if list(label.shape) != list(props["original_shape"]):
+        raise AlsegError(f"label shape {label.shape} differs from the image {tuple(props['original_shape'])}")
+    seg = label.transpose(list(props["transpose_forward"]))
+    seg = np.ascontiguousarray(seg[tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])])
+    spacing = [float(s) for s in props["spacing_before_resampling"]]
+    target, slice_axis = target_spacing(spacing, config.spacing)
+    out = _resample_label(seg, props["shape_after_resampling"], spacing, target, config.resampling, slice_axis)[0]
+    return out.astype(label_dtype(out), copy=False)
+
+
 def preprocess_case(
     image: np.ndarray, label: np.ndarray | None, geometry: Geometry, plans: Plans, config_name: str
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -172,17 +207,7 @@ def preprocess_case(
         "spacing_after_resampling": [float(s) for s in target],
     }
     if seg is not None:
-        seg = resample(
-            seg[None],
-            new_shape,
-            spacing,
-            target,
-            True,
-            rs.label_order,
-            rs.order_z,
-            rs.separate_z_anisotropy_threshold,
-            slice_axis,
-        )
+        seg = _resample_label(seg, new_shape, spacing, target, config.resampling, slice_axis)
         values, counts = np.unique(seg, return_counts=True)
         found = dict(zip(values.tolist(), counts.tolist()))
         props["voxels_per_class"] = {str(k): int(found.get(k, 0)) for k in sorted(plans.labels)}
