@@ -172,9 +172,9 @@ def _annotate_from_truth(folder: Path, plan_dir: Path, skip: int | None = None, 
         write_volume(mask, geom, folder / item["mask"])
 
 
-def test_files_oracle_round_trip(plan_dir: Path, tmp_path: Path):
+def test_patches_oracle_round_trip(plan_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
-    args = _loop_args(plan_dir, run, "--oracle", "files", "--rounds", "1")
+    args = _loop_args(plan_dir, run, "--oracle", "patches", "--rounds", "1")
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 3, first.stderr  # waiting for annotations: its own exit code
     folder = run / "annotate" / "round_000"

@@ -220,7 +220,7 @@ FORMAT_OWNERS = {
     re.compile(r"_seg\.npy"): {"alseg/data/cache.py"},
     re.compile(r"\bmanifest\.json\b"): {
         "alseg/data/cache.py",
-        "alseg/active/oracles.py",  # not the cache's: the files oracle's annotation package, its own format
+        "alseg/active/rundir.py",  # not the cache's: the annotation package's (RUN/annotate/round_XXX/), its own format
     },
     # the run directory
     re.compile(r"\bstate\.json\b"): {"alseg/active/rundir.py"},
