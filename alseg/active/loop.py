@@ -193,10 +193,10 @@ class LoopDriver:
         self.run.save_state(self.state)
         t0 = time.perf_counter()
 
-        def model():  # the model that selected the batch, for the files oracle's pre-segmentation
-            return (
-                module if module is not None else self.load_module(round_ - 1).to(resolve_device(self.config.devices))
-            )
+        def model():  # the model that selected the batch (loaded on resume), for the files oracle's pre-segmentation
+            if module is not None:
+                return module
+            return self.load_module(round_ - 1).to(resolve_device(self.config.devices))
 
         answer = self.oracle.annotate(round_, self.pool.indices(selected), model if round_ > 0 else None)
         for path in self.labels.write(self.pool, answer.masks):
