@@ -261,3 +261,21 @@ def test_a_round_already_in_the_patches_layout_is_imported_in_it(data, tmp_path:
         _driver(plan_dir, run, resume=True).run_all()
     assert waiting.value.n_waiting == 8 and waiting.value.guide.name == "manifest.json"
     assert not (run / "annotate" / "round_000" / "cases").exists()
+
+
+def test_every_channel_file_is_copied_and_an_mhd_pair_becomes_one_file(tmp_path: Path):
+    from alseg.active.annotation import copy_images
+    from alseg.active.rundir import AnnotationPackage
+    from alseg.data.dataset import CaseFiles
+
+    geometry = Geometry((2.0, 1.0, 1.0), (1.0, 2.0, 3.0), tuple(np.eye(3).ravel()))
+    files = []
+    for k, ending in enumerate((".nii.gz", ".mhd")):
+        files.append(tmp_path / f"case_{k:04d}{ending}")
+        write_volume(np.full((2, 3, 4), k + 1, np.float32), geometry, files[-1])
+    package = AnnotationPackage(tmp_path / "round_000")
+    written = copy_images(package, CaseFiles("case", tuple(files)))
+    assert [package.relative(p) for p in written] == ["cases/case/image_0000.nii.gz", "cases/case/image_0001.nii.gz"]
+    assert written[0].read_bytes() == files[0].read_bytes()
+    array, copied = read_volume(written[1])
+    assert copied.matches(geometry) is None and np.all(array == 2)

@@ -43,6 +43,7 @@ from alseg.plans.models import Plans, Resampling
 __all__ = [
     "AXIS_NAMES",
     "CaseRequest",
+    "copy_images",
     "item_region",
     "region_mask",
     "presegment",
@@ -90,7 +91,7 @@ def _ending(path: Path) -> str:
     return next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), path.suffix)
 
 
-def _copy_images(package: AnnotationPackage, case: CaseFiles) -> list[Path]:
+def copy_images(package: AnnotationPackage, case: CaseFiles) -> list[Path]:
     """The case's image file(s), copied unchanged (a ``.mhd`` header + raw pair is written anew as NIfTI)."""
     single = len(case.images) == 1
     written = []
@@ -140,7 +141,7 @@ def write_case(
 ) -> dict[str, Any]:
     """Write one case's folder (image, pre-segmentation, region); returns its manifest entry."""
     geometry = Geometry.from_json(req.props["original_geometry"])
-    images = _copy_images(package, req.case)
+    images = copy_images(package, req.case)
     if presegmentation is not None:
         write_volume(np.asarray(presegmentation, np.uint8), geometry, package.presegmentation(req.case_id))
     boxes = [item.box for item in req.items.values()]
