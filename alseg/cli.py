@@ -281,6 +281,9 @@ def loop(
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
     config: ConfigOpt = Configuration(_d("config")),
     fold: FoldOpt = _d("fold"),
+    test_cases: Annotated[
+        Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))
+    ] = None,
     epochs: EpochsOpt = _d("epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
@@ -313,6 +316,7 @@ def loop(
         seed=seed,
         config=config,
         fold=fold,
+        test_cases=test_cases,
         epochs=epochs,
         iters_per_epoch=iters_per_epoch,
         batch_size=batch_size,
