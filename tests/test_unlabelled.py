@@ -214,12 +214,15 @@ def test_loop_without_any_label_records_agreement(unlabelled, tmp_path: Path):
     assert rows[0]["agreement_mean"] == "" and 0.0 <= float(rows[1]["agreement_mean"]) <= 1.0
     assert [int(r["n_labelled_items"]) for r in rows] == [8, 12]
     assert int(rows[1]["n_labelled_voxels"]) > int(rows[0]["n_labelled_voxels"]) > 0
-    # the report labels it as agreement between rounds, without Dice
+    # the report shows it as agreement between rounds (not accuracy), with no Dice to draw
     from alseg.report.build import build_report
 
-    report = build_report(run.parent, tmp_path / "report")
-    text = "".join(p.read_text() for p in report.parent.glob("*.md")) if report.suffix != ".md" else report.read_text()
-    assert "agreement" in text.lower()
+    summary = build_report([run], tmp_path / "report")
+    (shown,) = next(iter(summary["agreement"].values()))
+    assert shown["agreement"][0] is None and shown["agreement"][1] == pytest.approx(float(rows[1]["agreement_mean"]))
+    assert summary["settings"] == {} and any(f.startswith("agreement_") for f in summary["figures"])
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "agreement between rounds (no test labels)" in page and "not how accurate" in page
 
 
 def test_partly_labelled_with_test_cases_reports_dice_on_them(partly, tmp_path: Path):

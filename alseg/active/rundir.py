@@ -509,7 +509,11 @@ def read_summary(path: Path) -> RunSummary:
 
 
 def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray]:
-    """Parse ``metrics.csv`` into float columns, checking what the curves rely on."""
+    """Parse ``metrics.csv`` into float columns, checking what the curves rely on.
+
+    A run without test labels has no Dice columns but :data:`AGREEMENT_COLUMN` (empty, read as
+    NaN, in round 0); its columns hold ``agreement_mean`` and no ``dice_*``.
+    """
     required = [*REQUIRED_COLUMNS, *(f"dice_{name}" for name in label_names)]
     try:
         with path.open(newline="") as fh:
@@ -522,6 +526,9 @@ def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray
     header = [h.strip() for h in lines[0][1]]
     if len(set(header)) != len(header):
         raise AlsegError("duplicate column names in the header", path)
+    agreement_only = "dice_mean" not in header and AGREEMENT_COLUMN in header
+    if agreement_only:
+        required = [c for c in REQUIRED_COLUMNS if c != "dice_mean"] + [AGREEMENT_COLUMN]
     missing = [c for c in required if c not in header]
     if missing:
         raise AlsegError(f"missing column(s) {', '.join(missing)}; the header needs {','.join(required)}", path)
@@ -536,10 +543,11 @@ def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray
         for column in wanted:
             cell = row[header.index(column)].strip()
             try:
-                value = float(cell)
+                value = float("nan") if column == AGREEMENT_COLUMN and not cell else float(cell)
             except ValueError:
                 raise AlsegError(f"line {line_no}: {column}={cell!r} is not a number", path) from None
-            if column.startswith("dice_") and not (math.isnan(value) or 0.0 <= value <= 1.0):
+            dice_like = column.startswith("dice_") or column == AGREEMENT_COLUMN
+            if dice_like and not (math.isnan(value) or 0.0 <= value <= 1.0):
                 raise AlsegError(f"line {line_no}: {column}={value} is outside [0, 1]; write Dice as a fraction", path)
             values[column].append(value)
 
