@@ -28,7 +28,8 @@ from alseg.data.io import read_volume, write_volume
 from alseg.data.pipeline import preprocess_case
 from alseg.errors import AlsegError
 from alseg.model.train import make_split
-from alseg.plans.models import load_plans
+from alseg.plans.models import load_fingerprint, load_plans
+from alseg.plans.nnunet_export import to_nnunet_plans
 
 TINY = dict(budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2, oracle="files")
 
@@ -127,6 +128,11 @@ def test_preprocess_caches_every_case_and_marks_the_unlabelled(partly, unlabelle
             assert built.image(c).shape[1:] == tuple(props["shape_after_resampling"])
         with pytest.raises(AlsegError, match="has no label"):
             built.label(sorted(no_label)[0])
+        # plans.json records where the normalisation's intensities came from; nnU-Net's export does not
+        source = "nonzero region" if len(no_label) == 6 else "labelled foreground"
+        assert json.loads((plan_dir / "plans.json").read_text())["intensity_source"] == source
+        fp = load_fingerprint(plan_dir / "fingerprint.json")
+        assert "intensity_source" not in json.dumps(to_nnunet_plans(plans, fp))
         # idempotent: a second build rewrites nothing
         stamp = built.manifest_path.stat().st_mtime_ns
         build_cache(plans, "2d", plan_dir, show_progress=False, workers=1)

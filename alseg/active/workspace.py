@@ -209,7 +209,9 @@ class Workspace:
     @property
     def plans_hash(self) -> str:
         """Identifies the plan regardless of where its dataset lies on disk."""
-        return hash_json(self.plans.model_dump(mode="json", exclude={"dataset_root"}))
+        # intensity_source only describes the plan (its normalisation says the same): runs made
+        # before it was recorded keep their hash
+        return hash_json(self.plans.model_dump(mode="json", exclude={"dataset_root", "intensity_source"}))
 
     @property
     def foreground_labels(self) -> dict[int, str]:
