@@ -241,6 +241,12 @@ def test_partly_labelled_with_test_cases_reports_dice_on_them(partly, tmp_path: 
     assert json.loads((run / "config.json").read_text())["test_cases"] == ["synth_001", "synth_002"]
     (row,) = _rows(run)
     assert 0.0 <= float(row["dice_mean"]) <= 1.0 and "agreement_mean" not in row
+    # a resume that does not type --test-cases again keeps the stored ones (same pool, no refusal)
+    resumed = LoopDriver(
+        plan_dir, run, LoopSettings(**TINY, rounds=0), resume=True, show_progress=False, given={"rounds"}
+    )
+    resumed.lock.release()
+    assert resumed.test_ids == ["synth_001", "synth_002"]
     # the default on this dataset: the labelled cases are the test cases, the images-only ones the pool
     default = LoopDriver(plan_dir, tmp_path / "default", LoopSettings(**TINY, rounds=0), show_progress=False)
     default.lock.release()
