@@ -152,7 +152,9 @@ def preprocess(
     plans = load_plans(plan_dir / "plans.json")
     for name in config:
         cache = build_cache(plans, name, plan_dir, workers=workers)
-        out.print(f"{name}: cache complete in {cache.folder}")
+        n_unlabelled = len(cache.unlabelled_case_ids())
+        images_only = f" ({n_unlabelled} of {len(cache.case_ids())} cases images only)" if n_unlabelled else ""
+        out.print(f"{name}: cache complete in {cache.folder}{images_only}")
 
 
 def _int_or_auto(value: str, flag: str) -> int | str:
