@@ -152,7 +152,9 @@ def preprocess(
     plans = load_plans(plan_dir / "plans.json")
     for name in config:
         cache = build_cache(plans, name, plan_dir, workers=workers)
-        out.print(f"{name}: cache complete in {cache.folder}")
+        n_unlabelled = len(cache.unlabelled_case_ids())
+        images_only = f" ({n_unlabelled} of {len(cache.case_ids())} cases images only)" if n_unlabelled else ""
+        out.print(f"{name}: cache complete in {cache.folder}{images_only}")
 
 
 def _int_or_auto(value: str, flag: str) -> int | str:
@@ -281,6 +283,9 @@ def loop(
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
     config: ConfigOpt = Configuration(_d("config")),
     fold: FoldOpt = _d("fold"),
+    test_cases: Annotated[
+        Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))
+    ] = None,
     epochs: EpochsOpt = _d("epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
@@ -313,6 +318,7 @@ def loop(
         seed=seed,
         config=config,
         fold=fold,
+        test_cases=test_cases,
         epochs=epochs,
         iters_per_epoch=iters_per_epoch,
         batch_size=batch_size,

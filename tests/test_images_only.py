@@ -1,5 +1,6 @@
 """Images-only datasets (issue #15, item 1, first part): ``check`` and ``plan`` work when
-``labelsTr`` is absent or covers only some cases; preprocessing still needs labels."""
+``labelsTr`` is absent or covers only some cases; preprocessing caches every case (the
+loop's side is in test_unlabelled.py)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def test_msd_with_some_labels_checks_and_plans_from_the_labelled(tmp_path: Path)
     assert fp.voxels_per_class[1] < full.voxels_per_class[1]  # counted over the labelled cases only
     plans = plan_dataset(root, tmp_path / "plan", show_progress=False)
     assert plans.configurations and (tmp_path / "plan" / "plans.json").is_file()
-    with pytest.raises(AlsegError, match="has no label"):
-        build_cache(plans, "2d", tmp_path / "plan", show_progress=False, workers=1)
+    cache = build_cache(plans, "2d", tmp_path / "plan", show_progress=False, workers=1)  # every case, labelled or not
+    assert len(cache.case_ids()) == 4 and len(cache.unlabelled_case_ids()) == 2
 
 
 def test_nnunet_raw_without_labels_plans_from_the_nonzero_region(tmp_path: Path):

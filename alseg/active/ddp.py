@@ -58,9 +58,16 @@ class FollowerDriver(LoopDriver):
         self.show_progress = False
         self.leader = os.getppid()  # Lightning's launcher is rank 0 itself
         self._wait(lambda: self.run.config_path.is_file() and self.run.state_path.is_file(), STARTUP_SECONDS)
-        self.ws = Workspace.open(Path(target), self.run.path, settings.config, settings.fold, show_progress=False)
-        self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         self.config = self.run.load_config()
+        self.ws = Workspace.open(
+            Path(target),
+            self.run.path,
+            settings.config,
+            settings.fold,
+            show_progress=False,
+            test_cases=self.config.test_cases,
+        )
+        self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if settings.devices != self.config.devices:
             self.config = self.config.model_copy(update={"devices": settings.devices})
         self.state = self.run.load_state()

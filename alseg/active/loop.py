@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from alseg.active.oracles import FilesOracle, LabelStore, PatchOracle, SimulatedOracle, item_geometry
-from alseg.active.rundir import Pending, RunConfig, RunDir, RunState
+from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
@@ -34,6 +34,7 @@ from alseg.data.datamodule import Region, SegDataModule
 from alseg.data.dataset import CaseFiles, DatasetInfo, read_dataset
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
+from alseg.model.metrics import dice_per_class, mean_dice
 from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
 from alseg.model.predict import resolve_device
@@ -43,10 +44,31 @@ from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
-__all__ = ["PICTURE_CASES", "LoopDriver", "ActiveLoop", "AnnotationIncomplete", "picture_cases", "trainer_settings"]
+__all__ = [
+    "AGREEMENT_CASES",
+    "PICTURE_CASES",
+    "LoopDriver",
+    "ActiveLoop",
+    "AnnotationIncomplete",
+    "agreement_cases",
+    "picture_cases",
+    "trainer_settings",
+]
 
 PICTURE_CASES = 2
 """Test cases whose prediction is saved each round for the report's segmentation pictures."""
+
+AGREEMENT_CASES = 4
+"""Pool cases whose predictions are compared between rounds when there are no test labels."""
+
+
+def agreement_cases(train_ids: list[str], seed: int) -> list[str]:
+    """The fixed agreement sample of a run without test labels: up to :data:`AGREEMENT_CASES`
+    pool cases drawn once from the run's seed (its own stream, apart from the rounds')."""
+    ids = sorted(train_ids)
+    n = min(AGREEMENT_CASES, len(ids))
+    idx = np.random.default_rng([seed, 0, 1]).choice(len(ids), size=n, replace=False)
+    return sorted(ids[int(i)] for i in idx)
 
 
 def picture_cases(test_ids: list[str]) -> list[str]:
@@ -110,7 +132,20 @@ class LoopDriver:
                 )
         for tmp in self.run.temp_files():  # leftovers of writes killed half-way; nobody else writes (lock)
             tmp.unlink()
-        self.ws = Workspace.open(Path(target), self.run.path, settings.config, settings.fold, show_progress)
+        # what decides the pool and the test cases: on resume, the stored choice unless typed again
+        chosen = settings
+        if resume and self.given is not None:
+            kept = {k: getattr(stored, k) for k in ("test_cases", "oracle") if k not in self.given}
+            chosen = settings.model_copy(update=kept)
+        self.ws = Workspace.open(
+            Path(target),
+            self.run.path,
+            settings.config,
+            settings.fold,
+            show_progress,
+            test_cases=chosen.test_cases,
+            pool_needs_labels=chosen.oracle == "simulated",
+        )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
             self.config = self._resumed_config(settings)
@@ -127,6 +162,7 @@ class LoopDriver:
                 plans_hash=self.ws.plans_hash,
                 pool_hash=self.pool.fingerprint(),
                 labels=self.ws.foreground_labels,
+                agreement_cases=[] if self.ws.test_ids else agreement_cases(self.ws.train_ids, settings.seed),
             )
             self.state = RunState()
         self.strategy = get_strategy(
@@ -139,7 +175,9 @@ class LoopDriver:
         self._validate_sizes()
         if not resume:
             self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.save_plans_and_split(self.ws.plans, self.config.fold, self.ws.train_ids, self.ws.test_ids)
+            self.run.save_plans_and_split(
+                self.ws.plans, self.config.fold, self.ws.train_ids, self.ws.test_ids, self.ws.split_rule
+            )
             self.run.save_config(self.config)
             self.run.save_state(self.state)
         self.oracle = self._make_oracle()
@@ -260,6 +298,9 @@ class LoopDriver:
         labelled = self.pool.indices(self.state.labelled)
         row = {"round": round_, "n_labelled_items": len(labelled), "n_labelled_voxels": self.pool.voxels(labelled)}
         row.update({k: f"{v:.6f}" for k, v in metrics.items()})
+        if self.config.agreement_cases:  # no test labels: how much the predictions still change
+            agreement = self.agreement(round_, module)
+            row[AGREEMENT_COLUMN] = "" if agreement is None else f"{agreement:.6f}"
         row.update(
             {
                 "seconds_train": f"{seconds_train:.3f}",
@@ -275,8 +316,12 @@ class LoopDriver:
         self.state.finished = round_ >= self.config.rounds
         self.run.save_state(self.state)
         if self.show_progress:
-            dice = ", ".join(f"{k.removeprefix('dice_')} {v:.3f}" for k, v in metrics.items())
-            console.print(f"round {round_}: {len(labelled)} items labelled — Dice {dice}")
+            if metrics:
+                shown = "Dice " + ", ".join(f"{k.removeprefix('dice_')} {v:.3f}" for k, v in metrics.items())
+            else:
+                value = row.get(AGREEMENT_COLUMN) or "—"
+                shown = f"no test labels; agreement with the previous round {value}"
+            console.print(f"round {round_}: {len(labelled)} items labelled — {shown}")
         if round_ < self.config.rounds:
             self.prepare_batch(round_ + 1, module)
 
@@ -348,8 +393,31 @@ class LoopDriver:
         keys = rows[0].keys() if rows else []
         return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
+    def agreement(self, round_: int, module) -> float | None:
+        """Mean Dice between this round's and the previous round's predicted labels on the run's
+        agreement cases (Dice as the test metric: a class absent from both counts 1.0); None in
+        round 0, or when the previous round's predictions are missing."""
+        net = module.net
+        was_training = net.training
+        net.eval()
+        predictions = {}
+        with torch.inference_mode():
+            for c in self.config.agreement_cases:
+                image = np.array(self.ws.image(c))  # a copy: torch refuses read-only memory maps
+                pred = predict_volume(net, image, module.config, output="labels")
+                predictions[c] = pred.cpu().numpy().astype(np.uint8)
+        net.train(was_training)
+        self.run.save_agreement_predictions(round_, predictions)
+        previous = self.run.load_agreement_predictions(round_ - 1) if round_ > 0 else None
+        if not previous or set(previous) != set(predictions):
+            return None
+        n = self.ws.plans.n_classes
+        return float(np.mean([mean_dice(dice_per_class(predictions[c], previous[c], n)) for c in sorted(predictions)]))
+
     def save_pictures(self, round_: int, module) -> None:
         """Save one slice of each picture case (image, truth, prediction) for the report."""
+        if not picture_cases(self.test_ids):  # no test labels: nothing to draw the truth from
+            return
         net = module.net
         was_training = net.training
         net.eval()
@@ -381,6 +449,8 @@ class LoopDriver:
         self.run.save_round(round_, record)
         board = TensorBoardLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.rounds_log_dir.name)
         scalars = {f"test/{k}": float(v) for k, v in row.items() if k.startswith("dice_")}
+        if row.get(AGREEMENT_COLUMN):
+            scalars["agreement/between_rounds"] = float(row[AGREEMENT_COLUMN])
         scalars.update({f"seconds/{k.removeprefix('seconds_')}": float(v) for k, v in row.items() if "seconds" in k})
         scalars["labelled/items"] = float(len(labelled))
         scalars.update({f"labelled/voxels_{k}": float(v) for k, v in record["labelled_voxels_per_class"].items()})

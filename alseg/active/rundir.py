@@ -5,13 +5,16 @@ report reads through it. Layout (``RUN/``)::
 
     config.json          RunConfig: the run's LoopSettings plus what identifies its data
     plans.json           the plan the run trains from (a copy, so the run stands alone)
-    split.json           train / test cases
+    split.json           train (the pool's cases) / test cases, and the rule that chose them
     state.json           {round, labelled, pending, finished, checksums}: what is annotated so far, and
                          the size + SHA-256 of the label files and checkpoints it relies on
     metrics.csv          one row per finished round (the stable record other tools read)
     rounds/round_XXX.json  each round's selection with its scores and timings
     rounds/round_XXX_embeddings.npz  embeddings for the t-SNE map (USIM runs)
     rounds/round_XXX_pictures.npz    one slice of a few fixed test cases: image, truth, prediction
+    rounds/round_XXX_agreement.npz   runs without test labels: the round's predicted labels of the
+                         fixed agreement cases (config.json ``agreement_cases``), for the next
+                         round's ``agreement_mean``
     labels/<case>.npy    annotated voxels per case (255 = not annotated yet)
     checkpoints/round_XXX.ckpt  the model after each round
     annotate/round_XXX/  the files oracle's package for a person (:class:`AnnotationPackage`):
@@ -63,6 +66,7 @@ __all__ = [
     "RoundFile",
     "FULL_STRATEGY",
     "REQUIRED_COLUMNS",
+    "AGREEMENT_COLUMN",
     "SECONDS_COLUMNS",
     "read_summary",
     "read_metrics",
@@ -164,6 +168,10 @@ class RunConfig(LoopSettings):
     plans_hash: str
     pool_hash: str
     labels: dict[int, str] = Field(description="foreground labels: index -> name")
+    agreement_cases: list[str] = Field(
+        default_factory=list,
+        description="runs without test labels: the pool cases whose predictions are compared between rounds",
+    )
 
     def settings(self) -> LoopSettings:
         """The user's choices without the identity of the data."""
@@ -303,6 +311,9 @@ class RunDir:
     def pictures_path(self, k: int) -> Path:
         return self.path / ROUNDS / f"round_{k:03d}_pictures.npz"
 
+    def agreement_path(self, k: int) -> Path:
+        return self.path / ROUNDS / f"round_{k:03d}_agreement.npz"
+
     def log_version(self, k: int) -> str:
         """The Lightning logger version of round ``k`` (``RUN/logs/<version>/``)."""
         return f"round_{k:03d}"
@@ -436,10 +447,16 @@ class RunDir:
     def save_state(self, state: RunState) -> None:
         atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
 
-    def save_plans_and_split(self, plans: BaseModel, fold: int, train: list[str], test: list[str]) -> None:
-        """The run's own copy of its plan and split, so it stands alone."""
+    def save_plans_and_split(
+        self, plans: BaseModel, fold: int, train: list[str], test: list[str], rule: str | None = None
+    ) -> None:
+        """The run's own copy of its plan and split, so it stands alone (``rule``: how the test
+        cases were chosen, when not by ``fold``)."""
         atomic_write_text(self.plans_path, plans.model_dump_json(indent=2) + "\n")
-        atomic_write_json(self.path / SPLIT, {"fold": fold, "train": train, "test": test})
+        split: dict[str, Any] = {"fold": fold, "train": train, "test": test}
+        if rule is not None:
+            split["rule"] = rule
+        atomic_write_json(self.path / SPLIT, split)
 
     def save_round(self, k: int, record: dict) -> None:
         atomic_write_json(self.round_path(k), record)
@@ -454,6 +471,20 @@ class RunDir:
         atomic_save_npz(
             self.pictures_path(k), cases=np.asarray(cases).astype(str), slices=np.asarray(slices, np.int64), **arrays
         )
+
+    def save_agreement_predictions(self, k: int, predictions: dict[str, np.ndarray]) -> None:
+        """Round ``k``'s predicted labels (uint8) of the agreement cases (case id → volume)."""
+        cases = sorted(predictions)
+        arrays = {f"pred_{j}": np.asarray(predictions[c], np.uint8) for j, c in enumerate(cases)}
+        atomic_save_npz(self.agreement_path(k), cases=np.asarray(cases).astype(str), **arrays)
+
+    def load_agreement_predictions(self, k: int) -> dict[str, np.ndarray] | None:
+        """What :meth:`save_agreement_predictions` wrote for round ``k``; None when absent or unreadable."""
+        try:
+            with np.load(self.agreement_path(k)) as f:
+                return {str(c): f[f"pred_{j}"] for j, c in enumerate(f["cases"])}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
 
     def write_metrics_row(self, row: dict) -> None:
         """Add or replace the row of ``row['round']`` (a redone round replaces its old row)."""
@@ -481,6 +512,10 @@ FULL_STRATEGY = "full"
 """``strategy`` of the reference run trained on the whole pool (the dashed line)."""
 
 REQUIRED_COLUMNS = ("round", "n_labelled_items", "n_labelled_voxels", "dice_mean")
+"""A run with test cases; a run without test labels has ``AGREEMENT_COLUMN`` instead of Dice."""
+AGREEMENT_COLUMN = "agreement_mean"
+"""Mean Dice between a round's predictions and the previous round's on the run's fixed
+agreement cases (empty in round 0): how much the model still changes, not its accuracy."""
 SECONDS_COLUMNS = ("seconds_train", "seconds_score", "seconds_select")
 """Timing columns: read when present, NaN otherwise (a full-data run has nothing to score)."""
 
@@ -547,7 +582,11 @@ def read_summary(path: Path) -> RunSummary:
 
 
 def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray]:
-    """Parse ``metrics.csv`` into float columns, checking what the curves rely on."""
+    """Parse ``metrics.csv`` into float columns, checking what the curves rely on.
+
+    A run without test labels has no Dice columns but :data:`AGREEMENT_COLUMN` (empty, read as
+    NaN, in round 0); its columns hold ``agreement_mean`` and no ``dice_*``.
+    """
     required = [*REQUIRED_COLUMNS, *(f"dice_{name}" for name in label_names)]
     try:
         with path.open(newline="") as fh:
@@ -560,6 +599,9 @@ def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray
     header = [h.strip() for h in lines[0][1]]
     if len(set(header)) != len(header):
         raise AlsegError("duplicate column names in the header", path)
+    agreement_only = "dice_mean" not in header and AGREEMENT_COLUMN in header
+    if agreement_only:
+        required = [c for c in REQUIRED_COLUMNS if c != "dice_mean"] + [AGREEMENT_COLUMN]
     missing = [c for c in required if c not in header]
     if missing:
         raise AlsegError(f"missing column(s) {', '.join(missing)}; the header needs {','.join(required)}", path)
@@ -574,10 +616,11 @@ def read_metrics(path: Path, label_names: Iterable[str]) -> dict[str, np.ndarray
         for column in wanted:
             cell = row[header.index(column)].strip()
             try:
-                value = float(cell)
+                value = float("nan") if column == AGREEMENT_COLUMN and not cell else float(cell)
             except ValueError:
                 raise AlsegError(f"line {line_no}: {column}={cell!r} is not a number", path) from None
-            if column.startswith("dice_") and not (math.isnan(value) or 0.0 <= value <= 1.0):
+            dice_like = column.startswith("dice_") or column == AGREEMENT_COLUMN
+            if dice_like and not (math.isnan(value) or 0.0 <= value <= 1.0):
                 raise AlsegError(f"line {line_no}: {column}={value} is outside [0, 1]; write Dice as a fraction", path)
             values[column].append(value)
 

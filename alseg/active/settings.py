@@ -58,6 +58,11 @@ class LoopSettings(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of every random choice (the same seed gives the same run).")
     config: Configuration = Field(Configuration.two_d, description="Plan configuration: 2d or 3d_fullres.")
     fold: int = Field(0, ge=0, le=4, description="Fold of nnU-Net's 5-fold split held out as the test set.")
+    test_cases: list[str] | None = Field(
+        None,
+        description="Test cases ID,ID,... (each needs a label); the pool is every other training case. "
+        "Default: the --fold split when every case is labelled, else the labelled cases.",
+    )
     epochs: int = Field(1, ge=1, description="Epochs per round.")
     iters_per_epoch: int = Field(50, ge=1, description="Training iterations per epoch.")
     batch_size: int | None = Field(None, ge=1, description="Override the plan's batch size.")
@@ -76,6 +81,19 @@ class LoopSettings(BaseModel):
         v = str(v)
         if v != "auto" and not (v.isdigit() and int(v) >= 1):
             raise ValueError(f"must be a positive number or 'auto', got '{v}'")
+        return v
+
+    @field_validator("test_cases", mode="before")
+    @classmethod
+    def _test_cases(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line's ID,ID,...
+            v = [c.strip() for c in v.split(",")]
+        if isinstance(v, list):
+            if not v or any(not isinstance(c, str) or not c for c in v):
+                raise ValueError("expects case ids separated by commas, e.g. hippocampus_001,hippocampus_002")
+            dup = sorted({c for c in v if v.count(c) > 1})
+            if dup:
+                raise ValueError(f"names case '{dup[0]}' twice")
         return v
 
     @classmethod
@@ -105,6 +123,8 @@ RESUME_MAY_CHANGE = frozenset({"rounds", "devices"})
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v))
     return json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
 
 

@@ -21,7 +21,7 @@ from alseg.errors import AlsegError
 from alseg.model.train import make_split
 from alseg.plans.models import Configuration, Plans, load_plans
 
-__all__ = ["Workspace", "resolve_plans", "hash_json", "dataset_hash"]
+__all__ = ["Workspace", "resolve_plans", "hash_json", "dataset_hash", "split_cases"]
 
 
 def hash_json(data: Any) -> str:
@@ -90,6 +90,57 @@ def _check_before_planning(target: Path, show_progress: bool) -> None:
         raise AlsegError(result.problems[0] + (more if len(result.problems) > 1 else ""))
 
 
+def split_cases(
+    case_ids: list[str],
+    unlabelled: list[str],
+    fold: int,
+    test_cases: list[str] | None = None,
+    pool_needs_labels: bool = False,
+) -> tuple[list[str], list[str]]:
+    """``(train_ids, test_ids)``: the pool's cases and the test cases of a run.
+
+    * ``test_cases`` given (``--test-cases``): those are the test cases, every other training
+      case (labelled or not) is the pool; a name that is not a training case, or a case without
+      a label, is one line naming it.
+    * every case labelled: nnU-Net's 5-fold split, fold ``fold`` held out (as always).
+    * some cases images only: the labelled cases are the test cases (none: no test set — the
+      loop then records the agreement between rounds instead of Dice), the images-only cases
+      the pool.
+
+    ``pool_needs_labels`` (the simulated oracle reveals the ground truth) refuses a pool with an
+    images-only case, naming it. Everything here is checked before any case is preprocessed.
+    """
+    ids = sorted(case_ids)
+    no_label = set(unlabelled)
+    if test_cases:
+        known = set(ids)
+        for c in test_cases:
+            if c not in known:
+                shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+                raise AlsegError(f"--test-cases: '{c}' is not a training case of the dataset — choose among {shown}")
+            if c in no_label:
+                raise AlsegError(
+                    f"--test-cases: case '{c}' has no label — a test case needs its ground truth; "
+                    "choose cases with a label file"
+                )
+        chosen = set(test_cases)
+        train, test = [c for c in ids if c not in chosen], sorted(chosen)
+    elif not no_label:
+        train, test = make_split(ids, fold)
+    else:
+        train, test = [c for c in ids if c in no_label], [c for c in ids if c not in no_label]
+    if not train:
+        raise AlsegError("the pool is empty: every training case is a test case — pass fewer --test-cases")
+    if pool_needs_labels:
+        missing = [c for c in train if c in no_label]
+        if missing:
+            raise AlsegError(
+                f"--oracle simulated reveals the ground truth, but pool case '{missing[0]}' has no label "
+                f"({len(missing)} of {len(train)} pool cases are images only) — annotate with --oracle files"
+            )
+    return train, test
+
+
 @dataclass
 class Workspace:
     """A plan configuration's cache, its train/test split and the pool of the training cases."""
@@ -102,19 +153,50 @@ class Workspace:
     train_ids: list[str]
     test_ids: list[str]
     pool: Pool
+    split_rule: str | None = None
+    """How the test cases were chosen when not by ``fold`` (None: nnU-Net's fold split)."""
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
-        cls, target: Path, plan_into: Path, config: str = "2d", fold: int = 0, show_progress: bool = True
+        cls,
+        target: Path,
+        plan_into: Path,
+        config: str = "2d",
+        fold: int = 0,
+        show_progress: bool = True,
+        *,
+        test_cases: list[str] | None = None,
+        pool_needs_labels: bool = False,
     ) -> "Workspace":
-        """Plan (when ``target`` is a dataset), preprocess, split and build the pool."""
+        """Plan (when ``target`` is a dataset), split (see :func:`split_cases`), preprocess and
+        build the pool. The split is checked before preprocessing, so a bad ``test_cases`` or a
+        pool the simulated oracle cannot annotate fails at once."""
+        # lazy: read_dataset lists the cases (stat only) to check the split before preprocessing
+        from alseg.data.dataset import read_dataset
+
         plans, plan_dir = resolve_plans(Path(target), Path(plan_into), show_progress)
         conf = plans.configuration(config)
+        info = read_dataset(plans.dataset_root)
+        split_cases(
+            [c.case_id for c in info.training],
+            [c.case_id for c in info.training if c.label is None],
+            fold,
+            test_cases,
+            pool_needs_labels,
+        )
         cache = build_cache(plans, config, plan_dir, show_progress=show_progress)
-        train_ids, test_ids = make_split(cache.case_ids(), fold)
+        train_ids, test_ids = split_cases(
+            cache.case_ids(), cache.unlabelled_case_ids(), fold, test_cases, pool_needs_labels
+        )
         pool = Pool.from_cache(cache.folder, train_ids, config, tuple(conf.patch_size))
-        return cls(plans, plan_dir, config, fold, cache, train_ids, test_ids, pool)
+        if test_cases:
+            rule = "--test-cases"
+        elif cache.unlabelled_case_ids():
+            rule = "images-only cases are the pool, labelled cases the test cases"
+        else:
+            rule = None
+        return cls(plans, plan_dir, config, fold, cache, train_ids, test_ids, pool, rule)
 
     @property
     def configuration(self) -> Configuration:
@@ -127,7 +209,9 @@ class Workspace:
     @property
     def plans_hash(self) -> str:
         """Identifies the plan regardless of where its dataset lies on disk."""
-        return hash_json(self.plans.model_dump(mode="json", exclude={"dataset_root"}))
+        # intensity_source only describes the plan (its normalisation says the same): runs made
+        # before it was recorded keep their hash
+        return hash_json(self.plans.model_dump(mode="json", exclude={"dataset_root", "intensity_source"}))
 
     @property
     def foreground_labels(self) -> dict[int, str]:

@@ -5,10 +5,19 @@ Layout (nnU-Net v2's ``nnUNetDataset`` keeps one such folder per configuration):
     PLANDIR/<data_identifier>/
         <case>.npy       float32 (C, z, y, x): transposed, cropped, normalised, resampled
                          (plain ``np.save``, so ``mmap_mode="r"`` works)
-        <case>_seg.npy   uint8, or int16 for labels > 255, (1, z, y, x)
+        <case>_seg.npy   uint8, or int16 for labels > 255, (1, z, y, x); only for a case with a
+                         label file (an images-only case has none)
         <case>.json      properties (see :func:`alseg.data.pipeline.preprocess_case`) plus
-                         ``case_id``, ``configuration`` and ``config_hash``
-        manifest.json    written last: its presence means the cache is complete
+                         ``case_id``, ``configuration``, ``config_hash`` and ``labelled``
+                         (false: an images-only case, no ``_seg.npy``, no ``voxels_per_class``)
+        manifest.json    written last: its presence means the cache is complete; ``cases`` lists
+                         every training case, ``unlabelled`` those without a label
+
+Every training case is cached, labelled or not. A case counts as done only when its
+``labelled`` flag matches the dataset now, so a label file added later (annotations arrive)
+recomputes that case (its label also shapes the normalisation mask) instead of reusing a stale
+one. Caches written before images-only cases were cached have no ``labelled`` flag and no
+``unlabelled`` list: they held labelled cases only, and read as such.
 
 Every file is written atomically; a case counts as done once its JSON (written after both
 arrays) carries the current configuration hash, so a killed build resumes where it stopped.
@@ -124,7 +133,26 @@ class CaseCache:
 
     def label(self, case_id: str) -> np.ndarray:
         """``(z, y, x)`` labels, memory-mapped read-only (the file holds ``(1, z, y, x)``)."""
+        if not self.has_label(case_id):
+            raise AlsegError(
+                f"case '{case_id}' has no label (an images-only case) — it has no ground truth to read",
+                self.folder,
+            )
         return np.load(self._existing(self.label_path(case_id), case_id), mmap_mode="r")[0]
+
+    def has_label(self, case_id: str) -> bool:
+        """Whether the case was cached with a label (older caches hold labelled cases only)."""
+        return bool(self.properties(case_id).get("labelled", True))
+
+    def unlabelled_case_ids(self) -> list[str]:
+        """Sorted ids of the complete cache's images-only cases (from its manifest)."""
+        manifest = self.manifest() or {}
+        return sorted(manifest.get("unlabelled", []))
+
+    def labelled_case_ids(self) -> list[str]:
+        """Sorted ids of the complete cache's cases with a label."""
+        unlabelled = set(self.unlabelled_case_ids())
+        return [c for c in self.case_ids() if c not in unlabelled]
 
     def properties(self, case_id: str) -> dict:
         """The case's properties (``<case>.json``), read once per instance."""
@@ -138,20 +166,26 @@ class CaseCache:
         return tuple(int(s) for s in self.image(case_id).shape[1:])
 
     # ------------------------------------------------------------------ writing (build_cache)
-    def has_case(self, case_id: str, config_hash: str) -> bool:
-        """Whether the case's three files are there and were written for ``config_hash``."""
+    def has_case(self, case_id: str, config_hash: str, labelled: bool = True) -> bool:
+        """Whether the case's files are there and were written for ``config_hash`` with (or,
+        ``labelled=False``, without) a label — a label added since makes the case stale."""
         data_f, seg_f, props_f = self._case_files(case_id)
-        if not (data_f.is_file() and seg_f.is_file() and props_f.is_file()):
+        if not (data_f.is_file() and props_f.is_file() and (seg_f.is_file() or not labelled)):
             return False
         try:
-            return json.loads(props_f.read_text()).get("config_hash") == config_hash
+            props = json.loads(props_f.read_text())
         except (json.JSONDecodeError, OSError):
             return False
+        return props.get("config_hash") == config_hash and bool(props.get("labelled", True)) == labelled
 
-    def write_case(self, case_id: str, data: np.ndarray, seg: np.ndarray, properties: dict) -> None:
-        """Both arrays, then the properties: their presence marks the case done."""
+    def write_case(self, case_id: str, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> None:
+        """The arrays (no label array for an images-only case), then the properties: their
+        presence marks the case done."""
         atomic_save_npy(self.image_path(case_id), data)
-        atomic_save_npy(self.label_path(case_id), seg)
+        if seg is not None:
+            atomic_save_npy(self.label_path(case_id), seg)
+        else:
+            self.label_path(case_id).unlink(missing_ok=True)  # a label removed since: none left behind
         atomic_write_json(self.properties_path(case_id), properties)
         self._properties.pop(case_id, None)
 
@@ -219,10 +253,14 @@ def _cache_one(job: tuple[CaseFiles, int, Plans, str, str, str]) -> str:
     """Worker: load, preprocess and write one case (top level so a process pool can pickle it)."""
     case, n_channels, plans, config_name, folder, config_hash = job
     image, label, geometry = load_case(case, n_channels)
-    if label is None:
-        raise AlsegError(f"case {case.case_id} has no label — the cache holds labelled training cases only")
     data, seg, props = preprocess_case(image, label, geometry, plans, config_name)
-    props = {"case_id": case.case_id, "configuration": config_name, "config_hash": config_hash, **props}
+    props = {
+        "case_id": case.case_id,
+        "configuration": config_name,
+        "config_hash": config_hash,
+        "labelled": label is not None,
+        **props,
+    }
     CaseCache(folder).write_case(case.case_id, data, seg, props)
     return case.case_id
 
@@ -236,7 +274,7 @@ def build_cache(
     workers: int | None = None,
     on_mismatch: Literal["rebuild", "error"] = "rebuild",
 ) -> CaseCache:
-    """Build (or finish) the cache of every labelled training case of configuration ``config``.
+    """Build (or finish) the cache of every training case (labelled or images only) of ``config``.
 
     The cache is ``plan_dir/<data_identifier>/``. Idempotent: a complete cache of the same
     configuration is returned untouched. Re-entrant: cases already written for this
@@ -252,13 +290,16 @@ def build_cache(
     case_ids = [c.case_id for c in info.training]
     if not case_ids:
         raise AlsegError("the dataset has no training cases — nothing to preprocess", plans.dataset_root)
+    labelled = {c.case_id: c.label is not None for c in info.training}
+    unlabelled = sorted(c for c, has in labelled.items() if not has)
 
     manifest = cache.manifest()
     if (
         manifest is not None
         and manifest.get("config_hash") == config_hash
         and manifest.get("cases") == case_ids
-        and all(cache.has_case(c, config_hash) for c in case_ids)
+        and sorted(manifest.get("unlabelled", [])) == unlabelled
+        and all(cache.has_case(c, config_hash, labelled[c]) for c in case_ids)
     ):
         return cache
 
@@ -273,7 +314,7 @@ def build_cache(
         cache.clear()
     cache.prepare_resume(case_ids)
 
-    todo = [c for c in info.training if not cache.has_case(c.case_id, config_hash)]
+    todo = [c for c in info.training if not cache.has_case(c.case_id, config_hash, labelled[c.case_id])]
     jobs = [(c, info.n_channels, plans, config, str(cache.folder), config_hash) for c in todo]
     workers = default_workers() if workers is None else workers
     description = f"preprocessing {config} ({len(todo)}/{len(case_ids)} cases)"
@@ -296,6 +337,7 @@ def build_cache(
             "patch_size": list(conf.patch_size),
             "spacing": list(conf.spacing),
             "cases": case_ids,
+            "unlabelled": unlabelled,
         }
     )
     return cache

@@ -179,7 +179,9 @@ def train(
     module = SegmentationModule(plans, config_name, overrides={k: v for k, v in all_overrides.items() if v is not None})
     if init_checkpoint is not None:
         load_weights(module, init_checkpoint)
-    train_ids, test_ids = make_split(cache.case_ids(), fold, n_folds)
+    train_ids, test_ids = make_split(
+        cache.labelled_case_ids(), fold, n_folds
+    )  # images-only cases: no truth to train on
     datamodule = SegDataModule(
         cache,
         module.config,

@@ -212,6 +212,12 @@ class Plans(_Model):
     original_median_spacing_after_transp: list[float]
     original_median_shape_after_transp: list[int]
     configurations: dict[str, Configuration]
+    intensity_source: IntensitySource | None = Field(
+        None,
+        description="where the CT normalisation's intensities came from (as fingerprint.json): the labelled "
+        "foreground, or the nonzero region when no case had a label; None in plans written before it was recorded. "
+        "alseg's own key: nnU-Net's exported plans do not carry it",
+    )
 
     @model_validator(mode="after")
     def _transpose(self) -> "Plans":

@@ -285,6 +285,7 @@ def plan_experiment(
             int(round(s)) for s in np.median(np.asarray(fp.shapes_after_crop), 0)[forward]
         ],
         configurations=dict(sorted(configurations.items())),
+        intensity_source=fp.intensity_source,
     )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "MIN_PENALTY_SEEDS",
     "MIN_PENALTY_STRATEGIES",
     "TARGET_FRACTION",
+    "AgreementRun",
     "PenaltySummary",
     "ReportSummary",
     "SettingSummary",
@@ -71,13 +72,34 @@ class SettingSummary(BaseModel):
     """Strategy (lowest seed) → round → annotated voxels per label name (background included)."""
 
 
+class AgreementRun(BaseModel):
+    """A run without test labels: the agreement between its consecutive rounds (not accuracy)."""
+
+    strategy: str
+    seed: int | None
+    rounds: list[int]
+    n_items: list[int]
+    agreement: list[float | None]
+    """Mean Dice between round k's and round k−1's predictions on the run's agreement cases; None in round 0."""
+
+
 class ReportSummary(BaseModel):
-    """Everything ``summary.json`` holds; ``overall_penalty`` pools all settings (paper Fig. 2D)."""
+    """Everything ``summary.json`` holds; ``overall_penalty`` pools all settings (paper Fig. 2D).
+
+    ``agreement``: setting → runs without test labels, reported apart from the Dice curves."""
 
     settings: dict[str, SettingSummary]
     overall_penalty: PenaltySummary | None
     figures: list[str]
     notes: list[str]
+    agreement: dict[str, list[AgreementRun]] = {}
+
+
+AGREEMENT_NOTE = (
+    "Agreement between rounds (runs without test labels): mean Dice between a round's predicted labels "
+    "and the previous round's on a fixed sample of pool cases. It shows how much the model still changes "
+    "from round to round, not how accurate it is; round 0 has none."
+)
 
 
 MIN_PENALTY_STRATEGIES = 2
@@ -254,11 +276,46 @@ def _voxel_table(setting: SettingSummary) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _agreement_table(runs: list[AgreementRun]) -> str:
+    head = (
+        "<tr><th>strategy</th><th>seed</th><th>round</th><th>labelled items</th><th>agreement with round k−1</th></tr>"
+    )
+    rows = [
+        f"<tr><td>{html.escape(r.strategy)}</td><td>{r.seed}</td><td>{k}</td><td>{n:,}</td><td>{_fmt(a)}</td></tr>"
+        for r in runs
+        for k, n, a in zip(r.rounds, r.n_items, r.agreement)
+    ]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _agreement_runs(runs: list[RunRecord]) -> dict[str, list[AgreementRun]]:
+    out: dict[str, list[AgreementRun]] = {}
+    for run in sorted(runs, key=lambda r: (r.setting, r.strategy, r.seed if r.seed is not None else -1)):
+        values = [None if not np.isfinite(v) else float(v) for v in run.agreement]
+        out.setdefault(run.setting, []).append(
+            AgreementRun(
+                strategy=run.strategy,
+                seed=run.seed,
+                rounds=run.rounds.tolist(),
+                n_items=run.n_items.tolist(),
+                agreement=values,
+            )
+        )
+    return out
+
+
 def _html(summary: ReportSummary, figure_paths: dict[str, dict[str, list[Path]]]) -> str:
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>alseg report</title>',
         f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>",
     ]
+    for key, runs in summary.agreement.items():
+        parts += [
+            f"<h2>{html.escape(key)}: agreement between rounds (no test labels)</h2>",
+            *(_img(p) for p in figure_paths.get(f"agreement:{key}", {}).get("curves", [])),
+            f"<p>{html.escape(AGREEMENT_NOTE)}</p>",
+            _agreement_table(runs),
+        ]
     for key, setting in summary.settings.items():
         found = figure_paths[key]
         full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
@@ -455,22 +512,37 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
 
     Returns the summary as a JSON-compatible dict (the content of ``summary.json``).
     """
-    runs = load_runs(exp_dirs)
+    loaded = load_runs(exp_dirs)
+    runs = [r for r in loaded if r.has_dice]
+    agreement = _agreement_runs([r for r in loaded if not r.has_dice and not r.is_full])
     curves = learning_curves(runs)
-    if not curves:
+    if not curves and not agreement:
         raise AlsegError("only full-data runs found; the report needs active-learning runs", exp_dirs[0])
     references = full_data_dice(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     all_strategies = sorted({s for by_strategy in curves.values() for s in by_strategy})
     colours = figures.strategy_colours(all_strategies)
-    notes = list(_METHOD_NOTES)
+    notes = list(_METHOD_NOTES) if curves else []
+    if agreement:
+        notes.append(AGREEMENT_NOTE)
     notes += [
         f"{s}: full-data run without active-learning runs, ignored." for s in sorted(set(references) - set(curves))
     ]
 
     settings: dict[str, SettingSummary] = {}
     figure_paths: dict[str, dict[str, list[Path]]] = {}
+    for key, agreement_runs in agreement.items():
+        figure_paths[f"agreement:{key}"] = {
+            "curves": [
+                figures.plot_agreement(
+                    {f"{r.strategy} (seed {r.seed})": (r.n_items, r.agreement) for r in agreement_runs},
+                    out / f"agreement_{_slug(key)}.png",
+                    f"{key}: agreement between rounds (no test labels)",
+                    x_unit=figures.X_UNITS.get(key.rsplit("/", 1)[-1], "items"),
+                )
+            ]
+        }
     for key, by_strategy in curves.items():
         settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes)
         figure_paths[key] = _setting_figures(key, settings[key], by_strategy, runs, out, colours)
@@ -506,6 +578,7 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
         overall_penalty=overall,
         figures=sorted(p.name for found in figure_paths.values() for paths in found.values() for p in paths),
         notes=notes,
+        agreement=agreement,
     )
     (out / "summary.json").write_text(summary.model_dump_json(indent=2))
     (out / "report.html").write_text(_html(summary, figure_paths), encoding="utf-8")

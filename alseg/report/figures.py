@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from alseg.report.curves import Curve, mean_std_ci
 
 __all__ = [
+    "plot_agreement",
     "plot_batch_uncertainty",
     "plot_embeddings_tsne",
     "plot_learning_curves",
@@ -90,6 +91,29 @@ def plot_learning_curves(
     axes[0].set_ylabel("Dice (test set)")
     axes[0].legend(fontsize=8, loc="lower right", frameon=True)
     fig.suptitle(f"{title} — mean over seeds, band: 95% CI", fontsize=10)
+    return _save(fig, out)
+
+
+def plot_agreement(
+    runs: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
+    out: Path,
+    title: str,
+    x_unit: str = "items",
+) -> Path:
+    """Runs without test labels: agreement between consecutive rounds vs labelled items (one line
+    per run; round 0 has no point). Labelled as agreement, never as accuracy."""
+    colours = strategy_colours(list(runs))
+    fig = _new_figure(6.4, 4.4)
+    ax = fig.subplots()
+    for name, (x, y) in runs.items():
+        values = np.array([np.nan if v is None else v for v in y], dtype=float)
+        ax.plot(np.asarray(x, float), values, marker="o", ms=3.5, lw=1.6, color=colours[name], label=name)
+    ax.set_xlabel(f"labelled items ({x_unit})")
+    ax.set_ylabel("agreement with the previous round\n(mean Dice of predictions, not accuracy)")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", frameon=True)
+    ax.set_title(f"{title}", fontsize=10)
     return _save(fig, out)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alseg.active.rundir import (
+    AGREEMENT_COLUMN,
     FULL_STRATEGY,
     SECONDS_COLUMNS,
     RunDir,
@@ -57,6 +58,14 @@ class RunRecord:
     """Round → ``round_XXX_pictures.npz``: a slice of the fixed picture cases with the round's prediction."""
     labelled_voxels: dict[int, dict[str, int]] = field(default_factory=dict)
     """Round → annotated voxels per label name (background included), where the round file has them."""
+    agreement: np.ndarray | None = None
+    """Runs without test labels: mean Dice between consecutive rounds' predictions (NaN in round 0);
+    their ``dice_mean`` and ``dice_per_class`` are NaN. None for runs with Dice."""
+
+    @property
+    def has_dice(self) -> bool:
+        """False for a run without test labels (it records the agreement between rounds instead)."""
+        return self.agreement is None
 
     @property
     def setting(self) -> str:
@@ -82,6 +91,11 @@ def load_run(run_dir: Path) -> RunRecord:
             raise AlsegError("state must be a JSON object with round, labelled and finished", state_path)
         finished = bool(state.get("finished", False))
     rounds = columns["round"].astype(int)
+    agreement = columns.get(AGREEMENT_COLUMN) if "dice_mean" not in columns else None
+    if agreement is not None:  # no test labels: no Dice to draw
+        nan = np.full(len(rounds), np.nan)
+        columns["dice_mean"] = nan
+        columns.update({f"dice_{name}": nan for name in label_names})
     return RunRecord(
         path=run_dir,
         strategy=cfg.strategy,
@@ -102,6 +116,7 @@ def load_run(run_dir: Path) -> RunRecord:
         finished=finished,
         pictures=picture_files(run_dir),
         labelled_voxels=read_labelled_voxels(run_dir, rounds),
+        agreement=agreement,
     )
 
 
