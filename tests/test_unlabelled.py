@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alseg.active.annotation import manifest_cases
 from alseg.active.loop import AnnotationIncomplete, LoopDriver
-from alseg.active.oracles import manifest_items
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import split_cases
 from alseg.data.cache import CaseCache, build_cache
 from alseg.data.dataset import load_case, read_dataset
-from alseg.data.io import read_volume, write_volume
 from alseg.data.pipeline import preprocess_case
 from alseg.errors import AlsegError
 from alseg.model.train import make_split
@@ -76,19 +75,18 @@ def _truth(plan_dir: Path, truth_dir: Path, case_id: str) -> np.ndarray:
 
 
 def annotate(folder: Path, plan_dir: Path, truth_dir: Path) -> int:
-    """The person behind ``--oracle files``: one mask per asked item, cut from the hidden truth.
+    """The person behind ``--oracle files``: for each case of the package, saves the whole case's
+    label map — the hidden truth file, which alseg never saw — where the manifest asks for it.
 
-    The one place that knows the files oracle's package (manifest items with ``id``, ``image``,
-    ``mask``; 2D item ids ``case:2d:z:y0:x0``; masks on the exported image's grid)."""
-    items = manifest_items(folder)
-    for item in items:
-        image, geom = read_volume(folder / item["image"])
-        case, _, z, y0, x0 = item["id"].split(":")
-        seg = _truth(plan_dir, truth_dir, case)
-        z, y0, x0 = int(z), int(y0), int(x0)
-        patch = seg[z : z + 1, y0 : y0 + image.shape[1], x0 : x0 + image.shape[2]]  # the plan's transpose is identity
-        write_volume(patch.astype(np.uint8), geom, folder / item["mask"])
-    return len(items)
+    The one place that knows the files oracle's package (``manifest.json`` cases with ``case``
+    and ``label``); alseg keeps only the voxels inside the asked region."""
+    cases = manifest_cases(folder)
+    info = read_dataset(load_plans(plan_dir / "plans.json").dataset_root)
+    for case in cases:
+        hidden = truth_dir / f"{case['case']}.nii.gz"
+        source = hidden if hidden.is_file() else info.case(case["case"]).label  # a labelled pool case
+        (folder / case["label"]).write_bytes(source.read_bytes())
+    return len(cases)
 
 
 def _run_annotated(target: Path, run: Path, settings: LoopSettings, plan_dir: Path, truth: Path) -> LoopDriver:
