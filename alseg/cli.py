@@ -38,11 +38,11 @@ of batch 8 per round, both classes pass Dice 0.6 within 3 rounds (README, demo s
 @app.command("demo-data")
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the dataset into (MSD layout)."),
-    cases: int = typer.Option(24, "--cases", help="Number of labelled training cases."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
-    dims: int = typer.Option(3, "--dims", help="3: volumes; 2: single-slice images (a 2D-only dataset)."),
+    cases: int = typer.Option(24, "--cases", min=1, help="Number of labelled training cases."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same data."),
+    dims: int = typer.Option(3, "--dims", min=2, max=3, help="3: volumes; 2: single-slice images (a 2D-only dataset)."),
     ct: bool = typer.Option(False, "--ct", help="Anisotropic CT-like volumes in Hounsfield units."),
-    test_cases: int = typer.Option(4, "--test-cases", help="Unlabelled cases in imagesTs/."),
+    test_cases: int = typer.Option(4, "--test-cases", min=0, help="Unlabelled cases in imagesTs/."),
     difficulty: str = typer.Option(
         "hard", "--difficulty", help="hard: Hippocampus-like contrast; easy: the demo's, learnt in minutes on a CPU."
     ),
@@ -59,6 +59,15 @@ def demo_data(
         out_dir, cases=cases, seed=seed, dims=dims, ct=ct, test_cases=test_cases, difficulty=difficulty
     )
     out.print(f"wrote {cases} training and {test_cases} test cases to [bold]{root}[/bold]")
+
+
+def _usable_folder(path: Path, option: str = "-o") -> None:
+    """An output folder that cannot be made is one line before any work (not after it)."""
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise AlsegError(f"is a file, not a folder — choose a folder for {option}", p)
+            return
 
 
 def _check(dataset: Path, quiet: bool = False) -> None:
@@ -119,16 +128,21 @@ def plan(
         help="Also write nnU-Net v2's OUT/nnUNet_preprocessed/DatasetXXX_Name/ (plans, fingerprint, dataset.json).",
     ),
     nnunet_id: Optional[int] = typer.Option(
-        None, "--nnunet-id", help="nnU-Net dataset id XXX of the export (default: the folder's, else 999)."
+        None,
+        "--nnunet-id",
+        min=1,
+        max=999,
+        help="nnU-Net dataset id XXX of the export (default: the folder's, else 999).",
     ),
     workers: Optional[int] = typer.Option(
-        None, "--workers", help="Processes for the fingerprint (default: all cores)."
+        None, "--workers", min=0, help="Processes for the fingerprint (default: all cores)."
     ),
 ) -> None:
     """Fingerprint a dataset and configure it as nnU-Net v2 would; write the plan files."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.plans.planner import plan_dataset, summarize_plans
 
+    _usable_folder(out_dir)
     _check(dataset, quiet=True)
     plans = plan_dataset(dataset, out_dir, export_nnunet=export_nnunet, workers=workers, nnunet_id=nnunet_id)
     out.print(summarize_plans(plans))
@@ -142,7 +156,7 @@ def plan(
 def preprocess(
     plan_dir: Path = typer.Argument(..., help="Folder written by 'alseg plan'."),
     config: list[str] = typer.Option(["2d"], "--config", "-c", help="Configuration(s) to preprocess: 2d, 3d_fullres."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes (default: all cores)."),
 ) -> None:
     """Crop, resample and normalise every case into the plan folder's cache (idempotent, resumable)."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
@@ -169,16 +183,18 @@ def train(
     out_dir: Path = typer.Option(..., "-o", "--out", help="Output folder: metrics.csv, model.ckpt, logs."),
     config: str = typer.Option("2d", "--config", "-c", help="2d or 3d_fullres."),
     fold: int = typer.Option(0, "--fold", help="Held-out fold of nnU-Net's 5-fold split."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (plan default: 1000)."),
-    iters_per_epoch: Optional[int] = typer.Option(None, "--iters-per-epoch", help="Iterations per epoch (plan: 250)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the plan's batch size."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (plan default: 1000)."),
+    iters_per_epoch: Optional[int] = typer.Option(
+        None, "--iters-per-epoch", min=1, help="Iterations per epoch (plan: 250)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the plan's batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override the initial learning rate."),
     devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data loader processes."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
     init_checkpoint: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
@@ -187,8 +203,14 @@ def train(
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.cache import build_cache
     from alseg.model.train import train as run_training
+    from alseg.model.trainer import TrainerSettings, check_trainer_settings
     from alseg.plans.models import load_plans
 
+    if lr is not None and not lr > 0:
+        raise AlsegError(f"--lr must be a positive learning rate, got {lr}")
+    check_trainer_settings(  # Lightning's own checks, before any preprocessing or training
+        TrainerSettings(devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision)
+    )
     plans = load_plans(plan_dir / "plans.json")
     cache = build_cache(plans, config, plan_dir)
     final = run_training(
@@ -221,6 +243,8 @@ def _parse_strategy_options(items: list[str], strategy: str | list[str] | None =
         if "=" not in item:
             raise AlsegError(f"--option expects key=value, got '{item}'")
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise AlsegError(f"--option expects key=value, got '{item}' (no key)")
         opts[key.strip()] = value.strip()
     if strategy is not None:
         from alseg.strategies import (  # lazy, as the CLI's other imports: start-up time
@@ -416,21 +440,25 @@ def redundancy_check(
         None, "--checkpoint", help="Model to use (e.g. RUN/checkpoints/round_000.ckpt); default: train one briefly."
     ),
     strategy: str = typer.Option("usimf", "--strategy", help="usimf or usimc."),
-    copies: int = typer.Option(100, "--copies", help="How often one case's items are duplicated."),
+    copies: int = typer.Option(100, "--copies", min=1, help="How often one case's items are duplicated."),
     case_id: Optional[str] = typer.Option(None, "--case", help="The duplicated case (default: drawn at random)."),
-    budget: int = typer.Option(100, "--budget"),
-    initial: int = typer.Option(100, "--initial"),
-    query_size: Optional[int] = typer.Option(1000, "--query-size", help="Q (the paper used 1000); 0 = elbow rule."),
-    seed: int = typer.Option(0, "--seed"),
-    train_epochs: int = typer.Option(1, "--train-epochs", help="Epochs when no checkpoint is given."),
-    train_iters: int = typer.Option(50, "--train-iters", help="Iterations per epoch when no checkpoint is given."),
+    budget: int = typer.Option(100, "--budget", min=1),
+    initial: int = typer.Option(100, "--initial", min=1),
+    query_size: Optional[int] = typer.Option(
+        1000, "--query-size", min=0, help="Q (the paper used 1000); 0 = elbow rule."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0),
+    train_epochs: int = typer.Option(1, "--train-epochs", min=1, help="Epochs when no checkpoint is given."),
+    train_iters: int = typer.Option(
+        50, "--train-iters", min=1, help="Iterations per epoch when no checkpoint is given."
+    ),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Training batch when no checkpoint is given (default: the plan's)."
+        None, "--batch-size", min=1, help="Training batch when no checkpoint is given (default: the plan's)."
     ),
     save_model: Optional[Path] = typer.Option(
         None, "--save-model", help="Write the model used here (a --checkpoint for the next check)."
     ),
-    mc_passes: int = typer.Option(10, "--mc-passes"),
+    mc_passes: int = typer.Option(10, "--mc-passes", min=1),
     option: list[str] = typer.Option([], "--option", help="USIM option key=value (repeatable)."),
     cases: str = typer.Option(
         "",
@@ -451,14 +479,20 @@ def redundancy_check(
     from alseg.active.experiments.redundancy import run_redundancy_check
     from alseg.atomic import atomic_write_json
 
+    if strategy not in ("usimf", "usimc"):
+        raise AlsegError(f"--strategy '{strategy}': the redundancy check is for usimf or usimc — choose one of them")
     options = _parse_strategy_options(option, strategy)
     names = [k.strip() for k in kernels.split(",") if k.strip()]
     case_list = [c.strip() for c in cases.split(",") if c.strip()]
     study: list[str] | int | None = None
     if case_list:
         study = int(case_list[0]) if len(case_list) == 1 and case_list[0].isdigit() else case_list
+    if study == 0:
+        raise AlsegError("--cases 0 duplicates no case — give a number of cases ≥ 1 or a comma list of case ids")
     if names and strategy != "usimf":
         raise AlsegError(f"--kernels compares USIMF's Fisher kernels — use it with --strategy usimf, not '{strategy}'")
+    for name in names:  # each kernel is a value of usimf's fisher_kernel option: checked as one
+        _parse_strategy_options([f"fisher_kernel={name}"], "usimf")
     if names:
         options["fisher_kernel"] = names[0]
     result = run_redundancy_check(
@@ -567,7 +601,7 @@ def report(
 def demo(
     out_dir: Path = typer.Option(DEFAULT_DEMO_DIR, "-o", "--out", help="Where the demo writes its data and results."),
     strategy: str = typer.Option("random", "--strategy", "-s", help="Selection strategy of the demo loop."),
-    rounds: int = typer.Option(3, "--rounds"),
+    rounds: int = typer.Option(3, "--rounds", min=1),
 ) -> None:
     """The main job on built-in data: synthetic dataset → check → plan → active loop → report."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
@@ -575,7 +609,10 @@ def demo(
     from alseg.data.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset, summarize_plans
     from alseg.report import build_report
+    from alseg.strategies import parse_strategy_options
 
+    _usable_folder(out_dir)
+    parse_strategy_options(strategy, {})  # an unknown strategy fails before the data is made
     data = out_dir / "data"
     generate_dataset(data, difficulty="easy")
     out.print(f"[bold]1/4[/bold] synthetic dataset in {data}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alseg.active.oracles import UNLABELLED
-from alseg.active.rundir import RunDir, read_json
+from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_write_json
 from alseg.data.dataset import CaseFiles, load_case, read_dataset
 from alseg.data.io import read_volume, write_volume
@@ -121,7 +121,8 @@ def export_nnunet(
         raise AlsegError(f"a label is already named '{IGNORE_NAME}' — rename it in dataset.json and plan again")
     ignore = len(classes)
     info = read_dataset(config.dataset_root)
-    train = read_json(run.split_path)["train"]  # type: ignore[index]
+    run.check_label_files(run.load_state())  # a damaged run is reported, never exported as if whole
+    train = run.load_split()["train"]
     todo = []
     for case_id in sorted(train):
         path = run.label_path(case_id)

@@ -76,6 +76,30 @@ def picture_cases(test_ids: list[str]) -> list[str]:
     return sorted(test_ids)[:PICTURE_CASES]
 
 
+def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> None:
+    """The run's sizes against its pool of ``n_items`` items and its devices (one line if they do not fit)."""
+    cfg, n = settings, n_items
+    if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
+        batch = cfg.batch_size or plan_batch_size
+        if batch < int(cfg.devices):
+            raise AlsegError(
+                f"a batch of {batch} cannot be split over {cfg.devices} devices — use --batch-size "
+                f"{cfg.devices} or more, or fewer --devices"
+            )
+    if cfg.initial > n:
+        raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
+    if cfg.initial + cfg.budget > n:
+        raise AlsegError(
+            f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} "
+            "items) — lower --budget"
+        )
+    if cfg.initial + cfg.rounds * cfg.budget > n:
+        most = (n - cfg.initial) // cfg.budget
+        raise AlsegError(
+            f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}"
+        )
+
+
 def trainer_settings(settings: LoopSettings) -> TrainerSettings:
     """The Trainer settings of a loop's rounds (and of its full-data reference): one rule for both."""
     devices = int(settings.devices) if settings.devices.isdigit() else settings.devices
@@ -512,6 +536,13 @@ class LoopDriver:
 
     def _verify_run(self) -> None:
         """Every file the resumed run relies on is there and as written (one line if not)."""
+        split = self.run.load_split()
+        if sorted(split["train"]) != sorted(self.ws.train_ids) or sorted(split["test"]) != sorted(self.ws.test_ids):
+            raise AlsegError(
+                "names other pool or test cases than the run's data and options give — resume with the data and "
+                "--test-cases the run was started with, or restore the file from a backup",
+                self.run.split_path,
+            )
         per_case: dict[str, int] = {}
         for i in self.pool.indices(self.state.labelled):
             per_case[self.pool[i].case_id] = per_case.get(self.pool[i].case_id, 0) + 1
@@ -520,26 +551,7 @@ class LoopDriver:
         self.run.verify(self.state, {self.labels.path(c): n for c, n in per_case.items()}, rewritten)
 
     def _validate_sizes(self) -> None:
-        n = len(self.pool)
-        cfg = self.config
-        if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
-            batch = cfg.batch_size or self.ws.configuration.batch_size
-            if batch < int(cfg.devices):
-                raise AlsegError(
-                    f"a batch of {batch} cannot be split over {cfg.devices} devices — use --batch-size "
-                    f"{cfg.devices} or more, or fewer --devices"
-                )
-        if cfg.initial > n:
-            raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
-        if cfg.initial + cfg.budget > n:
-            raise AlsegError(
-                f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} items) — lower --budget"
-            )
-        if cfg.initial + cfg.rounds * cfg.budget > n:
-            most = (n - cfg.initial) // cfg.budget
-            raise AlsegError(
-                f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}"
-            )
+        check_sizes(self.config, len(self.pool), self.ws.configuration.batch_size)
 
     def _make_oracle(self):
         if self.config.oracle == "simulated":

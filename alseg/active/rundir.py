@@ -436,6 +436,30 @@ class RunDir:
                 continue
             self._check_file(state, path, f"the annotations of {n} labelled item(s)")
 
+    def check_label_files(self, state: RunState) -> None:
+        """Every label file ``state.json`` has a checksum for is there and as written (one line if not)."""
+        for rel in sorted(state.checksums):
+            path = self.path / rel
+            if path.parent == self.labels_dir:
+                self._check_file(state, path, "annotations")
+
+    def load_split(self) -> dict[str, Any]:
+        """``split.json``: the pool's cases (``train``) and the test cases; a damaged one is one line."""
+        p = self.split_path
+        what = "the run's pool and test cases"
+        if not p.is_file():
+            raise AlsegError(f"missing ({what}) — restore it from a backup, or start a new run with another -o", p)
+        try:
+            split = json.loads(p.read_text())
+            ok = isinstance(split, dict) and all(
+                isinstance(split.get(k), list) and all(isinstance(c, str) for c in split[k]) for k in ("train", "test")
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise AlsegError(f"corrupt ({what}) — restore it from a backup, or start a new run with another -o", p)
+        return split
+
     def temp_files(self) -> list[Path]:
         """Leftovers of atomic writes killed half-way (only safe to delete while holding the lock)."""
         return [p for p in self.path.rglob(".*") if p.is_file() and is_temp_file(p)]

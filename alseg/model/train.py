@@ -49,7 +49,7 @@ def make_split(
     over the sorted case ids; returns ``(train_ids, test_ids)`` of fold ``fold``."""
     ids = sorted(case_ids)
     if not 0 <= fold < n_folds:
-        raise AlsegError(f"fold {fold} does not exist — choose 0..{n_folds - 1}")
+        raise AlsegError(f"--fold {fold} does not exist — choose 0..{n_folds - 1}")
     if len(ids) < n_folds:
         raise AlsegError(
             f"{len(ids)} cases cannot be split into nnU-Net's {n_folds} folds — add labelled cases (at least {n_folds})"
@@ -210,9 +210,18 @@ def load_weights(module: SegmentationModule, checkpoint: str | Path) -> None:
     ``module``: fine-tuning keeps nothing else (fresh optimiser and schedule)."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise AlsegError("checkpoint not found", path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt)
+        raise AlsegError("checkpoint not found — pass an existing .ckpt or .pt of this plan's network", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, not a torch file, or pickled objects: torch's errors are many and long
+        raise AlsegError(
+            "is not a readable PyTorch checkpoint (truncated, or not saved by torch) — pass a .ckpt or .pt of "
+            "this plan's network",
+            path,
+        ) from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise AlsegError("holds no state dict — pass a .ckpt or .pt of this plan's network", path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -28,7 +28,17 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["GRADIENT_CLIP", "TrainerSettings", "make_trainer", "one_device", "resolved_trainer_kwargs", "uses_cuda"]
+from alseg.errors import AlsegError
+
+__all__ = [
+    "GRADIENT_CLIP",
+    "TrainerSettings",
+    "check_trainer_settings",
+    "make_trainer",
+    "one_device",
+    "resolved_trainer_kwargs",
+    "uses_cuda",
+]
 
 GRADIENT_CLIP = 12.0  # nnU-Net v2 clips the gradient norm at 12
 MAX_LOG_EVERY = 50  # Lightning's default log_every_n_steps
@@ -108,6 +118,17 @@ def resolved_trainer_kwargs(
         kwargs["limit_val_batches"] = 0
     kwargs.update(extra)
     return kwargs
+
+
+def check_trainer_settings(settings: TrainerSettings) -> None:
+    """Let Lightning check devices, strategy and precision now (a Trainer is cheap to make and
+    launches nothing): a wrong value is one line naming the option, before any work starts."""
+    try:
+        pl.Trainer(**resolved_trainer_kwargs(settings, max_epochs=1, show_progress=False))
+    except (ValueError, TypeError, RuntimeError) as e:  # Lightning's MisconfigurationException is a ValueError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        given = f"--devices {settings.devices}, --strategy {settings.strategy}, --precision {settings.precision}"
+        raise AlsegError(f"Lightning refuses {given}: {first}") from None
 
 
 def make_trainer(settings: TrainerSettings, **kwargs: Any) -> pl.Trainer:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alseg.active.loop import trainer_settings
+from alseg.active.loop import check_sizes, trainer_settings
 from alseg.active.rundir import RunDir
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
@@ -58,6 +58,8 @@ def parse_strategies(spec: str) -> list[str]:
     if spec == "all":
         return names
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    if not wanted:
+        raise AlsegError(f"--strategies '{spec}' names no strategy — use 'all' or some of: {', '.join(names)}")
     unknown = [s for s in wanted if s not in names]
     if unknown:
         raise AlsegError(f"unknown strategy '{unknown[0]}' — choose from: all, {', '.join(names)}")
@@ -161,6 +163,7 @@ def run_compare(
     # a dataset is planned once, into EXP/plan, and preprocessed before the workers share the cache
     ws = Workspace.open(Path(target), exp_dir, settings.config, settings.fold, show_progress=show_progress)
     plan_dir = ws.plan_dir
+    check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
     cells = [Cell(s, seed, exp_dir / s / f"seed_{seed}") for s in strategies for seed in range(seeds)]
     todo = [c for c in cells if not c.finished()]
     console.print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished")
