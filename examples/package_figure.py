@@ -1,6 +1,6 @@
 """Draw one case of an annotation package: image, the model's pre-segmentation and the region to annotate.
 
-    python examples/package_figure.py RUN/annotate/round_001 docs/figures/annotation_package.png
+python examples/package_figure.py RUN/annotate/round_001 docs/figures/annotation_package.png
 """
 
 from __future__ import annotations
