@@ -141,3 +141,57 @@ def test_twenty_kills_over_all_phases_resume_to_the_uninterrupted_result(tmp_pat
     )
     assert kills >= N_KILLS
     assert len(phases) >= 5, phases  # measured: preprocessing, state, labels, checkpoints, round records
+
+
+_RECORDING_MAIN = """
+import atexit, json, sys
+import alseg.atomic as a
+paths = []
+inner = a._atomic
+def recording(path, write, suffix=""):
+    paths.append(str(path))
+    return inner(path, write, suffix)
+a._atomic = recording
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(paths)))
+from alseg.cli import main
+main()
+"""
+
+TARGETED = ["planning", "preprocessing", "config", "run's plan copy", "metrics row (after evaluation)"]
+
+
+@pytest.mark.slow
+def test_a_kill_at_the_first_write_of_each_rare_phase_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    """The random sweep rarely lands on planning, the run's config, its plan copy or a metrics
+    row (one write each per round or run); here a fresh run is killed exactly there — at the
+    first write of each of those phases, found by recording an uninterrupted run's writes — and
+    then resumed to the end."""
+    from alseg.data.synthetic import generate_dataset
+
+    dataset = generate_dataset(tmp_path / "data", cases=5, test_cases=0)
+    reference = tmp_path / "reference"
+    log = tmp_path / "writes.json"
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT_WRITE}
+    subprocess.run(
+        [sys.executable, "-c", _RECORDING_MAIN, str(log), *_args(dataset, reference)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    expected = _record(reference)
+    writes = [_phase(p, reference) for p in json.loads(log.read_text())]
+    hit: dict[str, int] = {}
+    for phase in TARGETED:
+        n = writes.index(phase) + 1  # the kill hook counts from 1
+        run = tmp_path / f"kill_{n}"
+        proc = _loop(dataset, run, env, kill_at=n)
+        assert proc.returncode == -9, (phase, n, proc.stderr[-2000:])
+        where = re.search(r"killed at write \d+: (.*)", proc.stderr)
+        assert where and _phase(where.group(1), run) == phase, (phase, proc.stderr[-500:])
+        final = _loop(dataset, run, env)
+        assert final.returncode == 0, (phase, final.stderr[-2000:])
+        assert _record(run) == expected, phase
+        hit[phase] = n
+        print(f"killed at write {n} ({phase}): resumed to the uninterrupted result", flush=True)
+    assert set(hit) == set(TARGETED)
