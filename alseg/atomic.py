@@ -7,7 +7,7 @@ file) is an :class:`~alseg.errors.AlsegError` naming the path, and the old file 
 New files get the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave them 0600).
 
 Test-only hook: with ``ALSEG_TEST_KILL_AT_WRITE=N`` in the environment a process SIGKILLs
-itself during its N-th atomic write, after the temp file is written and before it is renamed,
+itself during its N-th atomic write (``=PATH``: during the write of that file), after the temp file is written and before it is renamed,
 printing ``killed at write N: PATH`` on stderr first (the kill-sweep test uses it to stop a loop
 in every phase). When the run leads its process group (started in a new session, as the test
 does) the whole group is killed, pool workers included, as a real kill of the run would. Never
@@ -81,7 +81,7 @@ def _test_kill_hook(path: Path) -> None:
     n = os.environ.get(KILL_AT_WRITE)
     if n:
         _writes += 1
-        if _writes == int(n):
+        if (_writes == int(n)) if n.isdigit() else (str(path) == n):
             import multiprocessing  # lazy: test-only hook
 
             print(f"killed at write {n}: {path}", file=sys.stderr, flush=True)

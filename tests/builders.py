@@ -7,6 +7,7 @@ the fixtures that wrap them live in ``conftest.py``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,20 @@ def write_cache(cache_dir: Path, n: int = 5, shape=(12, 20, 18), seed: int = 0, 
         ids.append(cid)
     cache.write_manifest({"cases": ids})
     return cache_dir
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``alseg ARGS`` in this process: (exit code, stdout, stderr)."""
+    from alseg.cli import main  # lazy: builders stay importable without the CLI's imports
+
+    old = sys.argv
+    sys.argv = ["alseg", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from alseg.cli import main
+from builders import run_cli
 
 
 @dataclass
@@ -615,20 +613,6 @@ cases(
 @pytest.fixture(scope="module")
 def base(finished_run) -> tuple[Path, Path, Path]:
     return finished_run
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["alseg", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_the_battery_is_large():

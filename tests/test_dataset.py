@@ -9,27 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import IDENTITY, write_msd, write_nnunet
+from builders import IDENTITY, run_cli, write_msd, write_nnunet
 
 from alseg.cli import main
 from alseg.data.dataset import load_case, read_dataset
 from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.validate import check_dataset
 from alseg.errors import AlsegError
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["alseg", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_msd_layout_is_read_with_geometry(msd_dataset: Path):
