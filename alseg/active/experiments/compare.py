@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.helpers import Checkpointable
 
+from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import check_sizes, trainer_settings
 from alseg.active.rundir import RunDir
 from alseg.active.settings import LoopSettings
@@ -45,6 +45,7 @@ from alseg.strategies import available, options_for
 
 __all__ = [
     "Cell",
+    "CellFailed",
     "CellJob",
     "CellStatus",
     "ExecutorOptions",
@@ -59,7 +60,6 @@ __all__ = [
 EXECUTORS = ("local", "slurm")
 SUBMITIT_DIR = ".submitit"
 """submitit's folder inside the experiment: its pickles, sbatch scripts and job logs."""
-REQUEUED_NOTE = "alseg compare: pre-empted or out of time — requeued; the run resumes from its last finished round"
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs are killed after timeout_min; a grid runs as long as it takes
 
 
@@ -176,58 +176,6 @@ def run_full_reference(
         },
         row,
     )
-
-
-class CellFailed(RuntimeError):
-    """The cell's ``alseg loop`` exited with an error (its log says why)."""
-
-
-class CellJob(Checkpointable):
-    """One cell as a submitit job: its ``alseg loop ... --resume`` command, output appended to its log.
-
-    Like :class:`submitit.helpers.CommandFunction`, but the output streams into the cell's log
-    file (not into memory), and the job is checkpointable: pre-empted or out of time, it stops
-    the loop and is requeued with the same command, which resumes the run directory (a finished
-    round is never lost, the round in progress is redone).
-    """
-
-    def __init__(self, command: list[str], log_path: Path):
-        self.command = [str(c) for c in command]
-        self.log_path = Path(log_path)
-        self._proc: subprocess.Popen | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"command": self.command, "log_path": self.log_path, "_proc": None}
-
-    def __call__(self) -> int:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a") as log:
-            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                code = self._proc.wait()
-            except BaseException:  # interrupted (cancelled, requeued): never leave the loop running alone
-                self._stop()
-                raise
-        self._proc = None
-        if code != 0:
-            raise CellFailed(f"exit {code}")
-        return code
-
-    def _stop(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # the OS drops the run's lock with the process
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        self._stop()
-        with self.log_path.open("a") as log:
-            log.write(REQUEUED_NOTE + "\n")
-        return DelayedSubmission(CellJob(self.command, self.log_path))
 
 
 def parse_slurm_options(values: list[str]) -> dict[str, str]:
