@@ -402,15 +402,17 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise AlsegError("experiment directory does not exist", exp_dir)
-    found = sorted(exp_dir.glob("*/seed_*.settings.json"))
+    seeds = re.compile(r"seed_(\d+)(?:\.settings\.json)?")
+    found: dict[tuple[str, int], Cell] = {}
+    for path in exp_dir.glob("*/seed_*"):  # settings files (every started cell) and run directories
+        m = seeds.fullmatch(path.name)
+        if m and (path.is_dir() or path.is_file()):
+            seed = int(m.group(1))
+            found[(path.parent.name, seed)] = Cell(path.parent.name, seed, path.parent / f"seed_{seed}")
     if not found:
-        raise AlsegError("holds no 'alseg compare' grid (no <strategy>/seed_<n>.settings.json)", exp_dir)
+        raise AlsegError("holds no 'alseg compare' grid (no <strategy>/seed_<n>)", exp_dir)
     out: list[CellStatus] = []
-    for path in found:
-        m = re.fullmatch(r"seed_(\d+)\.settings\.json", path.name)
-        if not m:
-            continue
-        cell = Cell(path.parent.name, int(m.group(1)), path.parent / f"seed_{m.group(1)}")
+    for _, cell in sorted(found.items()):
         run = RunDir(cell.run_dir)
         progress = run.progress()
         done, total = progress if progress else (0, _planned_rounds(cell))
