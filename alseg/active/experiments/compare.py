@@ -421,8 +421,8 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
             state = "finished"
         elif run.running():
             state = "running"
-        elif not last:
-            state = "waiting"
+        elif not last and progress is None:
+            state = "waiting"  # not started yet (e.g. a SLURM task still queued)
         elif last == REQUEUED_NOTE:
             state = "requeued"
         else:

@@ -3,6 +3,7 @@ and imports this module only (no torch), then starts ``alseg loop`` as its own p
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,20 +33,25 @@ class CellJob(Checkpointable):
         self.command = [str(c) for c in command]
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen | None = None
+        self._requeued = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"command": self.command, "log_path": self.log_path, "_proc": None}
+        return {"command": self.command, "log_path": self.log_path, "_proc": None, "_requeued": False}
 
     def __call__(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as log:
-            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a killed loop's log keeps every line it printed
+            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
             try:
                 code = self._proc.wait()
             except BaseException:  # interrupted (cancelled, requeued): never leave the loop running alone
                 self._stop()
                 raise
         self._proc = None
+        if code < 0 and not self._requeued:  # killed by a signal: the loop could not say so itself
+            with self.log_path.open("a") as log:
+                log.write(f"alseg compare: 'alseg loop' was killed (signal {-code})\n")
         if code != 0:
             raise CellFailed(f"exit {code}")
         return code
@@ -61,6 +67,7 @@ class CellJob(Checkpointable):
                 proc.wait()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        self._requeued = True
         self._stop()
         with self.log_path.open("a") as log:
             log.write(REQUEUED_NOTE + "\n")
