@@ -34,7 +34,7 @@ from submitit.helpers import Checkpointable
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import check_sizes, trainer_settings
 from alseg.active.rundir import RunDir
-from alseg.active.settings import LoopSettings
+from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
@@ -437,8 +437,6 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
 
 def _planned_rounds(cell: Cell) -> int | None:
     try:
-        from alseg.active.settings import load_settings_file
-
         return load_settings_file(cell.settings_path).rounds + 1
     except AlsegError:
         return None
