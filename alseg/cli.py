@@ -410,11 +410,41 @@ def compare(
         int, typer.Option("--jobs", min=1, help="Runs in parallel (one GPU each when there are GPUs).")
     ] = 1,
     full: Annotated[bool, typer.Option("--full/--no-full", help="Also train the full-data reference.")] = True,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor", help="local: run the cells on this machine; slurm: submit them as one job array and return."
+        ),
+    ] = "local",
+    gpus_per_job: Annotated[
+        Optional[int],
+        typer.Option("--gpus-per-job", help="GPUs per cell (default: 1; locally only when there are GPUs)."),
+    ] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option("--slurm-partition", help="slurm: the partition.")] = None,
+    cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="slurm: CPUs per cell.")] = None,
+    time_min: Annotated[
+        Optional[int], typer.Option("--time-min", help="slurm: time limit per task in minutes (default 1440).")
+    ] = None,
+    mem_gb: Annotated[Optional[int], typer.Option("--mem-gb", help="slurm: memory per cell in GB.")] = None,
+    slurm_option: Annotated[
+        list[str],
+        typer.Option("--slurm-option", metavar="KEY=VALUE", help="slurm: any other sbatch option (repeatable)."),
+    ] = [],  # noqa: B006 (Typer reads the default)
 ) -> None:
     """Run strategies x seeds (resumable: finished runs are skipped) plus the full-data reference."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.active.experiments.compare import parse_strategies, run_compare
+    from alseg.active.experiments.compare import ExecutorOptions, parse_slurm_options, parse_strategies, run_compare
 
+    executor_options = ExecutorOptions(
+        executor=executor,
+        gpus_per_job=gpus_per_job,
+        partition=slurm_partition,
+        cpus_per_job=cpus_per_job,
+        time_min=time_min,
+        mem_gb=mem_gb,
+        slurm_options=parse_slurm_options(slurm_option),
+    )
+    executor_options.check()  # before any work
     names = parse_strategies(strategies_)
     settings = LoopSettings.checked(
         rounds=rounds,
@@ -429,8 +459,41 @@ def compare(
         devices=devices,
         strategy_options=_parse_strategy_options(option, names),
     )
-    cells = run_compare(target, exp_dir, names, seeds, settings, jobs=jobs, full_reference=full, workers=workers)
+    cells = run_compare(
+        target,
+        exp_dir,
+        names,
+        seeds,
+        settings,
+        jobs=jobs,
+        full_reference=full,
+        workers=workers,
+        executor=executor_options,
+    )
+    if executor_options.executor == "slurm":
+        out.print(f"{len(cells)} runs in {exp_dir}; when 'alseg status {exp_dir}' shows them finished: alseg report")
+        return
     out.print(f"{len(cells)} runs in {exp_dir}; render them with: alseg report {exp_dir} -o {exp_dir / 'report'}")
+
+
+@app.command()
+def status(
+    exp_dir: Annotated[Path, typer.Argument(metavar="EXP", help="Experiment folder written by 'alseg compare'.")],
+) -> None:
+    """Where each cell of an 'alseg compare' grid stands: rounds finished, running, failed (last log line)."""
+    # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.active.experiments.compare import grid_status
+
+    rows = grid_status(exp_dir)
+    table = Table(title=str(exp_dir))
+    for col in ("strategy", "seed", "rounds", "state", "last log line"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        rounds = f"{r.rounds_done}/{r.rounds_total}" if r.rounds_total is not None else f"{r.rounds_done}/?"
+        table.add_row(r.strategy, "" if r.seed is None else str(r.seed), rounds, r.state, r.last_line)
+    out.print(table)
+    counts = {s: sum(r.state == s for r in rows) for s in ("finished", "running", "failed", "requeued", "waiting")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), markup=False, highlight=False)
 
 
 @app.command("redundancy-check")

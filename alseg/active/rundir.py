@@ -379,6 +379,42 @@ class RunDir:
         except (OSError, json.JSONDecodeError, AttributeError):
             return False
 
+    def running(self) -> bool:
+        """True while a process holds the run's lock (``alseg loop`` is writing it); never waits.
+
+        A non-blocking probe of the ``fcntl.flock`` that :class:`RunLock` holds: the OS drops it
+        when the holder dies, so a killed run reads as not running.
+        """
+        path = self.path / LOCK
+        try:
+            f = open(path)  # noqa: SIM115 (closed below; closing drops the probe's own lock)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            f.close()
+        return False
+
+    def progress(self) -> tuple[int, int] | None:
+        """(finished rounds, total rounds) from ``state.json`` and ``config.json``; None before the run starts.
+
+        Total counts the initial round 0 (``rounds + 1``); an unreadable state counts as no round.
+        """
+        try:
+            total = int(json.loads(self.config_path.read_text())["rounds"]) + 1
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        try:
+            done = int(json.loads(self.state_path.read_text()).get("round", -1)) + 1
+        except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            done = 0
+        return done, total
+
     # --- integrity -----------------------------------------------------------------------------
     def record_checksum(self, state: RunState, path: Path) -> None:
         """Note ``path``'s size and hash in ``state`` (saved with it): what a resume verifies."""

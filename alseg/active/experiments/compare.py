@@ -3,24 +3,38 @@
 Every cell is an ordinary ``alseg loop`` run directory (``EXP/<strategy>/seed_<s>``), so
 the grid is resumable as a whole: finished runs are skipped, unfinished ones resumed. Each cell
 is started from a settings file (``EXP/<strategy>/seed_<s>.settings.json``, the cell's
-:class:`~alseg.active.settings.LoopSettings`) as ``alseg loop --settings FILE --resume``, in a
-subprocess, ``--jobs`` at a time; with GPUs each job gets one
-(``CUDA_VISIBLE_DEVICES``, round robin). The full-data reference (``EXP/full``) trains the same
-network on every training case of the fold for as many iterations as a whole loop takes.
+:class:`~alseg.active.settings.LoopSettings`) as ``alseg loop --settings FILE --resume``: one
+submitit job per cell (:class:`CellJob`), its output appended to ``EXP/<strategy>/seed_<s>.log``.
+
+``--executor local`` runs the jobs on this machine through submitit's ``LocalExecutor``,
+``--jobs`` at a time; with GPUs each job gets ``--gpus-per-job`` of them (round robin).
+``--executor slurm`` submits one job array (one task per unfinished cell, ``--jobs`` of them at
+once) and returns; a task that is pre-empted or reaches its time limit is requeued by submitit
+(:meth:`CellJob.checkpoint`) and, its command being ``--resume``, continues from the run's last
+finished round. submitit's own files are in ``EXP/.submitit/``. ``alseg status EXP``
+(:func:`grid_status`) shows where every cell stands.
+
+The full-data reference (``EXP/full``) trains the same network on every training case of the
+fold for as many iterations as a whole loop takes (in this process locally; one more job on SLURM).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import submitit
+from submitit.helpers import Checkpointable
+
+from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import check_sizes, trainer_settings
 from alseg.active.rundir import RunDir
-from alseg.active.settings import LoopSettings
+from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
@@ -29,7 +43,24 @@ from alseg.model.trainer import one_device
 from alseg.progress import console
 from alseg.strategies import available, options_for
 
-__all__ = ["Cell", "parse_strategies", "loop_command", "run_full_reference", "run_compare"]
+__all__ = [
+    "Cell",
+    "CellFailed",
+    "CellJob",
+    "CellStatus",
+    "ExecutorOptions",
+    "parse_strategies",
+    "parse_slurm_options",
+    "loop_command",
+    "run_full_reference",
+    "run_compare",
+    "grid_status",
+]
+
+EXECUTORS = ("local", "slurm")
+SUBMITIT_DIR = ".submitit"
+"""submitit's folder inside the experiment: its pickles, sbatch scripts and job logs."""
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs are killed after timeout_min; a grid runs as long as it takes
 
 
 @dataclass
@@ -147,6 +178,89 @@ def run_full_reference(
     )
 
 
+def parse_slurm_options(values: list[str]) -> dict[str, str]:
+    """``--slurm-option key=value`` (repeatable) as sbatch parameters, e.g. ``account=proj`` → ``--account=proj``."""
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) or not value.strip():
+            raise AlsegError(f"--slurm-option '{v}' is not key=value — e.g. --slurm-option account=myproject")
+        out[key] = value.strip()
+    return out
+
+
+@dataclass
+class ExecutorOptions:
+    """Where the cells run: ``local`` (this machine) or ``slurm`` (a job array), and what each job gets."""
+
+    executor: str = "local"
+    gpus_per_job: int | None = None  # None: local one GPU each when there are GPUs; slurm 1
+    partition: str | None = None
+    cpus_per_job: int | None = None
+    time_min: int | None = None
+    mem_gb: int | None = None
+    slurm_options: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Every option checked before any work: one line each."""
+        if self.executor not in EXECUTORS:
+            raise AlsegError(f"--executor '{self.executor}' is not one of: {', '.join(EXECUTORS)}")
+        for name, value, low in [
+            ("--gpus-per-job", self.gpus_per_job, 0),
+            ("--cpus-per-job", self.cpus_per_job, 1),
+            ("--time-min", self.time_min, 1),
+            ("--mem-gb", self.mem_gb, 1),
+        ]:
+            if value is not None and value < low:
+                raise AlsegError(f"{name} must be at least {low}, got {value}")
+        if self.executor == "local":
+            slurm_only = {
+                "--slurm-partition": self.partition,
+                "--cpus-per-job": self.cpus_per_job,
+                "--time-min": self.time_min,
+                "--mem-gb": self.mem_gb,
+                "--slurm-option": self.slurm_options or None,
+            }
+            given = [k for k, v in slurm_only.items() if v is not None]
+            if given:
+                raise AlsegError(f"{given[0]} is for --executor slurm (this grid runs locally)")
+
+    def slurm_parameters(self, jobs: int) -> dict[str, Any]:
+        """The parameters of submitit's ``SlurmExecutor`` (sbatch's names)."""
+        gpus = 1 if self.gpus_per_job is None else self.gpus_per_job
+        params: dict[str, Any] = {
+            "job_name": "alseg",
+            "time": self.time_min or 24 * 60,
+            "array_parallelism": max(1, jobs),
+        }
+        if gpus:
+            params["gpus_per_node"] = gpus
+        if self.cpus_per_job is not None:
+            params["cpus_per_task"] = self.cpus_per_job
+        if self.mem_gb is not None:
+            params["mem"] = f"{self.mem_gb}GB"
+        if self.partition:
+            params["partition"] = self.partition
+        if self.slurm_options:
+            params["additional_parameters"] = dict(self.slurm_options)
+        return params
+
+
+def slurm_executor(folder: Path, options: ExecutorOptions, jobs: int) -> submitit.SlurmExecutor:
+    try:
+        ex = submitit.SlurmExecutor(folder=folder)
+    except RuntimeError:  # submitit looks for 'srun'
+        raise AlsegError(
+            "--executor slurm: no 'srun' on this machine — run 'alseg compare' on a node of the SLURM cluster"
+        ) from None
+    try:
+        ex.update_parameters(**options.slurm_parameters(jobs))
+    except ValueError as e:
+        raise AlsegError(f"--executor slurm: {str(e).splitlines()[0]}") from None
+    return ex
+
+
 def run_compare(
     target: Path,
     exp_dir: Path,
@@ -157,8 +271,14 @@ def run_compare(
     full_reference: bool = True,
     workers: int | None = None,
     show_progress: bool = True,
+    executor: ExecutorOptions | None = None,
 ) -> list[Cell]:
+    """Run (locally) or submit (SLURM) every unfinished cell, then the full-data reference."""
+    options = executor or ExecutorOptions()
+    options.check()
     exp_dir = Path(exp_dir)
+    folder = exp_dir / SUBMITIT_DIR
+    slurm = slurm_executor(folder, options, jobs) if options.executor == "slurm" else None  # before any work
     exp_dir.mkdir(parents=True, exist_ok=True)
     # a dataset is planned once, into EXP/plan, and preprocessed before the workers share the cache
     ws = Workspace.open(Path(target), exp_dir, settings.config, settings.fold, show_progress=show_progress)
@@ -166,32 +286,17 @@ def run_compare(
     check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
     cells = [Cell(s, seed, exp_dir / s / f"seed_{seed}") for s in strategies for seed in range(seeds)]
     todo = [c for c in cells if not c.finished()]
-    console.print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished")
-    gpus = _gpu_count()
-    running: list[tuple[Cell, subprocess.Popen, float]] = []
-    failures: list[str] = []
-    queue = list(todo)
-    slot = 0
-    while queue or running:
-        while queue and len(running) < max(1, jobs):
-            cell = queue.pop(0)
-            env = dict(os.environ)
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            slot += 1
-            cmd = loop_command(plan_dir, cell, settings, workers)
-            log = open(cell.log_path, "a")
-            running.append((cell, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
-        time.sleep(0.5)
-        for entry in list(running):
-            cell, proc, t0 = entry
-            if proc.poll() is None:
-                continue
-            running.remove(entry)
-            status = "done" if proc.returncode == 0 and cell.finished() else f"failed (exit {proc.returncode})"
-            if status != "done":
-                failures.append(f"{cell.run_dir}: {status} — see {cell.log_path}")
-            console.print(f"{cell.strategy} seed {cell.seed}: {status} in {time.time() - t0:.0f} s")
+    busy = [c for c in todo if RunDir(c.run_dir).running()]
+    todo = [c for c in todo if c not in busy]
+    console.print(
+        f"{len(cells)} runs, {len(cells) - len(todo) - len(busy)} already finished"
+        + (f", {len(busy)} running elsewhere (left alone)" if busy else "")
+    )
+    jobs_of = [(c, CellJob(loop_command(plan_dir, c, settings, workers), c.log_path)) for c in todo]
+    if slurm is not None:
+        _submit_slurm(slurm, jobs_of, plan_dir, exp_dir, settings, workers, full_reference)
+        return cells
+    failures = _run_local(folder, jobs_of, jobs, options.gpus_per_job)
     if full_reference:
         t0 = time.time()
         run_full_reference(plan_dir, exp_dir, settings, workers, ws=ws)
@@ -199,6 +304,167 @@ def run_compare(
     if failures:
         raise AlsegError(f"{len(failures)} run(s) failed; first: {failures[0]}")
     return cells
+
+
+def _run_local(folder: Path, jobs_of: list[tuple[Cell, CellJob]], jobs: int, gpus_per_job: int | None) -> list[str]:
+    """submitit's LocalExecutor, ``jobs`` at a time; the failures, one line each."""
+    gpus = _visible_gpus()
+    per_job = 0 if not gpus else (1 if gpus_per_job is None else gpus_per_job)
+    if per_job > len(gpus) > 0:
+        raise AlsegError(f"--gpus-per-job {per_job}: this machine has {len(gpus)} GPU(s)")
+    ex = submitit.LocalExecutor(folder=folder)
+    queue = list(jobs_of)
+    running: list[tuple[Cell, Any, float]] = []
+    failures: list[str] = []
+    slot = 0
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, jobs):
+                cell, fn = queue.pop(0)
+                visible = [gpus[(slot * per_job + i) % len(gpus)] for i in range(per_job)] if per_job else []
+                slot += 1
+                ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=per_job, visible_gpus=visible)
+                running.append((cell, ex.submit(fn), time.time()))
+            time.sleep(0.5)
+            for entry in list(running):
+                cell, job, t0 = entry
+                if not job.done():
+                    continue
+                running.remove(entry)
+                status = "done" if cell.finished() else f"failed ({_failure(job)})"
+                if status != "done":
+                    failures.append(f"{cell.run_dir}: {status} — see {cell.log_path}")
+                console.print(f"{cell.strategy} seed {cell.seed}: {status} in {time.time() - t0:.0f} s")
+    finally:
+        for _, job, _ in running:  # interrupted: stop what still runs (each resumes on the next call)
+            job.cancel(check=False)
+    return failures
+
+
+def _failure(job: Any) -> str:
+    """Why a local job ended without finishing its cell: 'exit N' from :class:`CellFailed`, or submitit's word."""
+    job._results_timeout_s = 2  # the result file is written before the job ends; no need to wait for it
+    try:
+        job.result()
+    except Exception as e:  # submitit re-raises the job's error as text
+        m = re.search(r"CellFailed: (.+)", str(e))
+        if m:
+            return m.group(1).strip()
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        return lines[0] if lines else type(e).__name__
+    return "exit 0 but the run is not finished"
+
+
+def _submit_slurm(
+    ex: submitit.SlurmExecutor,
+    jobs_of: list[tuple[Cell, CellJob]],
+    plan_dir: Path,
+    exp_dir: Path,
+    settings: LoopSettings,
+    workers: int | None,
+    full_reference: bool,
+) -> None:
+    if jobs_of:
+        with ex.batch():  # one array: one task per unfinished cell
+            submitted = [ex.submit(fn) for _, fn in jobs_of]
+        array_id = submitted[0].job_id.split("_")[0]
+        console.print(f"submitted job array {array_id}: {len(submitted)} task(s), one per unfinished cell")
+    if full_reference and not RunDir(Path(exp_dir) / "full").metrics_path.is_file():
+        ref = ex.submit(FullReference(plan_dir, exp_dir, settings, workers))
+        console.print(f"submitted the full-data reference: job {ref.job_id}")
+    console.print(f"follow them with: alseg status {exp_dir}")
+
+
+class FullReference(Checkpointable):
+    """The full-data reference as a SLURM job; requeued, it resumes from its last checkpoint."""
+
+    def __init__(self, plan_dir: Path, exp_dir: Path, settings: LoopSettings, workers: int | None):
+        self.plan_dir, self.exp_dir, self.settings, self.workers = plan_dir, exp_dir, settings, workers
+
+    def __call__(self) -> None:
+        run_full_reference(self.plan_dir, self.exp_dir, self.settings, self.workers)
+
+
+@dataclass
+class CellStatus:
+    """Where one cell of a grid stands (``alseg status``)."""
+
+    strategy: str
+    seed: int | None
+    rounds_done: int
+    rounds_total: int | None
+    state: str  # finished | running | failed | requeued | waiting
+    last_line: str = ""
+
+
+def grid_status(exp_dir: Path) -> list[CellStatus]:
+    """Every cell of an ``alseg compare`` grid, from its settings file, run directory, lock and log."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise AlsegError("experiment directory does not exist", exp_dir)
+    seeds = re.compile(r"seed_(\d+)(?:\.settings\.json)?")
+    found: dict[tuple[str, int], Cell] = {}
+    for path in exp_dir.glob("*/seed_*"):  # settings files (every started cell) and run directories
+        m = seeds.fullmatch(path.name)
+        if m and (path.is_dir() or path.is_file()):
+            seed = int(m.group(1))
+            found[(path.parent.name, seed)] = Cell(path.parent.name, seed, path.parent / f"seed_{seed}")
+    if not found:
+        raise AlsegError("holds no 'alseg compare' grid (no <strategy>/seed_<n>)", exp_dir)
+    out: list[CellStatus] = []
+    for _, cell in sorted(found.items()):
+        run = RunDir(cell.run_dir)
+        progress = run.progress()
+        done, total = progress if progress else (0, _planned_rounds(cell))
+        last = _last_line(cell.log_path)
+        if cell.finished():
+            state = "finished"
+        elif run.running():
+            state = "running"
+        elif not last and progress is None:
+            state = "waiting"  # not started yet (e.g. a SLURM task still queued)
+        elif last == REQUEUED_NOTE:
+            state = "requeued"
+        else:
+            state = "failed"
+        out.append(CellStatus(cell.strategy, cell.seed, done, total, state, "" if state == "finished" else last))
+    full = RunDir(exp_dir / "full")
+    if full.path.is_dir():
+        state = "finished" if full.metrics_path.is_file() else ("running" if full.running() else "waiting")
+        out.append(CellStatus("full", None, int(state == "finished"), 1, state))
+    return out
+
+
+def _planned_rounds(cell: Cell) -> int | None:
+    try:
+        return load_settings_file(cell.settings_path).rounds + 1
+    except AlsegError:
+        return None
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (its end only: logs of long runs are large)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _visible_gpus() -> list[int]:
+    """The GPUs jobs may use: this process's CUDA_VISIBLE_DEVICES (when it lists indices), else 0..n-1."""
+    n = _gpu_count()
+    if not n:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [x.strip() for x in env.split(",") if x.strip()]
+    if ids and all(x.isdigit() for x in ids):
+        return [int(x) for x in ids][:n]
+    return list(range(n))
 
 
 def _gpu_count() -> int:
