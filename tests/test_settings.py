@@ -74,6 +74,7 @@ def test_compare_starts_each_cell_from_a_settings_file(tmp_path: Path):
     cmd = loop_command(tmp_path / "plan", cell, settings, workers=0)
     assert cmd[cmd.index("--settings") + 1] == str(cell.settings_path) and "--resume" in cmd
     assert "--budget" not in cmd  # no re-serialised flags
+    assert cmd[1:3] == ["-m", "alseg"]  # so that DDP (--devices N) can start the cell again per device
     written = load_settings_file(cell.settings_path)
     assert written == settings.model_copy(update={"strategy": "usimf", "seed": 2})
 

@@ -109,8 +109,8 @@ def loop_command(plan_dir: Path, cell: Cell, settings: LoopSettings, workers: in
     atomic_write_text(cell.settings_path, cell_settings.model_dump_json(indent=2) + "\n")
     cmd = [
         sys.executable,
-        "-c",
-        "from alseg.cli import main; main()",
+        "-m",  # as 'python -m alseg', so that Lightning's DDP launcher can start the command again
+        "alseg",
         "loop",
         str(plan_dir),
         "-o",
