@@ -179,7 +179,8 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
         shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
         result.warnings.append(
             f"{js}: {len(unlabelled)} of {len(info.training)} training cases have no label file ({shown}) — "
-            "images only: planned from their images; preprocessing, training and the test Dice need labels"
+            "images only: they join the pool for 'alseg loop --oracle files' (a person annotates them); the "
+            "labelled cases are the test cases unless --test-cases names others"
         )
     if result.cases and not result.problems and len(unlabelled) < len(info.training):
         dims = {len(c.shape) for c in result.cases}
