@@ -496,9 +496,7 @@ class LoopDriver:
         path = self.run.checkpoint_path(round_)
         try:
             load_weights(module, path)
-        except AlsegError:
-            raise
-        except Exception:  # a truncated or foreign file: torch's own errors are many and long
+        except Exception:  # truncated or foreign: for a run's own checkpoint the fix is the run's, not a new file
             raise AlsegError(
                 "cannot be loaded (truncated or not this run's model) — restore it from a backup, or start a new "
                 "run with another -o",
