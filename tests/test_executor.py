@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import run_cli
 
 from alseg.active.experiments.compare import ExecutorOptions, grid_status, run_compare
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
@@ -218,27 +219,13 @@ def test_a_requeued_cell_resumes_with_the_same_command(tmp_path: Path):
 def test_bad_executor_options_are_one_line_before_any_work(args, expect, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun: the last case
     exp = tmp_path / "exp"
-    old = sys.argv
-    sys.argv = ["alseg", "compare", str(tmp_path / "no_plan"), "-o", str(exp), *args]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["compare", str(tmp_path / "no_plan"), "-o", str(exp), *args], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert expect in lines[0], lines[0]
     assert not exp.exists()  # nothing was started
 
 
 def test_status_of_a_folder_without_a_grid(tmp_path: Path, capsys):
-    old = sys.argv
-    sys.argv = ["alseg", "status", str(tmp_path)]
-    try:
-        with pytest.raises(SystemExit) as info:
-            main()
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and "holds no 'alseg compare' grid" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["status", str(tmp_path)], capsys)
+    assert code == 2 and "holds no 'alseg compare' grid" in err and len(err.strip().splitlines()) == 1
