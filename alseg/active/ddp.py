@@ -62,8 +62,8 @@ class FollowerDriver(LoopDriver):
         self.ws = Workspace.open(
             Path(target),
             self.run.path,
-            settings.config,
-            settings.fold,
+            self.config.config,  # the run's own choices, as rank 0 stored them
+            self.config.fold,
             show_progress=False,
             test_cases=self.config.test_cases,
         )
