@@ -50,6 +50,7 @@ __all__ = [
     "write_case",
     "write_package",
     "read_case_label",
+    "check_label_values",
     "case_masks",
     "manifest_cases",
 ]
@@ -253,11 +254,17 @@ def read_case_label(path: Path, props: dict[str, Any], labels: dict[int, str]) -
             f"{_short(getattr(image_geometry, field))} — save the label on the image's grid",
             path,
         )
+    return check_label_values(label, labels, path)
+
+
+def check_label_values(label: np.ndarray, labels: dict[int, str], path: Path, what: str = "a label map") -> np.ndarray:
+    """``label`` as uint8 when it holds only declared class indices; else one line naming ``path``
+    (the package's label maps and the patches oracle's masks share this check)."""
     allowed = sorted(labels)
     if not np.issubdtype(label.dtype, np.integer) and (
         not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label))
     ):
-        raise AlsegError(f"holds non-integer values — a label map holds class indices {allowed}", path)
+        raise AlsegError(f"holds non-integer values — {what} holds class indices {allowed}", path)
     values = set(np.unique(label).astype(np.int64).tolist())
     if not values <= set(allowed):
         names = ", ".join(f"{k} = {v}" for k, v in sorted(labels.items()))

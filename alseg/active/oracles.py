@@ -20,7 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alseg.active.annotation import CaseRequest, case_masks, presegment, read_case_label, write_package
+from alseg.active.annotation import (
+    CaseRequest,
+    case_masks,
+    check_label_values,
+    presegment,
+    read_case_label,
+    write_package,
+)
 from alseg.active.rundir import AnnotationPackage, RunDir
 from alseg.atomic import atomic_save_npy, atomic_write_json
 from alseg.data.dataset import CaseFiles
@@ -317,7 +324,6 @@ class PatchOracle:
         if not package.manifest.is_file():
             self.export(round_, indices)
         masks, problems, waiting = {}, [], []
-        allowed = set(self.labels)
         for i in sorted(int(i) for i in indices):
             name = f"{_safe(self.pool[i].id)}.nii.gz"
             mask_path = package.patch_mask(name)
@@ -341,16 +347,10 @@ class PatchOracle:
                     f"{mask_path}: {field} differs from its image — save the mask on the exported image's grid"
                 )
                 continue
-            if not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask)):
-                problems.append(f"{mask_path}: holds non-integer values — a mask holds class indices {sorted(allowed)}")
-                continue
-            values = set(np.unique(mask).astype(int).tolist())
-            if not values <= allowed:
-                problems.append(
-                    f"{mask_path}: holds label value(s) {sorted(values - allowed)} — allowed are {sorted(allowed)} ({', '.join(self.labels.values())})"
-                )
-                continue
-            masks[i] = self._to_pool_order(mask.astype(np.uint8))
+            try:
+                masks[i] = self._to_pool_order(check_label_values(mask, self.labels, mask_path, "a mask"))
+            except AlsegError as err:
+                problems.append(str(err))
         return Annotation(masks, problems, waiting)
 
 
