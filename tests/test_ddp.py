@@ -50,11 +50,11 @@ def test_follower_stops_when_rank0_is_gone(monkeypatch, tmp_path: Path):
         follower._wait(lambda: None)
 
 
-def _loop(plan: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+def _loop(plan: Path, run: Path, *extra: str, strategy: str = "random", rounds: int = 2) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE")}
-    cmd = [sys.executable, "-m", "alseg", "loop", str(plan), "-o", str(run), "--strategy", "random", "--rounds", "2",
-           "--budget", "3", "--initial", "4", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-           "--workers", "0", *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "alseg", "loop", str(plan), "-o", str(run), "--strategy", strategy, "--rounds",
+           str(rounds), "--budget", "3", "--initial", "4", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size",
+           "2", "--workers", "0", *extra]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -86,3 +86,30 @@ def test_loop_on_two_cpu_processes_trains_every_round_on_both(tmp_path: Path):
         a = json.loads((tmp_path / "ddp" / "rounds" / f"round_{k:03d}.json").read_text())["selected"]
         b = json.loads((tmp_path / "one" / "rounds" / f"round_{k:03d}.json").read_text())["selected"]
         assert a == b
+
+
+def test_two_cpu_processes_share_the_pool_scoring_and_select_as_one_process_would(tmp_path: Path):
+    """BALD on 2 devices: both ranks score the pool; the round's record equals scoring it again in one process
+    with the same weights and seed (same scores, same batch, same batch uncertainty)."""
+    from alseg.active.loop import LoopDriver
+    from alseg.active.rundir import RunDir
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    data = generate_dataset(tmp_path / "data", cases=5, test_cases=0, difficulty="easy")
+    plan_dataset(data, tmp_path / "plan", show_progress=False)
+    proc = _loop(tmp_path / "plan", tmp_path / "ddp", "--devices", "2", "--mc-passes", "3", strategy="bald", rounds=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "selected by bald (score" in proc.stderr and "on 2 devices" in proc.stderr  # rank 1 took part
+    stored = json.loads((tmp_path / "ddp" / "rounds" / "round_001.json").read_text())
+
+    run = RunDir(tmp_path / "ddp")
+    driver = LoopDriver(tmp_path / "plan", run.path, run.load_config().settings(), resume=True, show_progress=False)
+    try:
+        driver.state.labelled = run.load_round(0)["selected"]  # the labelled set when round 1 was selected
+        again = driver.select(1, driver.load_module(0))  # one process, the round's seed and weights
+    finally:
+        driver.lock.release()
+    assert again["selected"] == stored["selected"]
+    assert again["scores"] == stored["scores"]
+    assert again["batch_uncertainty"] == stored["batch_uncertainty"] and stored["batch_uncertainty"] > 0

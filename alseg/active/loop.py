@@ -22,6 +22,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -39,6 +40,7 @@ from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
 from alseg.model.predict import resolve_device
 from alseg.model.progress_bar import RoundProgressBar
+from alseg.model.sharding import RankContext, ShardGroup, lead, serve
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
@@ -115,6 +117,7 @@ class LoopDriver:
     """
 
     _dataset: DatasetInfo | None = None  # the plan's dataset, read when the files oracle needs a case's files
+    ranks: ShardGroup | None = None  # rank 0 of several devices, between fits: the ranks share its pool passes
 
     def __init__(
         self,
@@ -244,9 +247,10 @@ class LoopDriver:
             if self.show_progress and round_ > 0:
                 sec = record.get("seconds", {})
                 extra = f", Q = {record['Q']}" if "Q" in record else ""
+                shared = f" on {self.ranks.world_size} devices" if self.ranks is not None and self.ranks.passes else ""
                 console.print(
                     f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
-                    f"(score {sec.get('score', 0.0):.0f} s, select {sec.get('select', 0.0):.0f} s{extra})"
+                    f"(score {sec.get('score', 0.0):.0f} s{shared}, select {sec.get('select', 0.0):.0f} s{extra})"
                 )
         selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
         if not selected:
@@ -383,6 +387,7 @@ class LoopDriver:
             batch_size=inference_batch_size(conf, device),
             ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.show_progress,
+            ranks=self.ranks,
         )
         # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
         sel = select_batch(self.strategy, ctx, uncertainty_seed=self.config.seed * 1000 + round_)
@@ -401,6 +406,17 @@ class LoopDriver:
         if sel.embedding_map is not None:
             record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
         return record
+
+    def serve_passes(self, module) -> int:
+        """A rank > 0 between fits: score and embed its shards of rank 0's pool passes with its
+        copy of the round's network (the same weights after DDP's fit) until rank 0 is done."""
+
+        def context(settings: dict) -> RankContext:
+            return RankContext(
+                model=module.net, pool=self.pool, load_image=self.ws.image, device=module.device, **settings
+            )
+
+        return serve(context)
 
     def evaluate(self, module) -> dict[str, float]:
         """Mean test Dice per class over the held-out cases, on the preprocessed grid."""
@@ -619,6 +635,21 @@ class ActiveLoop(Callback):
         self._t0 = time.perf_counter()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.interrupted or not trainer.is_global_zero:
+        """Rank 0 finishes the round; on several devices the other ranks share its pool passes."""
+        if trainer.interrupted:
             return
-        self.driver.finish_round(self.round, pl_module, time.perf_counter() - self._t0)
+        seconds = time.perf_counter() - self._t0
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            pl_module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU
+            if trainer.is_global_zero:
+                with lead() as ranks:
+                    self.driver.ranks = ranks
+                    try:
+                        self.driver.finish_round(self.round, pl_module, seconds)
+                    finally:
+                        self.driver.ranks = None
+            else:
+                self.driver.serve_passes(pl_module)
+            return
+        if trainer.is_global_zero:
+            self.driver.finish_round(self.round, pl_module, seconds)

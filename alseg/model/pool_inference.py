@@ -22,9 +22,10 @@ How the pass is organised:
   streamed through :class:`alseg.strategies.scores.MCDropoutAccumulator`. Several passes run
   in one forward by repeating the chunk (``passes_per_forward``); the accumulator still sees
   one pass at a time.
-* **Randomness**: the dropout masks come from torch's generator, seeded from ``ctx.rng`` inside
-  a forked RNG state, so a strategy is deterministic under the round's seed and leaves
-  torch's global state untouched.
+* **Randomness**: the dropout masks come from torch's generator inside a forked RNG state,
+  reseeded for every chunk from (the pass's seed — one draw from ``ctx.rng`` —, the chunk's
+  number) (:func:`chunk_seed`), so a strategy is deterministic under the round's seed, leaves
+  torch's global state untouched, and a chunk's masks do not depend on which process scores it.
 * **Batch uncertainty** (paper Appendix D, Fig. 5): :func:`measure_batch_uncertainty` is the one
   definition every strategy's round record uses: fresh MC passes over the selected items only,
   seeded independently of the strategy, so equal batches give equal numbers.
@@ -32,8 +33,10 @@ How the pass is organised:
 This module is inference, not a strategy: it needs from its caller only what
 :class:`ScoringContext` lists (a :class:`alseg.strategies.ScoringContext` is one).
 
-Multi-GPU: the loop calls strategies on rank 0 only, so scoring runs on rank 0's device
-(``ctx.device``); the other ranks wait. Splitting the pool across ranks is not implemented.
+Multi-GPU: the chunks (:func:`pool_chunks`, fixed by the items and the batch size) are the
+unit of work; with ``ctx.ranks`` set (``alseg loop --devices N``) the ranks of the DDP group
+each score a contiguous run of whole chunks and rank 0 gathers them in order
+(:mod:`alseg.model.sharding`), so the scores equal one process's exactly.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from torch import Tensor, nn
 
 from alseg.data.pool import Pool
 from alseg.model.network import eval_mode, mc_dropout
+from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
 from alseg.strategies.scores import MCDropoutAccumulator, item_entropy
 
@@ -62,8 +66,11 @@ __all__ = [
     "eval_mode",
     "measure_batch_uncertainty",
     "batch_uncertainty",
+    "chunk_batches",
+    "chunk_seed",
     "inference_batch_size",
     "item_batches",
+    "pool_chunks",
     "score_pool",
     "seeded_torch",
     "seeded_torch_from",
@@ -152,16 +159,13 @@ def _place(item_shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[slice, 
     return tuple(out)
 
 
-def _host_chunks(
-    ctx: ScoringContext, order: np.ndarray, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _host_chunks(ctx: ScoringContext, chunks: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Padded numpy chunks ``(indices, images (n, C, *patch) float32, valid (n, *patch) bool)``,
-    reading each case's image once (``order`` is grouped by case)."""
+    reading each case's image once (the chunks are grouped by case)."""
     pool = ctx.pool
     patch = tuple(pool.patch_size)
     case_id, volume = None, None
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in chunks:
         images: np.ndarray | None = None
         valid = np.zeros((len(idx), *patch), dtype=bool)
         for j, i in enumerate(idx):
@@ -227,28 +231,49 @@ def _group_by_case(ctx: ScoringContext, indices: np.ndarray) -> np.ndarray:
     return indices[np.argsort(keys, kind="stable")]
 
 
+def pool_chunks(ctx: ScoringContext, indices: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+    """The fixed chunking of a pass over ``indices``: grouped by case (each case's image is
+    loaded once), then cut every ``batch_size`` items (default ``ctx.batch_size``), so chunks
+    may span two cases and every forward but the last is full. It depends on the items and the
+    batch size only, never on how many processes share the pass
+    (:mod:`alseg.model.sharding` hands out whole chunks)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    bs = int(batch_size or ctx.batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {bs}")
+    order = _group_by_case(ctx, indices)
+    return [order[start : start + bs] for start in range(0, len(order), bs)]
+
+
+def chunk_batches(ctx: ScoringContext, numbered: Numbered) -> Iterator[tuple[int, np.ndarray, Tensor, Tensor]]:
+    """``(chunk number, pool indices, images, valid)`` for each ``(number, indices)`` of
+    ``numbered``, on ``ctx.device`` (see :func:`item_batches`); a background thread prepares
+    the next chunks."""
+    device = torch.device(ctx.device)
+    pin = device.type == "cuda"
+    numbers = [c for c, _ in numbered]
+    host = _prefetch(_host_chunks(ctx, [idx for _, idx in numbered]), PREFETCH_CHUNKS)
+    for j, (idx, images, valid) in enumerate(host):
+        c = numbers[j]
+        x, v = torch.from_numpy(images), torch.from_numpy(valid)
+        if pin:
+            x, v = x.pin_memory(), v.pin_memory()
+        yield c, idx, x.to(device, non_blocking=pin), v.to(device, non_blocking=pin)
+
+
 def item_batches(
     ctx: ScoringContext, indices: np.ndarray, batch_size: int | None = None
 ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     """Chunks of pool items ready for the network.
 
     Yields ``(pool indices of the chunk, images (n, C, *patch) float32 on ctx.device
-    zero-padded (centred) to ctx.pool.patch_size, valid (n, *patch) bool)``. Items are grouped
-    by case (each case's image is loaded once), so the chunks' order may differ from
-    ``indices``; use the yielded indices to put results back. ``batch_size`` defaults to
-    ``ctx.batch_size``.
+    zero-padded (centred) to ctx.pool.patch_size, valid (n, *patch) bool)``, one per chunk of
+    :func:`pool_chunks`. Items are grouped by case (each case's image is loaded once), so the
+    chunks' order may differ from ``indices``; use the yielded indices to put results back.
+    ``batch_size`` defaults to ``ctx.batch_size``.
     """
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    bs = int(batch_size or ctx.batch_size)
-    if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {bs}")
-    device = torch.device(ctx.device)
-    pin = device.type == "cuda"
-    for idx, images, valid in _prefetch(_host_chunks(ctx, _group_by_case(ctx, indices), bs), PREFETCH_CHUNKS):
-        x, v = torch.from_numpy(images), torch.from_numpy(valid)
-        if pin:
-            x, v = x.pin_memory(), v.pin_memory()
-        yield idx, x.to(device, non_blocking=pin), v.to(device, non_blocking=pin)
+    for _, idx, x, v in chunk_batches(ctx, list(enumerate(pool_chunks(ctx, indices, batch_size)))):
+        yield idx, x, v
 
 
 # ----------------------------------------------------------------------------- network passes
@@ -257,13 +282,20 @@ def _logits(out: Tensor | list[Tensor]) -> Tensor:
 
 
 @contextmanager
-def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
-    """Torch's generators (CPU and ``device``) seeded with ``seed`` and restored on exit."""
+def _forked_rng(device: torch.device | str) -> Iterator[None]:
+    """Torch's generators (CPU and ``device``) restored on exit."""
     device = torch.device(device)
     devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     )
     with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@contextmanager
+def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Torch's generators (CPU and ``device``) seeded with ``seed`` and restored on exit."""
+    with _forked_rng(device):
         torch.manual_seed(int(seed))
         yield
 
@@ -271,6 +303,13 @@ def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
 def seeded_torch(ctx: ScoringContext) -> "contextmanager":
     """Torch's generators seeded from ``ctx.rng`` (one draw) and restored on exit."""
     return seeded_torch_from(int(ctx.rng.integers(2**62)), ctx.device)
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of the dropout masks of chunk number ``chunk`` of a pass seeded ``seed``: each
+    chunk's masks depend on (seed, chunk) only, so a chunk gives the same numbers in whichever
+    process, and after whichever other chunks, it runs."""
+    return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -289,6 +328,37 @@ def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int)
     return s.mean_std, s.bald, s.classwise_std_sum
 
 
+def _score_chunks(
+    ctx: ScoringContext, numbered: Numbered, *, mc: bool, deterministic: bool, group: int, seed: int, what: str
+) -> Iterator[tuple[int, tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]]]:
+    """Chunk function of :func:`score_pool` (see :mod:`alseg.model.sharding`): per chunk
+    ``(entropy, mean_std, bald, classwise_std)``, MC masks seeded by :func:`chunk_seed`."""
+    net = ctx.model
+    n = sum(len(idx) for _, idx in numbered)
+    show = bool(ctx.show_progress and console.is_terminal and n)
+    with (
+        make_progress() if show else nullcontext() as bar,
+        torch.inference_mode(),
+        eval_mode(net),
+        _forked_rng(ctx.device),
+    ):
+        task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
+        for c, chunk, x, valid in chunk_batches(ctx, numbered):
+            entropy = ms = bd = cw = None
+            if deterministic:
+                net.eval()
+                p = _logits(net(x)).float().softmax(1)
+                entropy = item_entropy(p, valid)
+                del p
+            if mc:
+                torch.manual_seed(chunk_seed(seed, c))
+                with mc_dropout(net, ctx.dropout_mc):
+                    ms, bd, cw = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
+            yield c, (entropy, ms, bd, cw)
+            if show:
+                bar.advance(task, len(chunk))
+
+
 def score_pool(
     ctx: ScoringContext,
     indices: np.ndarray | None = None,
@@ -302,13 +372,15 @@ def score_pool(
 
     Args:
         ctx: the selection context (model, pool, device, ``mc_passes`` T, ``dropout_mc``,
-            ``batch_size``, ``rng`` for the dropout masks, ``show_progress``).
+            ``batch_size``, ``rng`` for the dropout masks, ``show_progress``; ``ranks`` to
+            shard the pass over a DDP group, see :mod:`alseg.model.sharding`).
         indices: pool indices to score; default the unlabelled items.
         mc: run the T MC dropout passes (mean STD, BALD, class-wise STD).
         deterministic: run the dropout-off pass (Max Entropy).
         passes_per_forward: MC passes run in one forward (the chunk repeated), clipped to
             ``[1, T]``; measured in ``benchmarks/scoring.py``.
-        seed: seeds the dropout masks; default one draw from ``ctx.rng``.
+        seed: seeds the dropout masks (chunk by chunk, :func:`chunk_seed`); default one draw
+            from ``ctx.rng``.
 
     Returns per-item aggregates aligned with ``indices`` (fields not computed are None).
     """
@@ -320,38 +392,26 @@ def score_pool(
     pos = {int(i): j for j, i in enumerate(idx)}
     if len(pos) != n:
         raise ValueError("score_pool indices must be distinct")
+    if seed is None:
+        seed = int(ctx.rng.integers(2**62))
     entropy = np.zeros(n, np.float32) if deterministic else None
     mean_std = np.zeros(n, np.float32) if mc else None
     bald = np.zeros(n, np.float32) if mc else None
     classwise = np.zeros((n, ctx.n_classes), np.float32) if mc else None  # resized to the net's K below
-    net = ctx.model
     group = max(1, min(int(passes_per_forward), max(int(ctx.mc_passes), 1)))
-    show = bool(ctx.show_progress and console.is_terminal and n)
     what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
-    with (
-        make_progress() if show else nullcontext() as bar,
-        torch.inference_mode(),
-        eval_mode(net),
-        seeded_torch(ctx) if seed is None else seeded_torch_from(seed, ctx.device),
-    ):
-        task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
-        for chunk, x, valid in item_batches(ctx, idx):
-            rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))
-            if deterministic:
-                net.eval()
-                p = _logits(net(x)).float().softmax(1)
-                entropy[rows] = item_entropy(p, valid).cpu().numpy()
-                del p
-            if mc:
-                with mc_dropout(net, ctx.dropout_mc):
-                    ms, bd, cw = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
-                if classwise.shape[1] != cw.shape[1]:
-                    classwise = np.zeros((n, cw.shape[1]), np.float32)
-                mean_std[rows] = ms.cpu().numpy()
-                bald[rows] = bd.cpu().numpy()
-                classwise[rows] = cw.cpu().numpy()
-            if show:
-                bar.advance(task, len(chunk))
+    chunks = pool_chunks(ctx, idx)
+    kwargs = dict(mc=mc, deterministic=deterministic, group=group, seed=seed, what=what)
+    for c, (e, ms, bd, cw) in map_chunks(ctx, list(enumerate(chunks)), _score_chunks, **kwargs):
+        rows = np.fromiter((pos[int(i)] for i in chunks[c]), dtype=np.int64, count=len(chunks[c]))
+        if deterministic:
+            entropy[rows] = e.cpu().numpy()
+        if mc:
+            if classwise.shape[1] != cw.shape[1]:
+                classwise = np.zeros((n, cw.shape[1]), np.float32)
+            mean_std[rows] = ms.cpu().numpy()
+            bald[rows] = bd.cpu().numpy()
+            classwise[rows] = cw.cpu().numpy()
     return PoolScores(idx, entropy, mean_std, bald, classwise, time.perf_counter() - t0)
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from alseg.data.pool import Pool
+from alseg.model.sharding import ShardGroup
 
 __all__ = [
     "Artefacts",
@@ -93,6 +94,7 @@ class SelectionContext:
     batch_size: int = 64
     ground_truth: Callable[[str], np.ndarray] | None = None  # only for simulation-only strategies
     show_progress: bool = True
+    ranks: ShardGroup | None = None  # rank 0 of a DDP group: pool passes are shared by the ranks
 
     @property
     def unlabelled(self) -> np.ndarray:

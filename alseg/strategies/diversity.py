@@ -1,7 +1,8 @@
 """Representation baselines (paper §4.2, Appendix C): Core-Set and BADGE(LL).
 
 Both map items to vectors with one deterministic pass over the pool (through pool inference's
-:func:`alseg.model.pool_inference.item_batches`, so padding is masked the same way) and then
+:func:`alseg.model.pool_inference.chunk_batches`, so padding is masked the same way; sharded
+over the ranks under ``--devices N``, :mod:`alseg.model.sharding`) and then
 select with a rule that is its own tested function: k-center greedy
 (:mod:`alseg.strategies.kcenter`) and BADGE's k-means++ seeding (:func:`badge_seeding`).
 
@@ -18,6 +19,7 @@ select with a rule that is its own tested function: k-center greedy
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +29,8 @@ from pydantic import Field
 from torch import Tensor
 
 from alseg.model.network import head_gradient_embedding, unwrap_network
-from alseg.model.pool_inference import ScoringContext, eval_mode, item_batches
+from alseg.model.pool_inference import ScoringContext, chunk_batches, eval_mode, pool_chunks
+from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.kcenter import k_center_greedy
@@ -40,32 +43,42 @@ def _bottleneck(net, x: Tensor, valid: Tensor) -> Tensor:
     return net.bottleneck_features(x, valid)
 
 
-def embed_items(ctx: ScoringContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
-    """``fn(net, x, valid)`` for every item of ``indices``, rows in the order given, kept on
-    ``ctx.device``; returns the ``(N, D)`` embeddings and the seconds taken."""
-    t0 = time.perf_counter()
-    indices = np.asarray(indices, dtype=np.int64)
+def _embed_chunks(ctx: ScoringContext, numbered: Numbered, *, fn, what: str) -> Iterator[tuple[int, Tensor]]:
+    """Chunk function of :func:`embed_items` (see :mod:`alseg.model.sharding`)."""
     net = unwrap_network(ctx.model)
-    pos = {int(i): j for j, i in enumerate(indices)}
-    out: Tensor | None = None
-    show = bool(ctx.show_progress and console.is_terminal and len(indices))
+    n = sum(len(idx) for _, idx in numbered)
+    show = bool(ctx.show_progress and console.is_terminal and n)
     bar = make_progress() if show else None
     with torch.inference_mode(), eval_mode(net):
         if bar is not None:
             bar.start()
-            task = bar.add_task(f"{what} of {len(indices)} items", total=len(indices))
+            task = bar.add_task(f"{what} of {n} items", total=n)
         try:
-            for chunk, x, valid in item_batches(ctx, indices):
-                e = fn(net, x, valid).float()
-                if out is None:
-                    out = torch.empty((len(indices), e.shape[1]), dtype=torch.float32, device=e.device)
-                rows = torch.as_tensor([pos[int(i)] for i in chunk], device=e.device)
-                out[rows] = e
+            for c, chunk, x, valid in chunk_batches(ctx, numbered):
+                yield c, fn(net, x, valid).float()
                 if bar is not None:
                     bar.advance(task, len(chunk))
         finally:
             if bar is not None:
                 bar.stop()
+
+
+def embed_items(ctx: ScoringContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
+    """``fn(net, x, valid)`` for every item of ``indices``, rows in the order given, kept on
+    ``ctx.device``; returns the ``(N, D)`` embeddings and the seconds taken. ``fn`` is a
+    module-level function, so that a sharded pass (``ctx.ranks``) can send it to the other ranks."""
+    t0 = time.perf_counter()
+    indices = np.asarray(indices, dtype=np.int64)
+    pos = {int(i): j for j, i in enumerate(indices)}
+    chunks = pool_chunks(ctx, indices)
+    device = torch.device(ctx.device)
+    out: Tensor | None = None
+    with torch.inference_mode():
+        for c, e in map_chunks(ctx, list(enumerate(chunks)), _embed_chunks, fn=fn, what=what):
+            e = e.to(device)
+            if out is None:
+                out = torch.empty((len(indices), e.shape[1]), dtype=torch.float32, device=device)
+            out[torch.as_tensor([pos[int(i)] for i in chunks[c]], device=device)] = e
     if out is None:
         out = torch.empty((0, 0), dtype=torch.float32, device=ctx.device)
     return out, time.perf_counter() - t0

@@ -1,8 +1,11 @@
 """USIM's gradient embeddings of the pseudo-label loss (paper §3.3.3, Appendix A).
 
-Padding: items smaller than the patch are zero-padded by pool inference's ``item_batches``;
+Padding: items smaller than the patch are zero-padded by pool inference's ``chunk_batches``;
 their padded pixels get the target ``IGNORE_INDEX`` so they add nothing to an item's loss (and
 gradient), exactly as the scores ignore them.
+
+Every pass runs chunk by chunk through :func:`alseg.model.sharding.map_chunks`, so under
+``alseg loop --devices N`` the ranks share it and rank 0 gets the single-process result.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from torch import Tensor
 
 from alseg.model.network import IGNORE_INDEX, eval_mode, per_sample_gradients, unwrap_network
-from alseg.model.pool_inference import ScoringContext, item_batches
+from alseg.model.pool_inference import ScoringContext, chunk_batches, pool_chunks
+from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
 
 __all__ = ["GradientEmbedding", "IGNORE_INDEX", "fisher_information", "gradient_embeddings", "pseudo_label_targets"]
@@ -71,25 +75,32 @@ def pseudo_label_targets(net: torch.nn.Module, x: Tensor, valid: Tensor) -> Tens
     return y.masked_fill_(~valid, IGNORE_INDEX)
 
 
-def _grad_batches(
+def _gradient_chunks(
     ctx: ScoringContext,
-    indices: np.ndarray,
-    batch_size: int | None,
+    numbered: Numbered,
+    *,
     params: Sequence[str],
     max_dim: int | None,
+    columns: np.ndarray | None,
+    square_sum: bool,
     label: str,
-) -> Iterator[tuple[np.ndarray, Tensor]]:
-    """Yield ``(rows into indices, per-sample gradients (n, P) float32 on ctx.device)``."""
+) -> Iterator[tuple[int, Tensor]]:
+    """Chunk function (see :mod:`alseg.model.sharding`): per chunk its per-sample gradients
+    ``(n, P)`` float32 (restricted to ``columns``), or with ``square_sum`` their column-wise
+    sum of squares ``(P,)`` float64 (the Fisher diagonal's terms)."""
     net = unwrap_network(ctx.model)
-    pos = {int(i): j for j, i in enumerate(indices)}
-    show = bool(ctx.show_progress and console.is_terminal and len(indices))
+    device = torch.device(ctx.device)
+    cols = None if columns is None else torch.as_tensor(columns, dtype=torch.long, device=device)
+    n = sum(len(idx) for _, idx in numbered)
+    show = bool(ctx.show_progress and console.is_terminal and n)
     with make_progress() if show else nullcontext() as bar, torch.enable_grad():
-        task = bar.add_task(f"{label} ({len(indices)} items)", total=len(indices)) if show else None
-        for chunk, x, valid in item_batches(ctx, indices, batch_size):
-            rows = np.fromiter((pos[int(i)] for i in chunk), dtype=np.int64, count=len(chunk))
+        task = bar.add_task(f"{label} ({n} items)", total=n) if show else None
+        for c, chunk, x, valid in chunk_batches(ctx, numbered):
             targets = pseudo_label_targets(net, x, valid)
             g = per_sample_gradients(net, x, params, max_dim=max_dim, targets=targets)
-            yield rows, g
+            if cols is not None:
+                g = g.index_select(1, cols)
+            yield c, (g.double().square().sum(dim=0) if square_sum else g)
             if show:
                 bar.advance(task, len(chunk))
 
@@ -115,22 +126,26 @@ def gradient_embeddings(
     """
     indices = np.asarray(indices, dtype=np.int64)
     device = torch.device(ctx.device)
-    cols = None if columns is None else torch.as_tensor(columns, dtype=torch.long, device=device)
+    pos = {int(i): j for j, i in enumerate(indices)}
+    chunks = pool_chunks(ctx, indices, batch_size)
+    if columns is not None:  # numpy, so that a request to the other ranks pickles it without a device
+        columns = torch.as_tensor(columns).cpu().numpy()
     G: Tensor | None = None
     scale = torch.ones(len(indices), dtype=torch.float32, device=device) if dtype == torch.float16 else None
-    for rows, g in _grad_batches(ctx, indices, batch_size, params, max_dim, label):
-        if cols is not None:
-            g = g.index_select(1, cols)
+    numbered = list(enumerate(chunks))
+    kwargs = dict(params=list(params), max_dim=max_dim, columns=columns, square_sum=False, label=label)
+    for c, g in map_chunks(ctx, numbered, _gradient_chunks, **kwargs):
+        g = g.to(device)
         if G is None:
             G = torch.empty(len(indices), g.shape[1], dtype=dtype, device=device)
-        r = torch.as_tensor(rows, device=device)
+        r = torch.as_tensor([pos[int(i)] for i in chunks[c]], device=device)
         if scale is not None:
             s = g.abs().amax(dim=1).clamp_(min=torch.finfo(torch.float32).tiny)
             scale[r] = s
             g = g / s[:, None]
         G[r] = g.to(dtype)
     if G is None:
-        G = torch.empty(0, 0 if cols is None else len(cols), dtype=dtype, device=device)
+        G = torch.empty(0, 0 if columns is None else len(columns), dtype=dtype, device=device)
     return G, scale
 
 
@@ -145,8 +160,10 @@ def fisher_information(
     if len(indices) == 0:
         raise ValueError("the Fisher subset is empty")
     total: Tensor | None = None
-    for _, g in _grad_batches(ctx, indices, batch_size, params, None, "Fisher information"):
-        sq = g.double().square().sum(dim=0)
+    numbered = list(enumerate(pool_chunks(ctx, indices, batch_size)))
+    kwargs = dict(params=list(params), max_dim=None, columns=None, square_sum=True, label="Fisher information")
+    for _, sq in map_chunks(ctx, numbered, _gradient_chunks, **kwargs):  # summed in chunk order, as one process
+        sq = sq.to(ctx.device)
         total = sq if total is None else total.add_(sq)
     assert total is not None
     return total / len(indices)
