@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from alseg.active import ddp
 from alseg.active.ddp import FollowerDriver, LeaderGone, launched_rank
@@ -113,3 +114,31 @@ def test_two_cpu_processes_share_the_pool_scoring_and_select_as_one_process_woul
     assert again["selected"] == stored["selected"]
     assert again["scores"] == stored["scores"]
     assert again["batch_uncertainty"] == stored["batch_uncertainty"] and stored["batch_uncertainty"] > 0
+
+
+def test_round_is_finished_on_the_training_device():
+    """Lightning's teardown moves the module to the CPU before ``on_fit_end``; the callback moves it
+    back to the strategy's device before evaluating and scoring (a GPU when training used one)."""
+    from types import SimpleNamespace
+
+    from alseg.active.loop import ActiveLoop
+
+    events = []
+
+    class Module:
+        def to(self, device):
+            events.append(("to", device))
+            return self
+
+    class Driver:
+        def finish_round(self, round_, module, seconds):
+            events.append(("finish", round_))
+
+    device = torch.device("meta")  # any device other than the CPU the module was left on
+    trainer = SimpleNamespace(
+        interrupted=False, world_size=1, is_global_zero=True, strategy=SimpleNamespace(root_device=device)
+    )
+    cb = ActiveLoop(Driver(), 3)
+    cb.on_fit_start(trainer, Module())
+    cb.on_fit_end(trainer, Module())
+    assert events == [("to", device), ("finish", 3)]

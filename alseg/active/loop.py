@@ -639,8 +639,10 @@ class ActiveLoop(Callback):
         if trainer.interrupted:
             return
         seconds = time.perf_counter() - self._t0
+        # Lightning's teardown has moved the module to the CPU before this hook: evaluation and the
+        # pool passes belong on the training device (a GPU when there is one)
+        pl_module.to(trainer.strategy.root_device)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            pl_module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU
             if trainer.is_global_zero:
                 with lead() as ranks:
                     self.driver.ranks = ranks
