@@ -54,7 +54,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+SRC = Path(os.environ.get("ALSEG_PARITY_SRC", REPO))  # the alseg to train: this checkout or an older revision's
+sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from rich.console import Console  # noqa: E402
@@ -378,6 +379,13 @@ def run_one(system: str, overrides: dict, iters: int, seed: int, cfg: dict, a: a
     else:
         job.update(plan=cfg["plan"], out=str(out / "model"), overrides=overrides)
         cmd = [sys.executable, __file__, "--alseg-worker", json.dumps(job)]
+    rev = overrides.get("rev")
+    if rev is not None:  # alseg as it was at that revision: a detached worktree, imported instead
+        src = a.work / f"rev-{rev}"
+        if not src.is_dir():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(src), rev], check=True)
+        env["ALSEG_PARITY_SRC"] = str(src)
+        job["overrides"] = {k: v for k, v in overrides.items() if k != "rev"}
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
