@@ -598,17 +598,38 @@ def main() -> int:
     ap.add_argument("--nnunet-site", type=Path, help="a pip --target folder holding nnunetv2: used with this Python")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
     ap.add_argument("--deadline", type=float, help="seconds for all parts (default 450; --smoke 900)")
-    ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    ap.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="PART=SECONDS",
+        help="override a part's time budget (repeatable), e.g. loop=240",
+    )
+    ap.add_argument("--work", type=Path, help="scratch folder, kept (default: a temporary one, removed at the end)")
     args = ap.parse_args()
 
-    t_start = time.perf_counter()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         ap.error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    try:
+        args.budget = {k: float(v) for k, _, v in (b.partition("=") for b in args.budget)}
+    except ValueError:
+        ap.error("--budget takes PART=SECONDS, e.g. loop=240")
+    if set(args.budget) - set(PARTS):
+        ap.error(f"--budget: unknown part(s) {sorted(set(args.budget) - set(PARTS))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.gettempdir()) / "alseg-gpu-check"
+    work = args.work or Path(tempfile.mkdtemp(prefix="alseg-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return check(args, parts, work)
+    finally:
+        if args.work is None:  # the loop's run directory (checkpoints) and the nnU-Net wrapper
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def check(args: argparse.Namespace, parts: list[str], work: Path) -> int:
+    t_start = time.perf_counter()
     sizes = SMOKE if args.smoke else FULL
     deadline = args.deadline or DEADLINE_S["smoke" if args.smoke else "full"]
 
@@ -660,7 +681,8 @@ def main() -> int:
         if name not in parts:
             continue
         spec = dict(sizes[name])
-        budget = spec.pop("budget_s")
+        budget = args.budget.get(name, spec.pop("budget_s"))
+        spec.pop("budget_s", None)
         spec.update(device=device, work=str(work), out=str(args.out))
         if name == "train":
             spec["nnunet_python"] = nnunet_python
