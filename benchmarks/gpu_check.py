@@ -574,6 +574,45 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(
+    out: Path,
+    header: str,
+    results: dict[str, dict[str, Any]],
+    t_start: float,
+    deadline: float,
+    device: str,
+    dev_name: str,
+    mode: str,
+    final: bool = True,
+) -> tuple[list[list[str]], float]:
+    """``gpu_check.json`` and ``gpu_check.md`` with the parts done so far (rewritten after each part,
+    so a run stopped from outside leaves what it measured)."""
+    import torch  # lazy: already imported by the caller; only its version is read here
+
+    total = time.perf_counter() - t_start
+    try:
+        rows = table_rows(results, device == "cuda")
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        rows = [["(table)", "", "—", f"could not be built: {type(e).__name__}: {e}", "", "failed"]]
+    done = "" if final else f" (so far: {', '.join(results)})"
+    md_text = f"{header}\n\n{markdown(rows)}\nTotal {total:.0f} s{done}.\n"
+    report = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "mode": mode,
+        "device": dev_name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "total_s": total,
+        "deadline_s": deadline,
+        "finished": final,
+        "parts": results,
+        "table": {"columns": COLUMNS, "rows": rows},
+    }
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "gpu_check.md").write_text(md_text)
+    return rows, total
+
+
 def _nnunet_wrapper(site: Path, work: Path) -> str:
     """An interpreter for nnU-Net's worker: this Python with ``site`` first on its path."""
     path = work / "nnunet-python"
@@ -700,33 +739,23 @@ def check(args: argparse.Namespace, parts: list[str], work: Path) -> int:
         print(f"[{name}] running (budget {timeout:.0f} s, log {args.out / (name + '.log')}) ...", flush=True)
         results[name] = run_part(name, spec, args.out, work, timeout)
         r = results[name]
+        try:  # the part's numbers at once: the output of a command stopped later still holds them
+            got = "; ".join(f"{row[0]}: {row[2]}" for row in table_rows({name: r}, device == "cuda"))
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # a malformed result is reported, not fatal
+            got = f"(result not readable: {type(e).__name__}: {e})"
         print(
             f"[{name}] {r['status']} in {r.get('wall_s', r.get('part_s', 0)):.0f} s"
-            + (f": {r['error']}" if "error" in r else ""),
+            + (f": {r['error']}" if "error" in r else f" — {got}"),
             flush=True,
         )
+        write_report(args.out, header, results, t_start, deadline, device, dev_name, mode, final=False)
 
-    total = time.perf_counter() - t_start
-    rows = table_rows(results, device == "cuda")
+    rows, total = write_report(args.out, header, results, t_start, deadline, device, dev_name, mode)
     title = f"alseg GPU check, {datetime.now():%Y-%m-%d}, {dev_name}, {mode}: {total:.0f} s in all"
     print()
     print_table(title, rows)
-    md_text = f"{header}\n\n{markdown(rows)}\nTotal {total:.0f} s.\n"
     print()
-    print(md_text)
-    report = {
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "mode": mode,
-        "device": dev_name,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "total_s": total,
-        "deadline_s": deadline,
-        "parts": results,
-        "table": {"columns": COLUMNS, "rows": rows},
-    }
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-    (args.out / "gpu_check.md").write_text(md_text)
+    print((args.out / "gpu_check.md").read_text())
     print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
     return 0 if all(r["status"] == "ok" for r in results.values()) else 2
 
