@@ -135,6 +135,7 @@ def _cuda_peak_gb(torch, device) -> float | None:
 
 def part_selection(spec: dict[str, Any]) -> dict[str, Any]:
     """USIMF's query set, kernel and FLQMI on synthetic Fisher scores at the given size."""
+    # lazy: each part runs in its own process and imports only what it measures
     import numpy as np
     import torch
 
@@ -553,6 +554,7 @@ COLUMNS = ["part", "setting", "result", "details", "s", "status"]
 
 def print_table(title: str, rows: list[list[str]]) -> None:
     try:
+        # lazy: rich draws the final table only; plain text when it is missing
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # rich is one of alseg's dependencies; plain text if it is missing
@@ -673,6 +675,7 @@ def check(args: argparse.Namespace, parts: list[str], work: Path) -> int:
     deadline = args.deadline or DEADLINE_S["smoke" if args.smoke else "full"]
 
     try:
+        # lazy: the parent needs torch only to find the device, after the arguments are checked
         import torch
     except ImportError as e:
         print(f"torch is not importable ({e}): install it first (see the docstring)")
@@ -693,7 +696,7 @@ def check(args: argparse.Namespace, parts: list[str], work: Path) -> int:
         print(f"--data {data}: no dataset.json there")
         return 1
 
-    import importlib.metadata as md
+    import importlib.metadata as md  # lazy: the versions in the header only
 
     def version(dist: str) -> str:
         try:
