@@ -213,6 +213,7 @@ def batch_stats(cfg: dict, a: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- setup
 def setup(data: Path, work: Path, nnunet_python: str | None, workers: int) -> dict:
     """Plan + preprocess with alseg, the nnU-Net export + preprocessing, the fold's split (once)."""
+    # lazy: only the setup needs these (the workers import alseg from the revision they train)
     from plans_vs_nnunet import to_nnunet_raw
 
     from alseg.model.train import make_split
@@ -259,6 +260,7 @@ def nnunet_env(nn: Path, workers: int) -> dict[str, str]:
 # ----------------------------------------------------------------------------- runs
 def alseg_worker(args: dict) -> None:
     """Train and predict with alseg (in a subprocess of the benchmark)."""
+    # lazy: a worker process imports the training stack, the benchmark's driver does not
     import torch
 
     from alseg.model.predict import predict
@@ -298,6 +300,7 @@ def train_on_nnunet_batches(args: dict, plan: Path, out: Path, overrides: dict) 
     """alseg's module and Lightning loop fed by nnU-Net v2's own data loader and augmentation (the
     ablation that separates the data pipeline from the model, loss and optimiser). Runs in the
     nnU-Net interpreter, with nnU-Net's environment variables."""
+    # lazy: nnunetv2 exists only in the side venv this worker runs in
     import lightning.pytorch as pl
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
