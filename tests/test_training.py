@@ -121,6 +121,18 @@ def test_overrides_and_poly_schedule():
         sched.step()
     assert lrs == pytest.approx([0.1 * (1 - k / 20) ** 0.9 for k in range(20)])
     assert g["lr"] == 0.0
+    # nnU-Net's PolyLRScheduler: one step per epoch, T = epochs
+    per_epoch = SegmentationModule(plans, "2d", lr=0.1, lr_step="epoch").configure_optimizers()
+    assert per_epoch["lr_scheduler"]["interval"] == "epoch"
+    opt, sched = per_epoch["optimizer"], per_epoch["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1 * (1 - e / 4) ** 0.9 for e in range(4)])
+    with pytest.raises(AlsegError, match="invalid override"):
+        SegmentationModule(plans, "2d", lr_step="batch")
     with pytest.raises(AlsegError, match="unknown training setting 'lrr'"):
         SegmentationModule(plans, "2d", lrr=1)
     with pytest.raises(AlsegError, match="invalid override"):

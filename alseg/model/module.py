@@ -6,7 +6,8 @@ name and the overrides), so ``load_from_checkpoint`` needs nothing else.
 
 Optimisation is nnU-Net v2's (``nnUNetTrainer``: ``configure_optimizers``, ``PolyLRScheduler``), read from the plan's ``Trainer`` and overridable:
 SGD (lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5) with poly decay
-``lr_t = lr * (1 - t / T) ** 0.9`` stepped every iteration; ``T`` is the number of optimiser
+``lr_t = lr * (1 - t / T) ** 0.9`` stepped every iteration (``trainer.lr_step = "epoch"``:
+once per epoch, ``T`` = epochs, as nnU-Net's ``PolyLRScheduler``); ``T`` is the number of optimiser
 steps the Trainer will take (``epochs * iterations_per_epoch`` on one device; under DDP each
 process takes ``iterations_per_epoch / world_size`` steps of its own batch per epoch, and
 ``T`` follows). Gradients are clipped to norm 12 by the Trainer, as nnU-Net does.
@@ -115,13 +116,15 @@ class SegmentationModule(LightningModule):
         optimizer = torch.optim.SGD(
             self.net.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
         )
-        total, exponent = self.total_steps(), t.poly_exponent
+        per_epoch = t.lr_step == "epoch"  # nnU-Net's PolyLRScheduler: once per epoch
+        total, exponent = (t.epochs if per_epoch else self.total_steps()), t.poly_exponent
 
         def poly(step: int) -> float:
             return (1 - min(step, total) / total) ** exponent
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        interval = "epoch" if per_epoch else "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1}}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_case(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:

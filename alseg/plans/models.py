@@ -164,6 +164,8 @@ class Trainer(_Model):
     nesterov: bool = True
     weight_decay: float = Field(3e-5, ge=0)
     poly_exponent: float = Field(0.9, gt=0)
+    # nnU-Net steps the poly decay once per epoch; alseg by default after every iteration
+    lr_step: Literal["iteration", "epoch"] = "iteration"
     epochs: int = Field(1000, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)
     foreground_oversample: float = Field(0.33, ge=0, le=1)
