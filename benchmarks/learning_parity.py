@@ -210,6 +210,174 @@ def batch_stats(cfg: dict, a: argparse.Namespace) -> None:
     Console(width=200).print(table)
 
 
+EQUIVALENCE_WORKER = r"""
+# alseg's network, loss, optimiser loop and predictor against nnU-Net's, with the same weights
+import json, sys
+import numpy as np, torch
+import lightning.pytorch as pl
+from batchgenerators.utilities.file_and_folder_operations import load_json, join
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch.utils.data import DataLoader, Dataset
+from alseg.data.dataset import read_dataset
+from alseg.data.io import read_volume
+from alseg.model.metrics import dice_per_class, mean_dice
+from alseg.model.module import SegmentationModule
+from alseg.model.predict import predict_case
+from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.plans.models import load_plans
+
+args = json.loads(sys.argv[1])
+torch.manual_seed(0); np.random.seed(0)
+folder = join(nnUNet_preprocessed, args["dataset"])
+nplans = load_json(join(folder, "nnUNetPlans.json")); nplans["continue_training"] = False
+nplans["configurations"]["2d"]["batch_size"] = args["batch_size"]
+tr = nnUNetTrainer(nplans, "2d", 0, load_json(join(folder, "dataset.json")), torch.device("cpu"))
+tr.initialize()
+nn_net = tr.network
+plans = load_plans(join(args["plan"], "plans.json"))
+am = SegmentationModule(plans, "2d", dropout_train=0.0)
+stages = ["input_block"] + [f"downsamples.{i}" for i in range(len(plans.configuration("2d").network.strides) - 2)] + ["bottleneck"]
+mapping = {}
+for s, block in enumerate(stages):
+    for j in range(2):
+        b = f"encoder.stages.{s}.0.convs.{j}"
+        mapping[f"{b}.conv.weight"] = f"{block}.conv{j + 1}.conv.weight"
+        mapping[f"{b}.norm.weight"] = f"{block}.norm{j + 1}.weight"
+        mapping[f"{b}.norm.bias"] = f"{block}.norm{j + 1}.bias"
+n_up = len(stages) - 1
+for i in range(n_up):
+    mapping[f"decoder.transpconvs.{i}.weight"] = f"upsamples.{i}.transp_conv.conv.weight"
+    mapping[f"decoder.transpconvs.{i}.bias"] = f"upsamples.{i}.transp_conv.conv.bias"
+    for j in range(2):
+        b = f"decoder.stages.{i}.convs.{j}"
+        mapping[f"{b}.conv.weight"] = f"upsamples.{i}.conv_block.conv{j + 1}.conv.weight"
+        mapping[f"{b}.norm.weight"] = f"upsamples.{i}.conv_block.norm{j + 1}.weight"
+        mapping[f"{b}.norm.bias"] = f"upsamples.{i}.conv_block.norm{j + 1}.bias"
+mapping[f"decoder.seg_layers.{n_up - 1}.weight"] = "output_block.conv.conv.weight"
+mapping[f"decoder.seg_layers.{n_up - 1}.bias"] = "output_block.conv.conv.bias"
+for h in range(len(am.net.deep_supervision_heads)):
+    mapping[f"decoder.seg_layers.{n_up - 2 - h}.weight"] = f"deep_supervision_heads.{h}.conv.conv.weight"
+    mapping[f"decoder.seg_layers.{n_up - 2 - h}.bias"] = f"deep_supervision_heads.{h}.conv.conv.bias"
+
+
+def copy_into_nnunet(alseg_net):
+    # alseg's weights into nnU-Net's network; conv biases before instance norm and unbuilt heads are zero
+    npar, apar = dict(nn_net.named_parameters()), dict(alseg_net.named_parameters())
+    with torch.no_grad():
+        for k, v in npar.items():
+            v.copy_(apar[mapping[k]]) if k in mapping else v.zero_()
+
+
+def relative(a, b):
+    return ((a - b).norm() / a.norm().clamp(min=1e-12)).item()
+
+
+out = {}
+copy_into_nnunet(am.net)
+loader, _ = tr.get_dataloaders()
+batches = [next(loader) for _ in range(args["steps"])]
+x, targets = batches[0]["data"], batches[0]["target"]
+nn_net.train(); am.net.train()
+on, oa = nn_net(x), am.net(x)
+out["outputs, largest absolute difference"] = max((a - b).abs().max().item() for a, b in zip(on, oa))
+ln, la = tr.loss(on, targets), am.loss(oa, targets[0])
+out["loss nnU-Net / alseg - 1 (MONAI's Dice is 1 - dice)"] = f"{ln.item():.6f} / {la.item() - 1:.6f}"
+ln.backward(); la.backward()
+npar, apar = dict(nn_net.named_parameters()), dict(am.net.named_parameters())
+out["gradients, largest relative difference"] = max(relative(npar[k].grad, apar[v].grad) for k, v in mapping.items())
+
+# the same batches through alseg's Lightning Trainer and through nnU-Net's network, loss and SGD in a plain loop
+n = args["steps"]
+fresh = SegmentationModule(plans, "2d", dropout_train=0.0, epochs=1, iterations_per_epoch=n, batch_size=args["batch_size"])
+copy_into_nnunet(fresh.net)
+losses_a = []
+
+
+class Fixed(Dataset):
+    def __len__(self):
+        return n
+
+    def __getitem__(self, i):
+        return {"image": batches[i]["data"], "label": batches[i]["target"][0].to(torch.uint8)}
+
+
+class Record(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        losses_a.append(float(outputs["loss"]) - 1.0)
+
+
+make_trainer(TrainerSettings(devices=1, accelerator="cpu"), max_epochs=1, callbacks=[Record()], show_progress=False).fit(
+    fresh, train_dataloaders=DataLoader(Fixed(), batch_size=None))
+opt = torch.optim.SGD(nn_net.parameters(), 0.01, weight_decay=3e-5, momentum=0.99, nesterov=True)
+losses_n = []
+for i, b in enumerate(batches):
+    for g in opt.param_groups:
+        g["lr"] = 0.01 * (1 - i / n) ** 0.9
+    opt.zero_grad(set_to_none=True)
+    loss = tr.loss(nn_net(b["data"]), b["target"])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(nn_net.parameters(), 12)
+    opt.step()
+    losses_n.append(float(loss))
+out[f"{n} optimiser steps: largest loss difference"] = max(abs(a - b) for a, b in zip(losses_a, losses_n))
+out[f"{n} optimiser steps: last loss nnU-Net / alseg"] = f"{losses_n[-1]:.4f} / {losses_a[-1]:.4f}"
+apar = dict(fresh.net.named_parameters())
+out[f"{n} optimiser steps: conv weights, largest relative difference"] = max(
+    relative(npar[k], apar[v]) for k, v in mapping.items() if v.endswith("conv.weight"))
+
+# nnU-Net's trained weights predicted by alseg's predictor, against nnU-Net's own predictions
+if args.get("checkpoint"):
+    ck = torch.load(args["checkpoint"], map_location="cpu", weights_only=False)
+    nn_net.load_state_dict(ck["network_weights"])
+    npar, apar = dict(nn_net.named_parameters()), dict(am.net.named_parameters())
+    with torch.no_grad():
+        for k, v in mapping.items():
+            apar[v].copy_(npar[k])
+    am.eval()
+    info = read_dataset(args["data"])
+    ours, theirs = [], []
+    for cid in args["test"]:
+        gt = np.asarray(read_volume(info.case(cid).label)[0])
+        ours.append(mean_dice(dice_per_class(np.asarray(predict_case(am, info.case(cid)).labels), gt, 3)))
+        pred = np.asarray(read_volume(join(args["pred_dir"], cid + ".nii.gz"))[0])
+        theirs.append(mean_dice(dice_per_class(pred, gt, 3)))
+    out["nnU-Net's trained weights: mean Dice, alseg predictor / nnU-Net predictor"] = f"{np.mean(ours):.4f} / {np.mean(theirs):.4f}"
+    out["nnU-Net's trained weights: largest per-case Dice difference"] = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def equivalence(cfg: dict, a: argparse.Namespace) -> None:
+    """Same weights, same batches: alseg's network, loss, training loop and predictor next to nnU-Net's."""
+    job = {
+        "plan": cfg["plan"],
+        "dataset": DATASET,
+        "batch_size": a.batch_size,
+        "steps": a.equivalence,
+        "data": str(a.data),
+        "test": cfg["test"],
+        "checkpoint": None,
+    }
+    done_nnunet = a.work / "runs" / "nnunet_600_s0"
+    ckpt = sorted(done_nnunet.glob("results/*/*/fold_0/checkpoint_final.pth"))
+    if ckpt:
+        job.update(checkpoint=str(ckpt[0]), pred_dir=str(done_nnunet / "pred"))
+    env = dict(nnunet_env(Path(cfg["nnunet"]), 0), OMP_NUM_THREADS=str(a.threads))
+    done = subprocess.run(
+        [a.nnunet_python, "-c", EQUIVALENCE_WORKER, json.dumps(job)], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    rows = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    table = Table(title=f"alseg and nnU-Net v2 with the same weights and batches ({date.today()})")
+    table.add_column("check")
+    table.add_column("result")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.2e}" if isinstance(value, float) else str(value))
+    Console(width=200).print(table)
+
+
 # ----------------------------------------------------------------------------- setup
 def setup(data: Path, work: Path, nnunet_python: str | None, workers: int) -> dict:
     """Plan + preprocess with alseg, the nnU-Net export + preprocessing, the fold's split (once)."""
@@ -487,6 +655,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
     ap.add_argument(
+        "--equivalence",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="only check alseg against nnU-Net with the same weights and batches, STEPS optimiser steps",
+    )
+    ap.add_argument(
         "--batch-stats",
         type=int,
         default=0,
@@ -503,6 +678,9 @@ def main() -> int:
     info = read_dataset(a.data)
     names = [v for k, v in sorted(info.labels.items()) if int(k) != 0]
     results = []
+    if a.equivalence:
+        equivalence(setup(a.data, a.work, a.nnunet_python, a.workers), a)
+        return 0
     if a.batch_stats:
         batch_stats(setup(a.data, a.work, a.nnunet_python, a.workers), a)
         return 0
