@@ -173,6 +173,15 @@ print("RESULT " + json.dumps(rows))
 """
 
 
+def run_side_worker(code: str, job: dict, cfg: dict, a: argparse.Namespace, threads: int) -> dict:
+    """Run ``code`` in nnU-Net's interpreter with the job as JSON; its ``RESULT`` line, parsed."""
+    env = dict(nnunet_env(Path(cfg["nnunet"]), 0), OMP_NUM_THREADS=str(threads))
+    done = subprocess.run([a.nnunet_python, "-c", code, json.dumps(job)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+
+
 def batch_stats(cfg: dict, a: argparse.Namespace) -> None:
     """Training batches of both pipelines side by side: what the model sees per sample."""
     job = {
@@ -182,13 +191,7 @@ def batch_stats(cfg: dict, a: argparse.Namespace) -> None:
         "batch_size": a.batch_size,
         "batches": a.batch_stats,
     }
-    env = dict(nnunet_env(Path(cfg["nnunet"]), 0), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [a.nnunet_python, "-c", BATCH_STATS_WORKER, json.dumps(job)], env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    rows = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    rows = run_side_worker(BATCH_STATS_WORKER, job, cfg, a, threads=1)
     table = Table(title=f"Training samples, {a.batch_stats} batches of {a.batch_size} per pipeline ({date.today()})")
     table.add_column("per sample")
     for system in rows:
@@ -363,13 +366,7 @@ def equivalence(cfg: dict, a: argparse.Namespace) -> None:
     ckpt = sorted(done_nnunet.glob("results/*/*/fold_0/checkpoint_final.pth"))
     if ckpt:
         job.update(checkpoint=str(ckpt[0]), pred_dir=str(done_nnunet / "pred"))
-    env = dict(nnunet_env(Path(cfg["nnunet"]), 0), OMP_NUM_THREADS=str(a.threads))
-    done = subprocess.run(
-        [a.nnunet_python, "-c", EQUIVALENCE_WORKER, json.dumps(job)], env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
-    rows = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    rows = run_side_worker(EQUIVALENCE_WORKER, job, cfg, a, threads=a.threads)
     table = Table(title=f"alseg and nnU-Net v2 with the same weights and batches ({date.today()})")
     table.add_column("check")
     table.add_column("result")
