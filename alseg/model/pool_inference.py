@@ -72,7 +72,6 @@ __all__ = [
     "item_batches",
     "pool_chunks",
     "score_pool",
-    "seeded_torch",
     "seeded_torch_from",
 ]
 
@@ -298,11 +297,6 @@ def seeded_torch_from(seed: int, device: torch.device | str) -> Iterator[None]:
     with _forked_rng(device):
         torch.manual_seed(int(seed))
         yield
-
-
-def seeded_torch(ctx: ScoringContext) -> "contextmanager":
-    """Torch's generators seeded from ``ctx.rng`` (one draw) and restored on exit."""
-    return seeded_torch_from(int(ctx.rng.integers(2**62)), ctx.device)
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
