@@ -304,13 +304,13 @@ def get_training_transforms(
     mirror_axes: Sequence[int] | None = None,
 ) -> Compose:
     """The augmentation pipeline for patches of ``sampling_patch_size(patch_size, rotation, scale)``
-    (larger inputs are centre-cropped to ``patch_size`` after rotation and scaling).
+    (:class:`RandSpatiald` resamples or centre-crops them to ``patch_size``).
 
     Args:
         patch_size: the plan's patch size (``dims`` axes).
         dims: 2 or 3.
         rotation: maximum rotation in radians (default :func:`default_rotation`).
-        scale: zoom range (nnU-Net: 0.7–1.4).
+        scale: scaling range, nnU-Net's sense (> 1: objects smaller; 0.7–1.4).
         mirror_axes: spatial axes to mirror (default all).
     """
     if dims not in (2, 3) or len(patch_size) != dims:
