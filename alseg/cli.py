@@ -285,6 +285,7 @@ WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")
 ]
 OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
+TestCasesOpt = Annotated[Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))]
 
 
 def _given(ctx: typer.Context, names: list[str]) -> set[str]:
@@ -307,9 +308,7 @@ def loop(
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
     config: ConfigOpt = Configuration(_d("config")),
     fold: FoldOpt = _d("fold"),
-    test_cases: Annotated[
-        Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))
-    ] = None,
+    test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
@@ -399,6 +398,7 @@ def compare(
     initial: InitialOpt = _d("initial"),
     config: ConfigOpt = Configuration(_d("config")),
     fold: FoldOpt = _d("fold"),
+    test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
@@ -452,6 +452,7 @@ def compare(
         initial=initial,
         config=config,
         fold=fold,
+        test_cases=test_cases,
         epochs=epochs,
         iters_per_epoch=iters_per_epoch,
         batch_size=batch_size,

@@ -435,6 +435,11 @@ cases(
         ],
         "--initial",
     ),
+    (
+        "compare: unknown test case",
+        lambda e: ["compare", str(e.plan), "-o", str(e.t / "x"), "--strategies", "random", "--test-cases", "nope_7"],
+        "--test-cases: 'nope_7'",
+    ),
     ("redundancy: not a plan folder", lambda e: ["redundancy-check", str(e.t)], "plans.json"),
     (
         "redundancy: strategy random",

@@ -148,6 +148,7 @@ def train(
     num_workers: int | None = None,
     augment: bool = True,
     progress: bool = True,
+    split: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Train ``config_name`` on the training cases of ``fold`` and evaluate on its held-out cases.
 
@@ -168,6 +169,9 @@ def train(
         num_workers: data loader processes (default min(2, CPUs), 8 with a GPU).
         augment: nnU-Net-style augmentation (:mod:`alseg.transforms`).
         progress: show Rich progress bars.
+        split: ``(train_ids, test_ids)`` instead of ``fold``'s split (``alseg compare
+            --test-cases``: the reference must hold out the loops' test cases); every case
+            named must have a label.
 
     Returns:
         The last row of ``metrics.csv``: ``epoch``, ``train_loss``, ``dice_mean``, ``dice_<label>``.
@@ -179,9 +183,13 @@ def train(
     module = SegmentationModule(plans, config_name, overrides={k: v for k, v in all_overrides.items() if v is not None})
     if init_checkpoint is not None:
         load_weights(module, init_checkpoint)
-    train_ids, test_ids = make_split(
-        cache.labelled_case_ids(), fold, n_folds
-    )  # images-only cases: no truth to train on
+    if split is None:  # images-only cases: no truth to train on
+        train_ids, test_ids = make_split(cache.labelled_case_ids(), fold, n_folds)
+    else:
+        train_ids, test_ids = list(split[0]), list(split[1])
+        missing = sorted(set(train_ids + test_ids) - set(cache.labelled_case_ids()))
+        if missing:
+            raise AlsegError(f"case '{missing[0]}' has no label in the cache — train and test only on labelled cases")
     datamodule = SegDataModule(
         cache,
         module.config,

@@ -14,8 +14,10 @@ once) and returns; a task that is pre-empted or reaches its time limit is requeu
 finished round. submitit's own files are in ``EXP/.submitit/``. ``alseg status EXP``
 (:func:`grid_status`) shows where every cell stands.
 
-The full-data reference (``EXP/full``) trains the same network on every training case of the
-fold for as many iterations as a whole loop takes (in this process locally; one more job on SLURM).
+The full-data reference (``EXP/full``) trains the same network on every case of the loops'
+pool (the fold's training cases, or every case but ``--test-cases``) for as many iterations as a
+whole loop takes and is evaluated on the loops' test cases (in this process locally; one more job
+on SLURM).
 """
 
 from __future__ import annotations
@@ -132,7 +134,14 @@ def run_full_reference(
     if full.metrics_path.is_file():
         return
     if ws is None:  # the grid passes the workspace it already opened
-        ws = Workspace.open(plan_dir, Path(exp_dir), settings.config, settings.fold, show_progress=False)
+        ws = Workspace.open(
+            plan_dir,
+            Path(exp_dir),
+            settings.config,
+            settings.fold,
+            show_progress=False,
+            test_cases=settings.test_cases,
+        )
     epochs = settings.epochs * (settings.rounds + 1)  # as many iterations as a whole loop
     ts = one_device(trainer_settings(settings))  # trains inside 'alseg compare': never re-launched for DDP
     final = train(
@@ -151,6 +160,7 @@ def run_full_reference(
         num_workers=workers,
         val_every=epochs,
         progress=False,
+        split=(ws.train_ids, ws.test_ids),  # the loops' pool (all labelled: simulated oracle) and test cases
     )
     labels = ws.foreground_labels
     dice_cols = {
@@ -281,7 +291,15 @@ def run_compare(
     slurm = slurm_executor(folder, options, jobs) if options.executor == "slurm" else None  # before any work
     exp_dir.mkdir(parents=True, exist_ok=True)
     # a dataset is planned once, into EXP/plan, and preprocessed before the workers share the cache
-    ws = Workspace.open(Path(target), exp_dir, settings.config, settings.fold, show_progress=show_progress)
+    ws = Workspace.open(
+        Path(target),
+        exp_dir,
+        settings.config,
+        settings.fold,
+        show_progress=show_progress,
+        test_cases=settings.test_cases,
+        pool_needs_labels=settings.oracle == "simulated",
+    )
     plan_dir = ws.plan_dir
     check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
     cells = [Cell(s, seed, exp_dir / s / f"seed_{seed}") for s in strategies for seed in range(seeds)]
