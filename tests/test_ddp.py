@@ -103,6 +103,8 @@ def test_two_cpu_processes_share_the_pool_scoring_and_select_as_one_process_woul
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "selected by bald (score" in proc.stderr and "on 2 devices" in proc.stderr  # rank 1 took part
     stored = json.loads((tmp_path / "ddp" / "rounds" / "round_001.json").read_text())
+    # rank 1 waited for every message on the doorbell file: each round's passes and end
+    assert int((tmp_path / "ddp" / ".doorbell").read_text()) >= 3
 
     run = RunDir(tmp_path / "ddp")
     driver = LoopDriver(tmp_path / "plan", run.path, run.load_config().settings(), resume=True, show_progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from builders import tiny_plans
 from alseg.data.pool import Pool
 from alseg.model.network import build_network, head_gradient_embedding
 from alseg.model.pool_inference import pool_chunks, score_pool
-from alseg.model.sharding import RankContext, lead, serve, shard_of
+from alseg.model.sharding import FileDoorbell, LeaderGone, RankContext, lead, serve, shard_of
 from alseg.strategies import diversity, get_strategy, select_batch
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.usim import fisher_information, gradient_embeddings
@@ -167,3 +168,66 @@ def test_the_scores_do_not_depend_on_which_chunks_a_process_runs_before(world: i
     for rank in range(world):
         for c, r in _score_chunks(ctx, shard_of(chunks, rank, world), **kw):
             assert torch.equal(r[3], full[c])
+
+
+def _slow_leader(rank: int, world: int, folder: str, use_doorbell: bool) -> None:
+    """Rank 0 works alone for twice the process group's timeout before its pass (a long evaluation)."""
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    path = Path(folder)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{path / 'rendezvous'}", rank=rank, world_size=world, timeout=timedelta(seconds=2)
+    )
+    doorbell = FileDoorbell(path / "doorbell", poll_seconds=0.05) if use_doorbell else None
+    ctx = _ctx(path / "weights.pt")
+    try:
+        if rank == 0:
+            doorbell and doorbell.reset()
+            with lead(doorbell) as group:
+                ctx.ranks = group
+                time.sleep(4.0)
+                bald = score_pool(ctx, seed=1).bald
+            np.save(path / "bald.npy", bald)
+        else:
+
+            def make_context(settings: dict) -> RankContext:
+                return RankContext(
+                    model=ctx.model, pool=ctx.pool, load_image=ctx.load_image, device=ctx.device, **settings
+                )
+
+            try:
+                (path / f"served_{rank}.txt").write_text(str(serve(make_context, doorbell)))
+            except RuntimeError as e:  # gloo's timeout
+                (path / f"failed_{rank}.txt").write_text(str(e))
+                raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("use_doorbell", [True, False])
+def test_the_others_wait_for_rank_0_past_the_process_group_timeout(tmp_path: Path, use_doorbell: bool):
+    single = _ctx()
+    torch.save(single.model.state_dict(), tmp_path / "weights.pt")
+    args = (2, str(tmp_path), use_doorbell)
+    if use_doorbell:
+        mp.start_processes(_slow_leader, args=args, nprocs=2, join=True, start_method="spawn")
+        assert (tmp_path / "served_1.txt").read_text() == "1"
+        assert np.array_equal(np.load(tmp_path / "bald.npy"), score_pool(single, seed=1).bald)
+        assert (tmp_path / "doorbell").read_text().strip() == "2"  # the pass and the end
+    else:  # without it, rank 1 gives up inside the broadcast while rank 0 still works alone
+        with pytest.raises(mp.ProcessRaisedException):
+            mp.start_processes(_slow_leader, args=args, nprocs=2, join=True, start_method="spawn")
+        assert "imed out" in (tmp_path / "failed_1.txt").read_text()
+
+
+def test_a_doorbell_wait_ends_when_rank_0_is_gone(tmp_path: Path):
+    alive = iter([True, True, False])
+    bell = FileDoorbell(tmp_path / "d", alive=lambda: next(alive), poll_seconds=0.01)
+    with pytest.raises(LeaderGone):
+        bell.wait()
+    leader, other = FileDoorbell(tmp_path / "e"), FileDoorbell(tmp_path / "e", poll_seconds=0.01)
+    leader.ring()
+    other.wait()  # rung: returns at once
+    leader.reset()
+    assert not (tmp_path / "e").exists() and leader.count == 0

@@ -23,6 +23,7 @@ from alseg.active.rundir import RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.errors import AlsegError
+from alseg.model.sharding import FileDoorbell, LeaderGone  # LeaderGone: rank 0 has gone, nothing left to train with
 
 __all__ = ["FollowerDriver", "LeaderGone", "launched_rank"]
 
@@ -44,10 +45,6 @@ def launched_rank() -> int:
     return local if node == 0 else max(1, local + node)
 
 
-class LeaderGone(Exception):
-    """Rank 0 is no longer running; the follower has nothing left to train with."""
-
-
 class FollowerDriver(LoopDriver):
     """A DDP copy of ``alseg loop`` (rank > 0): trains every round with rank 0, writes nothing."""
 
@@ -57,6 +54,7 @@ class FollowerDriver(LoopDriver):
         self.workers = workers
         self.show_progress = False
         self.leader = os.getppid()  # Lightning's launcher is rank 0 itself
+        self.doorbell = FileDoorbell(self.run.doorbell_path, alive=lambda: os.getppid() == self.leader)
         self._wait(lambda: self.run.config_path.is_file() and self.run.state_path.is_file(), STARTUP_SECONDS)
         self.config = self.run.load_config()
         self.ws = Workspace.open(

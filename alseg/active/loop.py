@@ -40,7 +40,7 @@ from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
 from alseg.model.predict import resolve_device
 from alseg.model.progress_bar import RoundProgressBar
-from alseg.model.sharding import RankContext, ShardGroup, lead, serve
+from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
@@ -138,6 +138,10 @@ class LoopDriver:
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
         self.lock = self.run.lock()  # held until run_all ends (or the process dies)
+        # on several devices the other ranks wait here for this process's pool passes; a file left
+        # by an earlier process must not count (they join only at this process's first fit)
+        self.doorbell = FileDoorbell(self.run.doorbell_path)
+        self.doorbell.reset()
         try:
             self._open(Path(target), settings, resume)
         except BaseException:
@@ -416,7 +420,7 @@ class LoopDriver:
                 model=module.net, pool=self.pool, load_image=self.ws.image, device=module.device, **settings
             )
 
-        return serve(context)
+        return serve(context, self.doorbell)
 
     def evaluate(self, module) -> dict[str, float]:
         """Mean test Dice per class over the held-out cases, on the preprocessed grid."""
@@ -644,7 +648,7 @@ class ActiveLoop(Callback):
         pl_module.to(trainer.strategy.root_device)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             if trainer.is_global_zero:
-                with lead() as ranks:
+                with lead(self.driver.doorbell) as ranks:
                     self.driver.ranks = ranks
                     try:
                         self.driver.finish_round(self.round, pl_module, seconds)

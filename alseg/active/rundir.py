@@ -24,6 +24,8 @@ report reads through it. Layout (``RUN/``)::
     logs/round_XXX/      Lightning's CSV log of round XXX (+ tensorboard/: its TensorBoard events)
     logs/rounds/         TensorBoard events of the whole run: test Dice per class, items, seconds per round
     .lock                held (``fcntl.flock``) by the one process writing the run; holds its pid
+    .doorbell            on several devices: how many messages rank 0 has announced to the other
+                         ranks between fits (they wait on this file, not in a collective)
 
 Every file is written atomically (temp + rename) and in an order that makes a kill at any
 instant lose at most the round in progress: a selection is written before its labels,
@@ -83,6 +85,7 @@ __all__ = [
 CONFIG, STATE, METRICS, PLANS, SPLIT = "config.json", "state.json", "metrics.csv", "plans.json", "split.json"
 ROUNDS, LABELS, CHECKPOINTS, ANNOTATE, LOGS = "rounds", "labels", "checkpoints", "annotate", "logs"
 LOCK = ".lock"
+DOORBELL = ".doorbell"
 PACKAGE_MANIFEST, PACKAGE_README, PACKAGE_CASES = "manifest.json", "README.txt", "cases"
 CASE_IMAGE, CASE_PRESEGMENTATION, CASE_REGION, CASE_LABEL = "image", "presegmentation", "region", "label"
 NIFTI = ".nii.gz"
@@ -284,6 +287,11 @@ class RunDir:
     @property
     def split_path(self) -> Path:
         return self.path / SPLIT
+
+    @property
+    def doorbell_path(self) -> Path:
+        """Rank 0's message count for the other DDP ranks (:class:`alseg.model.sharding.FileDoorbell`)."""
+        return self.path / DOORBELL
 
     @property
     def labels_dir(self) -> Path:

@@ -16,16 +16,23 @@ fits): rank 0 holds a :class:`ShardGroup` for a while (:func:`lead`); for each p
 broadcasts a :class:`Request` (function, keyword arguments, all chunks, the scalar settings of
 its context), runs its own shard, and gathers the others' results. The other ranks sit in
 :func:`serve` for as long, each answering requests with its local network, pool and device,
-until rank 0 broadcasts the end (None). While rank 0 does other work (evaluating), the others
-wait in a broadcast, which is bounded by the process group's timeout (30 min by default).
+until rank 0 broadcasts the end (None).
+
+Between messages rank 0 may work alone for a long time (evaluating a round, the selection's own
+work). Waiting inside a broadcast would be bounded by the process group's timeout (30 min by
+default) and end the run; so with a :class:`FileDoorbell` the others wait by polling a file
+instead: rank 0 rings (writes the message count) just before each broadcast, and a rank enters
+the broadcast only once its message has been rung, checking meanwhile that rank 0 is alive.
 """
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +40,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from alseg.atomic import atomic_write_text
 from alseg.data.pool import Pool
 
-__all__ = ["RankContext", "Request", "ShardGroup", "lead", "map_chunks", "serve", "shard_of"]
+__all__ = [
+    "FileDoorbell",
+    "LeaderGone",
+    "RankContext",
+    "Request",
+    "ShardGroup",
+    "lead",
+    "map_chunks",
+    "serve",
+    "shard_of",
+]
 
 #: The scalar settings of a scoring context that a request carries to the other ranks.
 SETTINGS = ("mc_passes", "dropout_mc", "batch_size", "n_classes")
@@ -105,20 +123,70 @@ def _run(fn: ChunkFn, ctx: Any, mine: Numbered, kwargs: dict[str, Any], rank: in
         return _Failed(rank, traceback.format_exc())
 
 
+class LeaderGone(Exception):
+    """Rank 0 went away while this rank waited for its next message."""
+
+
+class FileDoorbell:
+    """Rank 0 announces each broadcast in a file; the other ranks wait for it there, not in a
+    collective (module docstring). The file must be visible to every rank (the run directory).
+
+    Both sides count messages from the start of their process: rank 0 :meth:`reset` s the file
+    before its first fit (the other ranks cannot wait before that fit has joined them all), then
+    every :meth:`ring` writes the next count; every :meth:`wait` expects the next count and
+    returns once the file shows it, raising :class:`LeaderGone` when ``alive()`` says rank 0 is
+    gone.
+    """
+
+    def __init__(self, path: Path, alive: Callable[[], bool] = lambda: True, poll_seconds: float = 0.2):
+        self.path = Path(path)
+        self.alive = alive
+        self.poll_seconds = poll_seconds
+        self.count = 0
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.count = 0
+
+    def ring(self) -> None:
+        self.count += 1
+        atomic_write_text(self.path, f"{self.count}\n")
+
+    def wait(self) -> None:
+        self.count += 1
+        while self._rung() < self.count:
+            if not self.alive():
+                raise LeaderGone
+            time.sleep(self.poll_seconds)
+
+    def _rung(self) -> int:
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):  # not written yet (written atomically: never half a number)
+            return 0
+
+
 class ShardGroup:
     """Rank 0's handle on the DDP group while the other ranks :func:`serve`."""
 
-    def __init__(self, rank: int, world_size: int):
+    def __init__(self, rank: int, world_size: int, doorbell: FileDoorbell | None = None):
         self.rank = rank
         self.world_size = world_size
+        self.doorbell = doorbell
         self.busy = False  # inside a pass: the others are in a collective, the end must not be sent
         self.passes = 0  # passes shared so far
+
+    def broadcast(self, message: Any) -> None:
+        """Send the next request (or the end, None) to the other ranks."""
+        if self.doorbell is not None:
+            self.doorbell.ring()
+        dist.broadcast_object_list([message], src=0)
 
     def map(self, ctx: Any, numbered: Numbered, fn: ChunkFn, kwargs: dict[str, Any]) -> Iterator[tuple[int, Any]]:
         """``fn`` over all of ``numbered``, sharded over the ranks; results in chunk order."""
         settings = {k: getattr(ctx, k) for k in SETTINGS if hasattr(ctx, k)}
         self.busy = True
-        dist.broadcast_object_list([Request(fn, kwargs, numbered, settings)], src=0)
+        self.broadcast(Request(fn, kwargs, numbered, settings))
         mine = _run(fn, ctx, shard_of(numbered, 0, self.world_size), kwargs, 0)
         parts: list[Any] = [None] * self.world_size
         dist.gather_object(mine, parts, dst=0)
@@ -146,7 +214,7 @@ def _world() -> tuple[int, int]:
 
 
 @contextmanager
-def lead() -> Iterator[ShardGroup]:
+def lead(doorbell: FileDoorbell | None = None) -> Iterator[ShardGroup]:
     """Rank 0: a :class:`ShardGroup` for the block; the other ranks leave :func:`serve` at its end.
 
     After an error inside a pass the end is not sent (the others are in another collective);
@@ -154,20 +222,23 @@ def lead() -> Iterator[ShardGroup]:
     rank, world = _world()
     if rank != 0:
         raise RuntimeError("only rank 0 leads sharded pool passes")
-    group = ShardGroup(rank, world)
+    group = ShardGroup(rank, world, doorbell)
     try:
         yield group
     finally:
         if not group.busy:
-            dist.broadcast_object_list([None], src=0)
+            group.broadcast(None)
 
 
-def serve(make_context: Callable[[dict[str, Any]], Any]) -> int:
+def serve(make_context: Callable[[dict[str, Any]], Any], doorbell: FileDoorbell | None = None) -> int:
     """Ranks > 0: answer rank 0's passes with ``make_context(settings)`` until it ends; returns
-    how many passes this rank took part in."""
+    how many passes this rank took part in. With ``doorbell`` each message is awaited there
+    (:class:`LeaderGone` if rank 0 goes first), else inside the broadcast."""
     rank, world = _world()
     served = 0
     while True:
+        if doorbell is not None:
+            doorbell.wait()
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0)
         request = box[0]
