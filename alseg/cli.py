@@ -725,14 +725,34 @@ def predict(
     devices: Annotated[
         str, typer.Option("--devices", help="auto (a GPU when present), 0 or cpu, or N (a GPU).")
     ] = "auto",
+    num_parts: Annotated[
+        int, typer.Option("--num-parts", min=1, help="Split the cases into this many parts (one process each).")
+    ] = 1,
+    part_id: Annotated[
+        int, typer.Option("--part-id", min=0, help="The part this process predicts: every N-th case from this one.")
+    ] = 0,
+    skip_existing: Annotated[
+        bool, typer.Option("--continue", help="Skip cases whose outputs are already written (resume).")
+    ] = False,
 ) -> None:
     """Segment scans with a trained model; one label map per input, in the input's own geometry."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.model.predict import load_model
+    from alseg.model.predict import check_part, load_model
     from alseg.model.predict import predict as run_prediction
 
+    check_part(num_parts, part_id)  # before loading the model
     loaded = load_model(model, round_)
-    written = run_prediction(loaded, inputs, out_dir, tta=tta, save_probabilities=save_probabilities, devices=devices)
+    written = run_prediction(
+        loaded,
+        inputs,
+        out_dir,
+        tta=tta,
+        save_probabilities=save_probabilities,
+        devices=devices,
+        num_parts=num_parts,
+        part_id=part_id,
+        skip_existing=skip_existing,
+    )
     source = f"round {loaded.round}" if loaded.round is not None else str(loaded.checkpoint)
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (model: {source})")
 

@@ -187,3 +187,30 @@ def test_an_alseg_train_output_predicts_too(finished_run, tmp_path: Path):
         load_model(out, 1)
     with pytest.raises(AlsegError, match="round 5 has not finished"):
         load_model(run, 5)
+
+
+def test_parts_share_the_cases_and_continue_skips_the_written(finished_run, tmp_path: Path, capsys):
+    """nnU-Net's -num_parts/-part_id and --continue_prediction: every case once, the same labels."""
+    from builders import run_cli
+
+    data, _, run = finished_run
+    inputs = [data / "imagesTs", data / "imagesTr"]
+    whole = predict(run, inputs, tmp_path / "whole", show_progress=False)
+    names = sorted(p.name for p in whole)
+    parts = [predict(run, inputs, tmp_path / "parts", num_parts=3, part_id=k, show_progress=False) for k in range(3)]
+    assert sorted(p.name for part in parts for p in part) == names  # each case in exactly one part
+    assert [p.name for p in parts[1]] == names[1::3]  # every 3rd case in id order
+    for name in names:
+        assert np.array_equal(read_volume(tmp_path / "parts" / name)[0], read_volume(tmp_path / "whole" / name)[0])
+
+    gone = tmp_path / "whole" / names[2]
+    gone.unlink()
+    kept = {n: (tmp_path / "whole" / n).stat().st_mtime_ns for n in names if n != names[2]}
+    args = ["predict", str(run), "-i", str(inputs[0]), "-i", str(inputs[1]), "-o", str(tmp_path / "whole")]
+    code, stdout, err = run_cli([*args, "--continue"], capsys)
+    assert code == 0, err
+    assert "wrote 1 label map(s)" in stdout and gone.is_file()
+    assert {n: (tmp_path / "whole" / n).stat().st_mtime_ns for n in kept} == kept  # the others left alone
+    code, _, err = run_cli([*args, "--num-parts", "2", "--part-id", "2"], capsys)
+    assert code == 2 and err.strip().endswith("--part-id 2 is not a part of --num-parts 2 — choose 0..1")
+    assert len(err.strip().splitlines()) == 1

@@ -13,6 +13,11 @@ Per input case, as ``nnUNetv2_predict`` does:
    ``save_probabilities`` ``OUT/<case>.npz`` holding ``probabilities`` ``(K, z, y, x)``
    float32 in the file's array order (nnU-Net's ``--save_probabilities`` file).
 
+As ``nnUNetv2_predict``'s ``-num_parts`` / ``-part_id``, ``num_parts`` processes (GPUs, cluster
+tasks) can share the cases: part ``part_id`` takes every ``num_parts``-th case in case-id order.
+``skip_existing`` (nnU-Net's ``--continue_prediction``) leaves cases whose outputs are already
+written alone: they are written atomically, so an existing file is a complete one.
+
 The model is an ``alseg loop`` run directory (the checkpoint of its last finished round, or
 ``round_``) or an ``alseg train`` output folder (``model.ckpt``), or a checkpoint file of the latter.
 """
@@ -44,6 +49,7 @@ from alseg.progress import console, make_progress
 __all__ = [
     "CasePrediction",
     "LoadedModel",
+    "check_part",
     "collect_inputs",
     "load_model",
     "output_paths",
@@ -203,6 +209,14 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     return out_dir / f"{case_id}{OUTPUT_ENDING}", out_dir / f"{case_id}.npz"
 
 
+def check_part(num_parts: int, part_id: int) -> None:
+    """``--num-parts`` / ``--part-id`` name an existing part (one line otherwise)."""
+    if num_parts < 1:
+        raise AlsegError(f"--num-parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise AlsegError(f"--part-id {part_id} is not a part of --num-parts {num_parts} — choose 0..{num_parts - 1}")
+
+
 def predict(
     model: str | Path | LoadedModel,
     inputs: Sequence[str | Path],
@@ -213,13 +227,28 @@ def predict(
     save_probabilities: bool = False,
     devices: str | int = "auto",
     show_progress: bool = True,
+    num_parts: int = 1,
+    part_id: int = 0,
+    skip_existing: bool = False,
 ) -> list[Path]:
-    """Segment every input case; returns the label maps written (see the module docstring)."""
+    """Segment the input cases of part ``part_id`` of ``num_parts``; returns the label maps
+    written (with ``skip_existing``, those already there are not listed; module docstring)."""
+    check_part(num_parts, part_id)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, round_)
     module = loaded.module.to(resolve_device(devices))
-    cases = collect_inputs(inputs, len(module.plans.channel_names))
+    cases = sorted(collect_inputs(inputs, len(module.plans.channel_names)), key=lambda c: c.case_id)
+    cases = cases[part_id::num_parts]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if skip_existing:
+        cases = [
+            c
+            for c in cases
+            if not (
+                output_paths(out_dir, c.case_id)[0].is_file()
+                and (not save_probabilities or output_paths(out_dir, c.case_id)[1].is_file())
+            )
+        ]
     written = []
     show = show_progress and console.is_terminal
     with make_progress() if show else _NoBar() as bar:
