@@ -513,6 +513,22 @@ cases(
         "neither a run directory (config.json) nor an 'alseg train' output",
     ),
     (
+        "predict: part beyond the parts",
+        lambda e: [
+            "predict",
+            str(e.run),
+            "-i",
+            str(e.image),
+            "-o",
+            str(e.t / "p"),
+            "--num-parts",
+            "2",
+            "--part-id",
+            "2",
+        ],
+        "--part-id 2",
+    ),
+    (
         "predict: round beyond the run",
         lambda e: ["predict", str(e.run), "--round", "9", "-i", str(e.image), "-o", str(e.t / "p")],
         "--round",
