@@ -72,6 +72,29 @@ def test_dropout_after_every_block_conv_and_not_in_heads():
     assert all(m.p == 0.01 for m in net.modules() if isinstance(m, MCDropout))
 
 
+def test_initialisation_is_nnunets_he_normal():
+    # nnU-Net's InitWeights_He(1e-2): every conv and transposed conv ~ N(0, gain^2 / fan_in) with
+    # gain = sqrt(2 / (1 + 0.01^2)) and fan_in = weight.size(1) * kernel volume; biases 0; norms 1 / 0
+    net, _ = _net("3d_fullres")
+    gain = math.sqrt(2.0 / (1 + 0.01**2))
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert len(convs) >= 14
+    scaled = []
+    for m in convs:
+        w = m.weight.detach()
+        fan_in = w.shape[1] * w[0, 0].numel()
+        scaled.append((w * math.sqrt(fan_in) / gain).flatten())
+        if m.bias is not None:
+            assert torch.count_nonzero(m.bias) == 0
+    z = torch.cat(scaled)
+    assert z.numel() > 20_000
+    assert abs(float(z.mean())) < 0.03 and abs(float(z.std()) - 1) < 0.03
+    # a uniform init (torch's default, kaiming_uniform with a = sqrt(5)) has std 1 / sqrt(3) / gain ~ 0.41
+    for m in net.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
 def test_mc_passes_differ_eval_passes_do_not_and_state_is_restored():
     net, cfg = _net("2d", dropout_train=0.0)
     x = torch.randn(2, 1, *cfg.patch_size)
