@@ -347,6 +347,30 @@ if args.get("checkpoint"):
         theirs.append(mean_dice(dice_per_class(pred, gt, 3)))
     out["nnU-Net's trained weights: mean Dice, alseg predictor / nnU-Net predictor"] = f"{np.mean(ours):.4f} / {np.mean(theirs):.4f}"
     out["nnU-Net's trained weights: largest per-case Dice difference"] = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
+
+    # test-time mirroring: nnU-Net's default prediction (its predictor, the axes its checkpoint records)
+    # against alseg's --tta, same weights; labels compared voxel by voxel in the original image space
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    tr.set_deep_supervision_enabled(False)
+    nn_net.eval()
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                verbose=False, allow_tqdm=False)
+    predictor.manual_initialization(nn_net, tr.plans_manager, tr.configuration_manager, [nn_net.state_dict()],
+                                    tr.dataset_json, "nnUNetTrainer", ck["inference_allowed_mirroring_axes"])
+    predictor.predict_from_files([[f] for f in args["raw_images"]], args["tta_dir"], save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    ours, theirs, differ, total = [], [], 0, 0
+    for cid in args["test"]:
+        gt = np.asarray(read_volume(info.case(cid).label)[0])
+        mine = np.asarray(predict_case(am, info.case(cid), tta=True).labels)
+        pred = np.asarray(read_volume(join(args["tta_dir"], cid + ".nii.gz"))[0])
+        ours.append(mean_dice(dice_per_class(mine, gt, 3)))
+        theirs.append(mean_dice(dice_per_class(pred, gt, 3)))
+        differ, total = differ + int((mine != pred).sum()), total + pred.size
+    out["with mirroring (alseg --tta, nnU-Net's default): mean Dice, alseg / nnU-Net"] = f"{np.mean(ours):.4f} / {np.mean(theirs):.4f}"
+    out["with mirroring: largest per-case Dice difference"] = float(np.max(np.abs(np.array(ours) - np.array(theirs))))
+    out["with mirroring: voxels labelled differently"] = f"{differ} of {total} ({differ / total:.1e})"
 print("RESULT " + json.dumps(out))
 """
 
@@ -362,10 +386,19 @@ def equivalence(cfg: dict, a: argparse.Namespace) -> None:
         "test": cfg["test"],
         "checkpoint": None,
     }
-    done_nnunet = a.work / "runs" / "nnunet_600_s0"
-    ckpt = sorted(done_nnunet.glob("results/*/*/fold_0/checkpoint_final.pth"))
-    if ckpt:
-        job.update(checkpoint=str(ckpt[0]), pred_dir=str(done_nnunet / "pred"))
+    finished = sorted((a.work / "runs").glob("nnunet_*_s0/results/*/*/fold_0/checkpoint_final.pth"))
+    if finished:  # nnU-Net's weights of a finished seed-0 run (the shortest), with its own predictions
+        ckpt = min(finished, key=lambda p: int(p.parts[-6].split("_")[1]))
+        done_nnunet = ckpt.parents[4]
+        raw = Path(cfg["nnunet"]) / "nnUNet_raw" / DATASET / "imagesTr"
+        tta_dir = a.work / "equivalence_tta"
+        shutil.rmtree(tta_dir, ignore_errors=True)
+        job.update(
+            checkpoint=str(ckpt),
+            pred_dir=str(done_nnunet / "pred"),
+            raw_images=[str(raw / f"{c}_0000.nii.gz") for c in cfg["test"]],
+            tta_dir=str(tta_dir),
+        )
     rows = run_side_worker(EQUIVALENCE_WORKER, job, cfg, a, threads=a.threads)
     table = Table(title=f"alseg and nnU-Net v2 with the same weights and batches ({date.today()})")
     table.add_column("check")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -251,6 +252,33 @@ def test_predict_volume_shapes_and_mirroring(config):
     assert labels.shape == (11, 21, 18) and torch.equal(labels, probs.argmax(0))
     mirrored = predict_volume(net, image, cfg, mirror=True)
     assert mirrored.shape == probs.shape and not torch.allclose(mirrored, probs)
+
+
+class _Mirrored(torch.nn.Module):
+    """``net`` seen through a flip of ``axes``: flip the input, predict, flip back."""
+
+    def __init__(self, net, axes):
+        super().__init__()
+        self.net, self.axes = net, axes
+
+    def forward(self, t):
+        return torch.flip(self.net(torch.flip(t, self.axes)), self.axes) if self.axes else self.net(t)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_mirroring_averages_each_window_as_nnunet(config):
+    # nnU-Net mirrors every window in place: the same windows and padding as without mirroring,
+    # so the mirrored logits are the mean of the plain sliding window over each mirrored network
+    net, cfg = _net(config)
+    net.eval()
+    image = torch.randn(1, 11, 21, 19)  # odd sizes, larger than the patch: several windows, odd padding
+    spatial = [2, 3] if config == "2d" else [2, 3, 4]
+    flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
+    assert len(flips) == 2 ** len(spatial)
+    expected = sum(predict_volume(_Mirrored(net, a), image, cfg, output="logits") for a in flips) / len(flips)
+    got = predict_volume(net, image, cfg, output="logits", mirror=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, predict_volume(net, image, cfg, output="logits"), atol=1e-3)
 
 
 def test_2d_prediction_is_slice_by_slice():

@@ -8,8 +8,11 @@ grid: docs/design.md).
   slices go through one 2D sliding window together (windows of different slices share
   forward batches), and the results are stacked back along axis 0.
 
-Logits are blended (and averaged over mirrorings with ``mirror=True``, nnU-Net's test-time
-augmentation, off by default) and the softmax is taken last, as nnU-Net v2 does.
+Logits are blended and the softmax is taken last, as nnU-Net v2 does. With ``mirror=True``
+(nnU-Net's test-time augmentation, off by default) every *window* is predicted in all its
+mirrorings and their logits averaged before the window is blended, as nnU-Net's predictor does:
+mirroring the whole volume instead would shift the windows and the padding of odd-sized
+slices by a voxel, and the result would no longer be nnU-Net's.
 
 The network runs in the mode it is in: eval for deterministic predictions, or inside
 :func:`alseg.model.network.mc_dropout` for MC passes. Tensors stay on the network's device.
@@ -70,30 +73,32 @@ def predict_volume(
     batch = x.movedim(1, 0) if dims == 2 else x[None]
     spatial_axes = list(range(2, 2 + dims))
 
-    def predictor(t: Tensor) -> Tensor:
+    flips = _mirror_sets(spatial_axes) if mirror else [()]
+
+    def forward(t: Tensor) -> Tensor:
         out = model(t)
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()  # blend in float32 even under autocast
 
-    logits = None
-    flips = _mirror_sets(spatial_axes) if mirror else [()]
-    for axes in flips:
-        inp = torch.flip(batch, axes) if axes else batch
-        out = sliding_window_inference(
-            inp,
-            roi_size=list(config.patch_size),
-            sw_batch_size=sw_batch_size or config.batch_size,
-            predictor=predictor,
-            overlap=overlap,
-            mode="gaussian",
-            sigma_scale=SIGMA_SCALE,
-            padding_mode="constant",
-            cval=0.0,
-        )
-        out = torch.as_tensor(out)  # drop MetaTensor
-        out = torch.flip(out, axes) if axes else out
-        logits = out if logits is None else logits + out
-    logits = logits / len(flips)
+    def predictor(t: Tensor) -> Tensor:
+        # each window in all its mirrorings, logits averaged (nnU-Net's _internal_maybe_mirror_and_predict)
+        out = forward(t)
+        for axes in flips[1:]:
+            out = out + torch.flip(forward(torch.flip(t, axes)), axes)
+        return out / len(flips)
+
+    logits = sliding_window_inference(
+        batch,
+        roi_size=list(config.patch_size),
+        sw_batch_size=sw_batch_size or config.batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode="gaussian",
+        sigma_scale=SIGMA_SCALE,
+        padding_mode="constant",
+        cval=0.0,
+    )
+    logits = torch.as_tensor(logits)  # drop MetaTensor
     logits = logits.movedim(0, 1) if dims == 2 else logits[0]  # (K, Z, Y, X)
     if output == "logits":
         return logits.float()
