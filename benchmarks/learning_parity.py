@@ -390,13 +390,12 @@ def equivalence(cfg: dict, a: argparse.Namespace) -> None:
     if finished:  # nnU-Net's weights of a finished seed-0 run (the shortest), with its own predictions
         ckpt = min(finished, key=lambda p: int(p.parts[-6].split("_")[1]))
         done_nnunet = ckpt.parents[4]
-        raw = Path(cfg["nnunet"]) / "nnUNet_raw" / DATASET / "imagesTr"
         tta_dir = a.work / "equivalence_tta"
         shutil.rmtree(tta_dir, ignore_errors=True)
         job.update(
             checkpoint=str(ckpt),
             pred_dir=str(done_nnunet / "pred"),
-            raw_images=[str(raw / f"{c}_0000.nii.gz") for c in cfg["test"]],
+            raw_images=nnunet_test_images(cfg),
             tta_dir=str(tta_dir),
         )
     rows = run_side_worker(EQUIVALENCE_WORKER, job, cfg, a, threads=a.threads)
@@ -442,6 +441,12 @@ def setup(data: Path, work: Path, nnunet_python: str | None, workers: int) -> di
         out["nnunet"] = str(nn)
     done.write_text(json.dumps(out, indent=1))
     return out
+
+
+def nnunet_test_images(cfg: dict) -> list[str]:
+    """The fold's test images in nnU-Net's raw layout (nnU-Net names its outputs after these)."""
+    raw = Path(cfg["nnunet"]) / "nnUNet_raw" / DATASET / "imagesTr"
+    return [str(raw / f"{c}_0000.nii.gz") for c in cfg["test"]]
 
 
 def nnunet_env(nn: Path, workers: int) -> dict[str, str]:
@@ -572,8 +577,7 @@ def run_one(system: str, overrides: dict, iters: int, seed: int, cfg: dict, a: a
         env.update(nnunet_env(Path(cfg["nnunet"]), a.workers))
         cmd = [a.nnunet_python, __file__, "--alseg-worker", json.dumps(job)]
     elif system == "nnunet":  # nnU-Net names its outputs after <case>_0000 inputs: its raw layout's links
-        raw = Path(cfg["nnunet"]) / "nnUNet_raw" / DATASET / "imagesTr"
-        job.update(dataset=DATASET, config=CONFIG, images=[str(raw / f"{c}_0000.nii.gz") for c in cfg["test"]])
+        job.update(dataset=DATASET, config=CONFIG, images=nnunet_test_images(cfg))
         env.update(nnunet_env(Path(cfg["nnunet"]), a.workers))
         env["nnUNet_results"] = str(out / "results")
         cmd = [a.nnunet_python, "-c", NNUNET_WORKER, json.dumps(job)]
