@@ -734,13 +734,18 @@ def predict(
     skip_existing: Annotated[
         bool, typer.Option("--continue", help="Skip cases whose outputs are already written (resume).")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Allow -o to be a folder that holds input images (never a dataset's)."),
+    ] = False,
 ) -> None:
     """Segment scans with a trained model; one label map per input, in the input's own geometry."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.model.predict import check_part, load_model
+    from alseg.model.predict import check_output_folder, check_part, load_model
     from alseg.model.predict import predict as run_prediction
 
     check_part(num_parts, part_id)  # before loading the model
+    check_output_folder(inputs, out_dir, overwrite=overwrite)
     loaded = load_model(model, round_)
     written = run_prediction(
         loaded,
@@ -752,6 +757,7 @@ def predict(
         num_parts=num_parts,
         part_id=part_id,
         skip_existing=skip_existing,
+        overwrite=overwrite,
     )
     source = f"round {loaded.round}" if loaded.round is not None else str(loaded.checkpoint)
     out.print(f"wrote {len(written)} label map(s) to {out_dir} (model: {source})")

@@ -88,6 +88,15 @@ def _damaged(e: Env, rel: str, text: str | None = None, delete: bool = False) ->
     return run
 
 
+def _images(e: Env) -> Path:
+    """A plain folder holding a copy of one test image."""
+    folder = e.t / "imgs"
+    if not folder.is_dir():
+        folder.mkdir()
+        shutil.copy(e.image, folder / e.image.name)
+    return folder
+
+
 CASES: list[Case] = []
 
 
@@ -579,6 +588,42 @@ cases(
         "predict: run without plans",
         lambda e: ["predict", str(_damaged(e, "plans.json", delete=True)), "-i", str(e.image), "-o", str(e.t / "p")],
         "plans.json",
+    ),
+    # outputs never overwrite inputs (all refused before the model is loaded)
+    (
+        "predict: -o is the input folder",
+        lambda e: ["predict", str(e.run), "-i", str(_images(e)), "-o", str(_images(e))],
+        "holds input images — predictions could replace them",
+    ),
+    (
+        "predict: -o holds the input file",
+        lambda e: ["predict", str(e.run), "-i", str(_images(e) / e.image.name), "-o", str(_images(e))],
+        "--overwrite",
+    ),
+    (
+        "predict: -o is the input folder, given with a trailing ./",
+        lambda e: ["predict", str(e.run), "-i", str(_images(e)), "-o", str(_images(e) / ".")],
+        "holds input images",
+    ),
+    (
+        "predict: -o is a dataset's labelsTr",
+        lambda e: ["predict", str(e.run), "-i", str(e.image), "-o", str(e.data / "labelsTr")],
+        "lies inside the dataset folder labelsTr",
+    ),
+    (
+        "predict: -o is a dataset's imagesTs, the input",
+        lambda e: ["predict", str(e.run), "-i", str(e.data / "imagesTs"), "-o", str(e.data / "imagesTs")],
+        "imagesTs",
+    ),
+    (
+        "predict: -o below a dataset's imagesTr",
+        lambda e: ["predict", str(e.run), "-i", str(e.image), "-o", str(e.data / "imagesTr" / "pred")],
+        "choose an output folder outside the dataset",
+    ),
+    (
+        "predict: -o is a dataset's labelsTr, even with --overwrite",
+        lambda e: ["predict", str(e.run), "-i", str(e.data), "-o", str(e.data / "labelsTr"), "--overwrite"],
+        "labelsTr",
     ),
 )
 

@@ -49,6 +49,7 @@ from alseg.progress import console, make_progress
 __all__ = [
     "CasePrediction",
     "LoadedModel",
+    "check_output_folder",
     "check_part",
     "collect_inputs",
     "load_model",
@@ -209,6 +210,43 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
     return out_dir / f"{case_id}{OUTPUT_ENDING}", out_dir / f"{case_id}.npz"
 
 
+DATASET_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+
+
+def _input_folders(inputs: Sequence[str | Path]) -> set[Path]:
+    """The folders the input images lie in (a dataset folder: its image folders)."""
+    folders: set[Path] = set()
+    for item in map(Path, inputs):
+        if item.is_dir() and (item / "dataset.json").is_file():
+            folders |= {(item / d).resolve() for d in DATASET_FOLDERS if (item / d).is_dir()}
+            folders.add(item.resolve())
+        elif item.is_dir():
+            folders.add(item.resolve())
+        else:
+            folders.add(item.parent.resolve())
+    return folders
+
+
+def check_output_folder(inputs: Sequence[str | Path], out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Predictions never replace inputs: ``out_dir`` may not lie inside a dataset's ``imagesTr``,
+    ``labelsTr``, ``imagesTs`` or ``labelsTs`` (beside a ``dataset.json``), nor be a folder that
+    holds input images, unless ``overwrite`` (then only a plain folder, never a dataset's)."""
+    out = Path(out_dir).resolve()
+    for p in [out, *out.parents]:
+        if p.name in DATASET_FOLDERS and (p.parent / "dataset.json").is_file():
+            raise AlsegError(
+                f"lies inside the dataset folder {p.name} of {p.parent} — predictions would overwrite its files; "
+                "choose an output folder outside the dataset (-o)",
+                out_dir,
+            )
+    if not overwrite and out in _input_folders(inputs):
+        raise AlsegError(
+            "holds input images — predictions could replace them; choose another output folder (-o), "
+            "or pass --overwrite to write into it anyway",
+            out_dir,
+        )
+
+
 def check_part(num_parts: int, part_id: int) -> None:
     """``--num-parts`` / ``--part-id`` name an existing part (one line otherwise)."""
     if num_parts < 1:
@@ -230,15 +268,26 @@ def predict(
     num_parts: int = 1,
     part_id: int = 0,
     skip_existing: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment the input cases of part ``part_id`` of ``num_parts``; returns the label maps
-    written (with ``skip_existing``, those already there are not listed; module docstring)."""
+    written (with ``skip_existing``, those already there are not listed; module docstring).
+    ``out_dir`` may not hold the inputs (:func:`check_output_folder`; ``overwrite`` allows it)."""
     check_part(num_parts, part_id)
+    check_output_folder(inputs, out_dir, overwrite=overwrite)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, round_)
     module = loaded.module.to(resolve_device(devices))
     cases = sorted(collect_inputs(inputs, len(module.plans.channel_names)), key=lambda c: c.case_id)
     cases = cases[part_id::num_parts]
     out_dir = Path(out_dir)
+    if not overwrite:
+        inputs_here = [f for c in cases for f in c.images if f.resolve().parent == out_dir.resolve()]
+        if inputs_here:
+            raise AlsegError(
+                f"holds input image {inputs_here[0].name} — predictions could replace it; choose another output "
+                "folder (-o), or pass --overwrite to write into it anyway",
+                out_dir,
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     if skip_existing:
         cases = [
