@@ -16,6 +16,7 @@ from alseg.active.rundir import RunDir
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
+from alseg.seeds import MAX_SEED
 
 app = typer.Typer(
     add_completion=False,
@@ -39,7 +40,7 @@ of batch 8 per round, both classes pass Dice 0.6 within 3 rounds (README, demo s
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the dataset into (MSD layout)."),
     cases: int = typer.Option(24, "--cases", min=1, help="Number of labelled training cases."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same data."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed; the same seed gives the same data."),
     dims: int = typer.Option(3, "--dims", min=2, max=3, help="3: volumes; 2: single-slice images (a 2D-only dataset)."),
     ct: bool = typer.Option(False, "--ct", help="Anisotropic CT-like volumes in Hounsfield units."),
     test_cases: int = typer.Option(4, "--test-cases", min=0, help="Unlabelled cases in imagesTs/."),
@@ -195,7 +196,7 @@ def train(
         None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."
     ),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Data loader processes."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt."),
     init_checkpoint: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
 ) -> None:
@@ -511,7 +512,7 @@ def redundancy_check(
     query_size: Optional[int] = typer.Option(
         1000, "--query-size", min=0, help="Q (the paper used 1000); 0 = elbow rule."
     ),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     train_epochs: int = typer.Option(1, "--train-epochs", min=1, help="Epochs when no checkpoint is given."),
     train_iters: int = typer.Option(
         50, "--train-iters", min=1, help="Iterations per epoch when no checkpoint is given."

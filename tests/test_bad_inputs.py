@@ -365,6 +365,14 @@ cases(
         "3d_lowres",
     ),
     ("train: fold 5", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--fold", "5"], "--fold"),
+    ("train: negative seed", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--seed", "-1"], "--seed"),
+    (
+        "train: seed beyond 2**63-1",
+        lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--seed", str(2**63)],
+        "--seed",
+    ),
+    ("loop: seed beyond 2**63-1", lambda e: _loop(e, "--seed", str(2**63)), "seed"),
+    ("demo-data: seed beyond 2**63-1", lambda e: ["demo-data", str(e.t / "d"), "--seed", str(2**63)], "--seed"),
     ("train: epochs 0", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--epochs", "0"], "--epochs"),
     (
         "train: iterations 0",

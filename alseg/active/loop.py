@@ -44,6 +44,7 @@ from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, se
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.progress import console
+from alseg.seeds import round_seed
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
 __all__ = [
@@ -283,7 +284,7 @@ class LoopDriver:
 
     def train_round(self, round_: int) -> None:
         """Fit round ``round_`` on the labelled items; the ActiveLoop callback does the rest."""
-        seed = self.config.seed * 1000 + round_
+        seed = round_seed(self.config.seed, round_)  # seed * 1000 + round while it fits 32 bits (alseg.seeds)
         pl.seed_everything(seed, workers=False, verbose=False)
         module = self.load_module(round_ - 1) if round_ > 0 and self.config.fine_tune else self.new_module()
         regions = [Region(self.pool[i].case_id, self.pool[i].box) for i in self.pool.indices(self.state.labelled)]
@@ -394,7 +395,7 @@ class LoopDriver:
             ranks=self.ranks,
         )
         # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
-        sel = select_batch(self.strategy, ctx, uncertainty_seed=self.config.seed * 1000 + round_)
+        sel = select_batch(self.strategy, ctx, uncertainty_seed=round_seed(self.config.seed, round_))
         seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]

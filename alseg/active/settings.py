@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alseg.errors import AlsegError
+from alseg.seeds import MAX_SEED
 
 __all__ = ["Configuration", "OracleKind", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
 
@@ -55,7 +56,9 @@ class LoopSettings(BaseModel):
     )
     budget: int = Field(100, ge=1, description="Items selected per round.")
     initial: int = Field(100, ge=1, description="Random items labelled in round 0.")
-    seed: int = Field(0, ge=0, description="Seed of every random choice (the same seed gives the same run).")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of every random choice (the same seed gives the same run)."
+    )
     config: Configuration = Field(Configuration.two_d, description="Plan configuration: 2d or 3d_fullres.")
     fold: int = Field(0, ge=0, le=4, description="Fold of nnU-Net's 5-fold split held out as the test set.")
     test_cases: list[str] | None = Field(

@@ -35,6 +35,7 @@ from alseg.model.callbacks import FinalCheckpoint, MetricsCSV, metrics_columns, 
 from alseg.model.module import SegmentationModule
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
+from alseg.seeds import global_seed
 
 __all__ = ["fit", "load_weights", "make_split", "train"]
 
@@ -90,7 +91,7 @@ def fit(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = TrainerSettings(devices=devices, strategy=strategy, precision=precision)
-    pl.seed_everything(seed, workers=False, verbose=False)
+    pl.seed_everything(global_seed(seed), workers=False, verbose=False)
     epochs = module.config.trainer.epochs
     iters = module.config.trainer.iterations_per_epoch
     callbacks = [
@@ -178,7 +179,7 @@ def train(
     """
     cache = cache_dir if isinstance(cache_dir, CaseCache) else CaseCache(cache_dir)
     plans = plans if isinstance(plans, Plans) else load_plans(plans)
-    pl.seed_everything(seed, workers=False, verbose=False)  # the network's initial weights
+    pl.seed_everything(global_seed(seed), workers=False, verbose=False)  # the network's initial weights
     all_overrides = {**(overrides or {}), "epochs": epochs, "iterations_per_epoch": iters_per_epoch}
     module = SegmentationModule(plans, config_name, overrides={k: v for k, v in all_overrides.items() if v is not None})
     if init_checkpoint is not None:
@@ -197,7 +198,7 @@ def train(
         val_cases=test_ids,
         num_workers=num_workers,
         augment=augment,
-        seed=seed,
+        seed=global_seed(seed),
     )
     return fit(
         module,

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from alseg.report.curves import Curve, mean_std_ci
+from alseg.seeds import global_seed
 
 __all__ = [
     "plot_agreement",
@@ -272,6 +273,7 @@ def plot_embeddings_tsne(
         raise ValueError("t-SNE needs at least 2 embeddings")
     rng = np.random.default_rng(seed)
     keep = _subsample(role, max_points, rng)
+    seed = global_seed(seed)  # scikit-learn takes 32-bit seeds; a run's seed may be up to 2**63 - 1
     x, r = embeddings[keep], role[keep]
     if x.shape[1] > 50 and x.shape[0] > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)

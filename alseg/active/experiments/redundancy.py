@@ -34,6 +34,7 @@ from alseg.model.module import SegmentationModule
 from alseg.model.pool_inference import inference_batch_size
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.seeds import global_seed
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.registry import get_strategy
 from alseg.strategies.submodular import nonnegative_kernel
@@ -425,7 +426,7 @@ def run_redundancy_check(
     labelled[np.random.default_rng([seed, 0]).choice(len(pool), size=initial, replace=False)] = True
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pl.seed_everything(seed, workers=False, verbose=False)
+    pl.seed_everything(global_seed(seed), workers=False, verbose=False)
     overrides = {"epochs": train_epochs, "iterations_per_epoch": train_iters}
     if train_batch_size:
         overrides["batch_size"] = train_batch_size
@@ -435,7 +436,7 @@ def run_redundancy_check(
         load_weights(module, checkpoint)
     else:
         regions = [Region(pool[int(i)].case_id, pool[int(i)].box) for i in np.flatnonzero(labelled)]
-        dm = SegDataModule(ws.cache, module.config, regions, num_workers=0, seed=seed)
+        dm = SegDataModule(ws.cache, module.config, regions, num_workers=0, seed=global_seed(seed))
         trainer = make_trainer(
             TrainerSettings(accelerator=dev.type, devices=1),
             max_epochs=train_epochs,
