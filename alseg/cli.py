@@ -643,10 +643,10 @@ def _print_study(result: dict) -> None:
 def strategies() -> None:
     """List the selection strategies and their options."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.strategies import available, option_keys
+    from alseg.strategies import available, describe
 
     for name in available():
-        out.print(f"{name}: {', '.join(option_keys(name))}")
+        out.print(describe(name), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

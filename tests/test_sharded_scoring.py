@@ -68,6 +68,7 @@ def _ctx(weights: Path | None = None, seed: int = 0) -> SelectionContext:
 
 STRATEGIES = {
     "bald": {},
+    "clasp-pe": {},
     "badge": {},
     "coreset": {},
     "usimf": {"query_size": 4, "embedding_dim": 20, "fisher_subset": 3, "grad_batch_size": 3, "figure": False},
@@ -82,6 +83,7 @@ def passes(ctx) -> dict[str, object]:
     out: dict[str, object] = {}
     s = score_pool(ctx, seed=11)
     out.update(entropy=s.entropy, mean_std=s.mean_std, bald=s.bald, classwise=s.classwise_std, order=s.indices)
+    out.update(predictive_entropy=s.predictive_entropy, class_entropy=s.class_entropy)
     out["grouped"] = score_pool(ctx, unl[::-1], deterministic=False, passes_per_forward=2, seed=5).classwise_std
     out["one_item"] = score_pool(ctx, unl[:1], seed=3).classwise_std  # one chunk: rank 0's shard is empty
     out["badge"] = diversity.embed_items(ctx, unl, head_gradient_embedding, "badge")[0].numpy()
@@ -164,10 +166,10 @@ def test_the_scores_do_not_depend_on_which_chunks_a_process_runs_before(world: i
     ctx = _ctx()
     chunks = list(enumerate(pool_chunks(ctx, ctx.unlabelled)))
     kw = dict(mc=True, deterministic=False, group=1, seed=4, what="")
-    full = {c: r[3] for c, r in _score_chunks(ctx, chunks, **kw)}
+    full = {c: r[1].classwise_std_sum for c, r in _score_chunks(ctx, chunks, **kw)}
     for rank in range(world):
         for c, r in _score_chunks(ctx, shard_of(chunks, rank, world), **kw):
-            assert torch.equal(r[3], full[c])
+            assert torch.equal(r[1].classwise_std_sum, full[c])
 
 
 def _slow_leader(rank: int, world: int, folder: str, use_doorbell: bool) -> None:

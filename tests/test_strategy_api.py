@@ -60,7 +60,9 @@ def test_bad_value_names_the_key_and_what_is_expected():
 
 
 def test_unknown_strategy_lists_the_names():
-    with pytest.raises(AlsegError, match="unknown strategy 'usim' — choose one of: badge, bald, coreset"):
+    with pytest.raises(
+        AlsegError, match="unknown strategy 'usim' — choose one of: badge, bald, cla-pe, clasp-pe, coreset"
+    ):
         parse_strategy_options("usim", {})
 
 

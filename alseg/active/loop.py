@@ -393,6 +393,8 @@ class LoopDriver:
             ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
             show_progress=self.show_progress,
             ranks=self.ranks,
+            round_index=round_,
+            planned_rounds=self.config.rounds,
         )
         # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
         sel = select_batch(self.strategy, ctx, uncertainty_seed=round_seed(self.config.seed, round_))

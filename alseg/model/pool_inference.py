@@ -57,7 +57,7 @@ from alseg.data.pool import Pool
 from alseg.model.network import eval_mode, mc_dropout
 from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
-from alseg.strategies.scores import MCDropoutAccumulator, item_entropy
+from alseg.strategies.scores import MCDropoutAccumulator, MCScores, item_entropy
 
 __all__ = [
     "DEFAULT_PASSES_PER_FORWARD",
@@ -142,6 +142,13 @@ class PoolScores:
     (paper §3.3.1; USIM uses the foreground columns); None unless ``mc``."""
     seconds: float
     """Wall time of the pass."""
+    predictive_entropy: np.ndarray | None = None
+    """(N,) MC: ``H(p̄)``, the entropy of the mean of the T passes, mean over valid pixels
+    (nnActive's predictive entropy, with MC dropout in place of its ensemble of folds); None
+    unless ``mc``."""
+    class_entropy: np.ndarray | None = None
+    """(N, C) MC: mean over valid pixels of ``H(p̄) · p̄(c)`` (nnActive's class-specific
+    entropy), background in column 0; None unless ``mc``."""
 
 
 # ----------------------------------------------------------------------------- reading items
@@ -306,8 +313,8 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """T MC passes over one chunk (dropout already on): per-item mean_std, bald, classwise std."""
+def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> MCScores:
+    """T MC passes over one chunk (dropout already on): the per-item aggregates."""
     acc = MCDropoutAccumulator()
     n = x.shape[0]
     done = 0
@@ -318,15 +325,14 @@ def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int)
         for t in range(g):
             acc.update(p[t * n : (t + 1) * n])
         done += g
-    s = acc.finalize(valid)
-    return s.mean_std, s.bald, s.classwise_std_sum
+    return acc.finalize(valid)
 
 
 def _score_chunks(
     ctx: ScoringContext, numbered: Numbered, *, mc: bool, deterministic: bool, group: int, seed: int, what: str
-) -> Iterator[tuple[int, tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]]]:
+) -> Iterator[tuple[int, tuple[Tensor | None, MCScores | None]]]:
     """Chunk function of :func:`score_pool` (see :mod:`alseg.model.sharding`): per chunk
-    ``(entropy, mean_std, bald, classwise_std)``, MC masks seeded by :func:`chunk_seed`."""
+    ``(entropy, MC aggregates)``, MC masks seeded by :func:`chunk_seed`."""
     net = ctx.model
     n = sum(len(idx) for _, idx in numbered)
     show = bool(ctx.show_progress and console.is_terminal and n)
@@ -338,7 +344,7 @@ def _score_chunks(
     ):
         task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
         for c, chunk, x, valid in chunk_batches(ctx, numbered):
-            entropy = ms = bd = cw = None
+            entropy = mc_scores = None
             if deterministic:
                 net.eval()
                 p = _logits(net(x)).float().softmax(1)
@@ -347,8 +353,8 @@ def _score_chunks(
             if mc:
                 torch.manual_seed(chunk_seed(seed, c))
                 with mc_dropout(net, ctx.dropout_mc):
-                    ms, bd, cw = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
-            yield c, (entropy, ms, bd, cw)
+                    mc_scores = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
+            yield c, (entropy, mc_scores)
             if show:
                 bar.advance(task, len(chunk))
 
@@ -391,22 +397,28 @@ def score_pool(
     entropy = np.zeros(n, np.float32) if deterministic else None
     mean_std = np.zeros(n, np.float32) if mc else None
     bald = np.zeros(n, np.float32) if mc else None
+    predictive = np.zeros(n, np.float32) if mc else None
     classwise = np.zeros((n, ctx.n_classes), np.float32) if mc else None  # resized to the net's K below
+    class_entropy = np.zeros((n, ctx.n_classes), np.float32) if mc else None
     group = max(1, min(int(passes_per_forward), max(int(ctx.mc_passes), 1)))
     what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
     chunks = pool_chunks(ctx, idx)
     kwargs = dict(mc=mc, deterministic=deterministic, group=group, seed=seed, what=what)
-    for c, (e, ms, bd, cw) in map_chunks(ctx, list(enumerate(chunks)), _score_chunks, **kwargs):
+    for c, (e, s) in map_chunks(ctx, list(enumerate(chunks)), _score_chunks, **kwargs):
         rows = np.fromiter((pos[int(i)] for i in chunks[c]), dtype=np.int64, count=len(chunks[c]))
         if deterministic:
             entropy[rows] = e.cpu().numpy()
         if mc:
-            if classwise.shape[1] != cw.shape[1]:
-                classwise = np.zeros((n, cw.shape[1]), np.float32)
-            mean_std[rows] = ms.cpu().numpy()
-            bald[rows] = bd.cpu().numpy()
-            classwise[rows] = cw.cpu().numpy()
-    return PoolScores(idx, entropy, mean_std, bald, classwise, time.perf_counter() - t0)
+            k = s.classwise_std_sum.shape[1]
+            if classwise.shape[1] != k:
+                classwise = np.zeros((n, k), np.float32)
+                class_entropy = np.zeros((n, k), np.float32)
+            mean_std[rows] = s.mean_std.cpu().numpy()
+            bald[rows] = s.bald.cpu().numpy()
+            classwise[rows] = s.classwise_std_sum.cpu().numpy()
+            predictive[rows] = s.entropy_of_mean.cpu().numpy()
+            class_entropy[rows] = s.class_entropy.cpu().numpy()
+    return PoolScores(idx, entropy, mean_std, bald, classwise, time.perf_counter() - t0, predictive, class_entropy)
 
 
 # ----------------------------------------------------------------------------- batch uncertainty

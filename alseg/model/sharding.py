@@ -27,6 +27,7 @@ the broadcast only once its message has been rung, checking meanwhile that rank 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -106,9 +107,13 @@ class _Failed:
 
 
 def _to_cpu(value: Any) -> Any:
-    """Tensors moved to the CPU (inside tuples, lists and dicts), for pickling across ranks."""
+    """Tensors moved to the CPU (inside tuples, lists, dicts and dataclasses), for pickling across ranks."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _to_cpu(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
     if isinstance(value, (tuple, list)):
         return type(value)(_to_cpu(v) for v in value)
     if isinstance(value, dict):

@@ -95,6 +95,8 @@ class SelectionContext:
     ground_truth: Callable[[str], np.ndarray] | None = None  # only for simulation-only strategies
     show_progress: bool = True
     ranks: ShardGroup | None = None  # rank 0 of a DDP group: pool passes are shared by the ranks
+    round_index: int = 1  # the loop round this batch is for: 1 is the first selection after the initial set
+    planned_rounds: int = 1  # selection rounds the run plans (``--rounds``), for strategies with a schedule
 
     @property
     def unlabelled(self) -> np.ndarray:
@@ -164,11 +166,14 @@ class Selection:
 class Strategy:
     """Base of every strategy: ``Options`` (a :class:`StrategyOptions` subclass) and ``select``.
 
-    ``name`` is the registry key; ``simulation_only`` strategies read the ground truth."""
+    ``name`` is the registry key; ``simulation_only`` strategies read the ground truth; ``source``
+    names the paper it comes from."""
 
     name: ClassVar[str] = ""
     simulation_only: ClassVar[bool] = False
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+    source: ClassVar[str] = ""
+    """Where the strategy comes from (paper, year), shown by ``alseg strategies``."""
 
     def __init__(self, options: StrategyOptions | None = None, **kwargs: Any):
         if options is not None and kwargs:

@@ -163,6 +163,7 @@ class CoreSetStrategy(Strategy):
     centres. Per-item score: the item's distance to its nearest centre when it was picked."""
 
     name = "coreset"
+    source = "Sener & Savarese, ICLR 2018; Föllmer et al., MIDL 2024"
 
     def select(self, ctx: SelectionContext) -> Selection:
         all_idx = np.arange(len(ctx.pool), dtype=np.int64)
@@ -196,6 +197,7 @@ class BadgeStrategy(Strategy):
     uncertainty)."""
 
     name = "badge"
+    source = "Ash et al., ICLR 2020; Föllmer et al., MIDL 2024"
     Options = BadgeOptions
     options: BadgeOptions
 

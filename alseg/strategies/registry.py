@@ -12,12 +12,22 @@ from pydantic import ValidationError
 
 from alseg.errors import AlsegError
 from alseg.strategies.base import Strategy, StrategyOptions
+from alseg.strategies.class_balanced import ClaspPEStrategy, ClassBalancedPEStrategy
 from alseg.strategies.diversity import BadgeStrategy, CoreSetStrategy
-from alseg.strategies.random import ForegroundRandomStrategy, RandomStrategy
+from alseg.strategies.random import ForegroundRandom33Strategy, ForegroundRandomStrategy, RandomStrategy
+from alseg.strategies.stochastic import PowerBALDStrategy, PowerPEStrategy, SoftrankBALDStrategy
 from alseg.strategies.uncertainty import BALDStrategy, MaxEntropyStrategy, MeanSTDStrategy, StochasticBatchesStrategy
 from alseg.strategies.usim import USIMC, USIMF
 
-__all__ = ["STRATEGIES", "available", "get_strategy", "option_keys", "options_for", "parse_strategy_options"]
+__all__ = [
+    "STRATEGIES",
+    "available",
+    "describe",
+    "get_strategy",
+    "option_keys",
+    "options_for",
+    "parse_strategy_options",
+]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -32,6 +42,12 @@ STRATEGIES: dict[str, type[Strategy]] = {
         BadgeStrategy,
         USIMC,
         USIMF,
+        ForegroundRandom33Strategy,
+        PowerBALDStrategy,
+        PowerPEStrategy,
+        SoftrankBALDStrategy,
+        ClassBalancedPEStrategy,
+        ClaspPEStrategy,
     )
 }
 
@@ -50,6 +66,18 @@ def _strategy_class(name: str) -> type[Strategy]:
 def option_keys(name: str) -> list[str]:
     """The option keys strategy ``name`` accepts, sorted."""
     return sorted(_strategy_class(name).Options.model_fields)
+
+
+def describe(name: str) -> str:
+    """Two lines for ``alseg strategies``: the name, whether it needs the ground truth, where it
+    comes from; then its options with their defaults (its own first, then those every strategy has)."""
+    cls = _strategy_class(name)
+    common = set(StrategyOptions.model_fields)
+    own = [k for k in cls.Options.model_fields if k not in common]
+    defaults = {k: cls.Options.model_fields[k].default for k in [*own, *sorted(common)]}
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in defaults.items()]
+    sim = " [simulation only]" if cls.simulation_only else ""
+    return f"{name}{sim} — {cls.source or 'alseg'}\n    options: {', '.join(shown)}"
 
 
 def parse_strategy_options(name: str, raw: Mapping[str, Any] | None) -> StrategyOptions:

@@ -41,6 +41,16 @@ def _pixel_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     return (flat * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
+def _pixel_mean_per_class(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``(N, C, *spatial)`` → ``(N, C)``: the mean over each item's pixels (its ``mask``'s when
+    given), per channel."""
+    flat = x.reshape(*x.shape[:2], -1)
+    if mask is None:
+        return flat.mean(dim=2)
+    m = _flat_mask(mask, x[:, 0]).unsqueeze(1)
+    return (flat * m).sum(dim=2) / m.sum(dim=2).clamp(min=1)
+
+
 def _flat_mask(mask: Tensor, like: Tensor) -> Tensor:
     """``mask`` ``(N, *spatial)`` flattened to ``(N, P)`` in ``like``'s dtype and device."""
     if mask.shape[0] != like.shape[0] or mask[0].numel() != like[0].numel():
@@ -68,6 +78,10 @@ class MCScores:
     classwise_std_sum: Tensor
     """(N, C) ``sum_pixels std_t p_t(c)`` for every class, background included (column 0);
     USIM uses the foreground columns."""
+    class_entropy: Tensor
+    """(N, C) mean over pixels of ``H(p̄) · p̄(c)``: the predictive entropy attributed to each
+    class by its mean probability (nnActive's class-specific entropy channels; class-balanced
+    predictive entropy ranks items per class by it)."""
 
 
 class MCDropoutAccumulator:
@@ -118,6 +132,7 @@ class MCDropoutAccumulator:
         entropy_of_mean = entropy_map(mean_p)
         bald = (entropy_of_mean - self._sum_entropy / t).clamp_(min=0.0)
         std_flat = std.reshape(*std.shape[:2], -1)
+        class_entropy = _pixel_mean_per_class(entropy_of_mean.unsqueeze(1) * mean_p, mask)
         if mask is not None:
             std_flat = std_flat * _flat_mask(mask, bald).unsqueeze(1)
         return MCScores(
@@ -125,4 +140,5 @@ class MCDropoutAccumulator:
             bald=_pixel_mean(bald, mask).to(self._dtype),
             entropy_of_mean=_pixel_mean(entropy_of_mean, mask).to(self._dtype),
             classwise_std_sum=std_flat.sum(dim=2).to(self._dtype),
+            class_entropy=class_entropy.to(self._dtype),
         )

@@ -72,6 +72,7 @@ class MaxEntropyStrategy(_TopBUncertainty):
     (dropout-off) prediction, one pass over the pool, as the original code does."""
 
     name = "entropy"
+    source = "Shannon entropy; Föllmer et al., MIDL 2024"
     field = "entropy"
     mc = False
 
@@ -81,6 +82,7 @@ class MeanSTDStrategy(_TopBUncertainty):
     ``mean_c std_t p_t(c)`` over T MC dropout passes."""
 
     name = "meanstd"
+    source = "Kendall et al. 2017; Föllmer et al., MIDL 2024"
     field = "mean_std"
 
 
@@ -89,6 +91,7 @@ class BALDStrategy(_TopBUncertainty):
     ``H(p̄) - mean_t H(p_t)`` over T MC dropout passes."""
 
     name = "bald"
+    source = "Gal et al., ICML 2017; Föllmer et al., MIDL 2024"
     field = "bald"
 
 
@@ -114,6 +117,7 @@ class StochasticBatchesStrategy(Strategy):
     """
 
     name = "stochastic-batches"
+    source = "Gaillochet et al. 2023; Föllmer et al., MIDL 2024"
     Options = StochasticBatchesOptions
     options: StochasticBatchesOptions
 

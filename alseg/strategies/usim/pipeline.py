@@ -307,6 +307,7 @@ class USIMC(USIM):
     with USIMF and to stay tractable"."""
 
     name = "usimc"
+    source = "Föllmer et al., MIDL 2024 (USIM, conv kernel)"
     kernel_kind = "cosine"
 
     def embed(self, ctx, cand, query, dtype):
@@ -358,6 +359,7 @@ class USIMF(USIM):
     default is decided by the redundancy study (``alseg redundancy-check --cases``)."""
 
     name = "usimf"
+    source = "Föllmer et al., MIDL 2024 (USIM, Fisher kernel)"
     Options = USIMFOptions
     options: USIMFOptions
     kernel_kind = "fisher"
