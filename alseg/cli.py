@@ -43,7 +43,10 @@ def demo_data(
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed; the same seed gives the same data."),
     dims: int = typer.Option(3, "--dims", min=2, max=3, help="3: volumes; 2: single-slice images (a 2D-only dataset)."),
     ct: bool = typer.Option(False, "--ct", help="Anisotropic CT-like volumes in Hounsfield units."),
-    test_cases: int = typer.Option(4, "--test-cases", min=0, help="Unlabelled cases in imagesTs/."),
+    test_images: int = typer.Option(
+        4, "--test-images", min=0, help="Number of unlabelled scans in imagesTs/ (to try 'alseg predict' on)."
+    ),
+    old_test_cases: Optional[int] = typer.Option(None, "--test-cases", min=0, hidden=True, help="Old --test-images."),
     difficulty: str = typer.Option(
         "hard", "--difficulty", help="hard: Hippocampus-like contrast; easy: the demo's, learnt in minutes on a CPU."
     ),
@@ -56,10 +59,19 @@ def demo_data(
         raise AlsegError(f"--dims must be 2 or 3, got {dims}")
     if cases < 2:
         raise AlsegError(f"--cases must be at least 2, got {cases}")
+    if old_test_cases is not None:  # the old name: one meaning per option name across commands
+        err.print(
+            "warning: 'alseg demo-data --test-cases N' is now '--test-images N' (a count of scans in imagesTs/); "
+            "'--test-cases ID,ID,...' of 'alseg loop' and 'compare' names the test cases",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        test_images = old_test_cases
     root = generate_dataset(
-        out_dir, cases=cases, seed=seed, dims=dims, ct=ct, test_cases=test_cases, difficulty=difficulty
+        out_dir, cases=cases, seed=seed, dims=dims, ct=ct, test_cases=test_images, difficulty=difficulty
     )
-    out.print(f"wrote {cases} training and {test_cases} test cases to [bold]{root}[/bold]")
+    out.print(f"wrote {cases} training and {test_images} test scans to [bold]{root}[/bold]")
 
 
 def _usable_folder(path: Path, option: str = "-o") -> None:

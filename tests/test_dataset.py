@@ -309,3 +309,21 @@ def test_fewer_than_five_cases_is_a_warning_naming_no_option(tmp_path: Path, cap
     assert code == 0
     line = next(ln for ln in err.splitlines() if "only 4 labelled cases" in ln)
     assert "need at least 5; add cases" in line and "--" not in line and "fewer folds" not in line
+
+
+def test_missing_label_file_names_both_fixes(tmp_path: Path, capsys):
+    """A listed label file that is missing: add it, or drop the case's 'label' key (images only); the second works."""
+    root = write_msd(tmp_path / "ds", n=3)
+    (root / "labelsTr" / "case_002.nii.gz").unlink()
+    code, out, err = run_cli(["check", str(root)], capsys)
+    assert code == 2
+    assert (
+        "labelsTr/case_002.nii.gz: file not found — add it, or drop this case's 'label' key from dataset.json "
+        "to use case_002 unlabelled (images only)"
+    ) in err
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["training"][2]["label"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    code, out, err = run_cli(["check", str(root)], capsys)
+    assert code == 0, err
+    assert "1 of 3 training cases have no label file" in err

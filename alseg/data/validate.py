@@ -41,6 +41,12 @@ class CheckResult:
 
 def check_case(case: CaseFiles, n_channels: int, labels: tuple[int, ...]) -> CaseSummary | str:
     """One case's summary, or the one-line problem that stops it."""
+    if case.label is not None and not case.label.is_file() and all(p.is_file() for p in case.images):
+        # dataset.json lists a label that is not there: the case may be meant as images-only
+        return (
+            f"{case.label}: file not found — add it, or drop this case's 'label' key from dataset.json to use "
+            f"{case.case_id} unlabelled (images only)"
+        )
     try:
         image, label, geom = load_case(case, n_channels)
     except AlsegError as e:
