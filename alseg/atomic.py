@@ -1,7 +1,9 @@
 """Atomic writes: a crash or kill leaves either the old file or the new one, never half of one.
 
-A write goes to ``.<name>.<random>.tmp`` beside its target, is flushed to disk and renamed over
-the target; a process killed half-way leaves only such a temp file (:func:`is_temp_file`), which
+A write goes to ``.<name>.<random>.tmp`` beside its target, is flushed to disk, verified (its
+size, or its archive's checksums, read back: a write that the OS cut short without an error, as
+some libraries let happen at a full disk or a file size limit, is caught) and renamed over the
+target; a process killed half-way leaves only such a temp file (:func:`is_temp_file`), which
 the loop deletes on resume. A write that fails (full disk, read-only folder, a path that is a
 file) is an :class:`~alseg.errors.AlsegError` naming the path, and the old file stays as it was.
 New files get the usual ``0o666 & ~umask`` mode (``mkstemp`` alone would leave them 0600).
@@ -24,6 +26,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +36,10 @@ import numpy as np
 from alseg.errors import AlsegError
 
 __all__ = [
+    "INCOMPLETE",
     "atomic_copy",
+    "atomic_save_figure",
+    "atomic_write",
     "atomic_save_npy",
     "atomic_save_npz",
     "atomic_torch_save",
@@ -61,12 +68,17 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+INCOMPLETE = "incomplete after writing"
+"""The reason of a write whose read-back failed (see :func:`write_error`)."""
+
+
 def write_error(err: OSError, path: Path) -> AlsegError:
     """An OS error of a write as one user line naming the path and the likely fix."""
     reason = err.strerror or str(err)
     hint = {
         "No space left on device": "free some space and run the same command again (with --resume for a loop)",
         "File too large": "free some space or raise the file size limit (ulimit -f), then run the same command again",
+        INCOMPLETE: "free some space or raise the file size limit (ulimit -f), then run the same command again",
         "Read-only file system": "choose a writable output folder",
         "Permission denied": "choose a folder you may write to",
         "Not a directory": "a parent of this path is a file — choose another output path",
@@ -93,7 +105,47 @@ def _test_kill_hook(path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
+def _check(ok: bool) -> None:
+    if not ok:
+        raise OSError(errno.EIO, INCOMPLETE)
+
+
+def _size_is(size: int) -> Callable[[str], None]:
+    return lambda tmp: _check(os.path.getsize(tmp) == size)
+
+
+def _zip_intact(tmp: str) -> None:
+    """An archive (``.npz``, a torch checkpoint) whose members all read back with their CRCs."""
+    try:
+        with zipfile.ZipFile(tmp) as z:
+            _check(z.testzip() is None)
+    except (zipfile.BadZipFile, EOFError, zlib.error):
+        _check(False)
+
+
+def _npy_intact(expected: int) -> Callable[[str], None]:
+    """A ``.npy`` file whose header reads and whose size is the header plus the array's bytes."""
+
+    def verify(tmp: str) -> None:
+        try:
+            with open(tmp, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is not None:  # version 3.0 (unicode field names) is not checked further
+                    read_header(f)
+                    _check(os.path.getsize(tmp) == f.tell() + expected)
+        except ValueError:
+            _check(False)
+
+    return verify
+
+
+def _atomic(
+    path: Path, write: Callable[[str], None], suffix: str = "", verify: Callable[[str], None] | None = None
+) -> None:
     path = Path(path)
     tmp = None
     try:
@@ -103,6 +155,8 @@ def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         os.chmod(tmp, default_file_mode())
         _test_kill_hook(path)
         os.replace(tmp, path)
@@ -113,17 +167,32 @@ def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
             os.unlink(tmp)
 
 
+def atomic_write(path: Path, write: Callable[[str], None], verify: Callable[[str], None] | None = None) -> None:
+    """``write(tmp)`` writes the file at the temp path ``tmp``; ``verify(tmp)`` raises ``OSError``
+    when it did not come out whole. Then it is renamed over ``path`` (module docstring)."""
+    _atomic(path, write, verify=verify)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), verify=_size_is(len(text.encode())))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    """JSON as the standard has it: a NaN or infinity (which ``json`` would write as the
+    non-standard ``NaN``/``Infinity``) is refused, naming the file, and nothing is written."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        raise AlsegError(
+            "would hold a non-finite number (NaN or infinity) — nothing was written; this is a bug, please report it",
+            path,
+        ) from None
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_copy(source: Path, path: Path) -> None:
     """A byte-for-byte copy of ``source`` (its header and voxels unchanged), written atomically."""
-    _atomic(path, lambda tmp: shutil.copyfile(source, tmp))
+    _atomic(path, lambda tmp: shutil.copyfile(source, tmp), verify=_size_is(os.path.getsize(source)))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -131,7 +200,7 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
-    _atomic(path, write)
+    _atomic(path, write, verify=_npy_intact(np.asarray(array).nbytes))
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -139,7 +208,7 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
-    _atomic(path, write)
+    _atomic(path, write, verify=_zip_intact)
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -152,4 +221,22 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         except RuntimeError as err:  # torch wraps a failed write (e.g. a full disk) in a RuntimeError
             raise OSError(errno.EIO, f"write failed: {err}") from None
 
-    _atomic(path, write)
+    _atomic(path, write, verify=_zip_intact)
+
+
+def atomic_save_figure(path: Path, fig: Any, **savefig: Any) -> None:
+    """A matplotlib figure (``fig.savefig(**savefig)``), written atomically; a PNG must end in its IEND chunk."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, **savefig)
+
+    def verify(tmp: str) -> None:
+        if savefig.get("format", Path(path).suffix.lstrip(".")) == "png":
+            with open(tmp, "rb") as f:
+                f.seek(max(os.path.getsize(tmp) - 12, 0))
+                _check(f.read(12)[4:8] == b"IEND")
+        else:
+            _check(os.path.getsize(tmp) > 0)
+
+    _atomic(path, write, verify=verify)

@@ -261,7 +261,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monk
     path = tmp_path / "state.json"
     atomic_write_text(path, "good\n")
     if where == "write":
-        monkeypatch.setattr(Path, "write_text", lambda self, text: (_ for _ in ()).throw(err))
+        monkeypatch.setattr(Path, "write_text", lambda self, text, **kw: (_ for _ in ()).throw(err))
     else:
         monkeypatch.setattr(atomic.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(err))
     with pytest.raises(AlsegError) as e:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from builders import run_cli
 
@@ -94,3 +98,105 @@ def test_a_date_seed_runs_and_a_run_that_crashed_with_it_resumes(tiny_plan: Path
     big = tmp_path / "big"
     code, _, err = run_cli(["loop", str(tiny_plan), "-o", str(big), "--seed", str(2**63 - 1), *LOOP], capsys)
     assert code == 0, err
+
+
+# --- 3. every write verified ----------------------------------------------------------------------------
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from alseg.cli import main; main()", *args]
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    from alseg.atomic import is_temp_file
+
+    return [p for p in folder.rglob("*") if is_temp_file(p)]
+
+
+def test_demo_data_at_a_file_size_limit_is_one_line_and_leaves_no_broken_file(tmp_path: Path):
+    """SimpleITK reports success for a NIfTI file cut short by the limit; the read-back finds it."""
+    out = tmp_path / "d"
+    proc = subprocess.run(
+        _cli("demo-data", str(out), "--cases", "2"), capture_output=True, text=True, preexec_fn=_limit_file_size(20_000)
+    )
+    line = _one_line(proc)
+    assert "synth_000.nii.gz: cannot write (incomplete after writing)" in line and "ulimit -f" in line, line
+    assert not list(out.rglob("*.nii.gz")) and not _leftovers(out)
+
+
+def test_predict_at_a_file_size_limit_fails_cleanly_and_continue_repredicts_broken_outputs(finished_run, tmp_path):
+    from alseg.data.io import read_volume
+
+    data, _, run = finished_run
+    out = tmp_path / "pred"
+    args = ("predict", str(run), "-i", str(data / "imagesTs"), "-o", str(out), "--devices", "cpu")
+    proc = subprocess.run(_cli(*args), capture_output=True, text=True, preexec_fn=_limit_file_size(300))
+    line = _one_line(proc)
+    assert "cannot write" in line and str(out) in line, line
+    assert not list(out.glob("*.nii.gz")) and not _leftovers(out)
+    # an output truncated by an older alseg (or damaged since) is predicted again by --continue
+    proc = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    outputs = sorted(out.glob("*.nii.gz"))
+    good = outputs[0].read_bytes()
+    outputs[0].write_bytes(good[: len(good) // 2])
+    before = outputs[1].stat().st_mtime_ns
+    proc = subprocess.run(_cli(*args, "--continue"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 1 label map" in proc.stdout
+    read_volume(outputs[0])  # whole again
+    assert outputs[1].stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("kind", ["text", "npy", "npz", "torch", "copy"])
+def test_a_write_cut_short_without_an_error_is_caught(tmp_path: Path, monkeypatch, kind: str):
+    """The verification of each atomic writer: a write that silently lost its tail fails, naming
+    the destination, and the old file stays."""
+    import alseg.atomic as atomic
+
+    real = atomic._atomic
+
+    def truncating(path, write, suffix="", verify=None):
+        def cut(tmp: str) -> None:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                f.truncate(max(Path(tmp).stat().st_size - 7, 0))
+
+        real(path, cut, suffix, verify)
+
+    target = tmp_path / "f"
+    target.write_text("old")
+    monkeypatch.setattr(atomic, "_atomic", truncating)
+    write = {
+        "text": lambda: atomic.atomic_write_text(target, "hello world"),
+        "npy": lambda: atomic.atomic_save_npy(target, np.arange(100)),
+        "npz": lambda: atomic.atomic_save_npz(target, a=np.arange(100)),
+        "torch": lambda: atomic.atomic_torch_save(target, {"a": 1}),
+        "copy": lambda: atomic.atomic_copy(Path(atomic.__file__), target),
+    }[kind]
+    with pytest.raises(AlsegError, match=r"f: cannot write \(incomplete after writing\)"):
+        write()
+    assert target.read_text() == "old" and not _leftovers(tmp_path)
+
+
+def test_json_never_holds_nan_or_infinity(tmp_path: Path):
+    from alseg.atomic import atomic_write_json
+
+    for bad in (float("inf"), float("nan"), [1.0, float("-inf")]):
+        with pytest.raises(AlsegError, match="non-finite"):
+            atomic_write_json(tmp_path / "x.json", {"v": bad})
+    assert not (tmp_path / "x.json").exists() and not _leftovers(tmp_path)

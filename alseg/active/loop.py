@@ -400,7 +400,7 @@ class LoopDriver:
         sel = select_batch(self.strategy, ctx, uncertainty_seed=round_seed(self.config.seed, round_))
         seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
-        scores = [None if s is None or (isinstance(s, float) and math.isnan(s)) else float(s) for s in sel.scores]
+        scores = [None if s is None or not math.isfinite(s) else float(s) for s in sel.scores]  # JSON: no NaN/inf
         record = {
             "round": round_,
             "strategy": self.config.strategy,

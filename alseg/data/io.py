@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from alseg.atomic import default_file_mode, write_error
+from alseg.atomic import INCOMPLETE, default_file_mode, write_error
 from alseg.errors import AlsegError
 
-__all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "to_sitk", "write_volume"]
+__all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "readable_volume", "to_sitk", "write_image", "write_volume"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -115,7 +118,46 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a file."""
+    """Write atomically (temp file + rename) and verified, so a crash or a full disk never
+    leaves half a file (:func:`write_image`)."""
+    write_image(to_sitk(array, geometry), path)
+
+
+def _read_back(path: str, expected: np.ndarray) -> bool:
+    """Whether the file at ``path`` holds exactly ``expected`` (a SimpleITK-order array)."""
+    try:
+        if path.endswith((".nii", ".nii.gz")):
+            import nibabel as nib  # only NIfTI files need it: imported here to keep start-up light
+
+            got = np.asanyarray(nib.load(path).dataobj).T  # nibabel, not ITK: ITK zero-fills a truncated file
+            got = got.reshape(expected.shape) if got.size == expected.size else got
+        else:
+            got = sitk.GetArrayFromImage(sitk.ReadImage(path))
+    except Exception:
+        return False
+    return got.shape == expected.shape and np.array_equal(got, expected, equal_nan=expected.dtype.kind == "f")
+
+
+@contextmanager
+def _stderr_discarded() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a moment: a failed write is then alseg's one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def write_image(img: sitk.Image, path: Path) -> None:
+    """Write a SimpleITK image atomically and verified: temp file beside ``path``, fsync, read
+    back in full and compared voxel by voxel, rename. ITK ignores some failed writes (with the
+    file size limit reached it reports success for a truncated file), so the read-back is what
+    finds them. A failed write is one line naming ``path``; no partial file is left."""
     path = Path(path)
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), path.suffix)
     tmp = None
@@ -124,9 +166,14 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
         os.close(fd)
         try:
-            sitk.WriteImage(to_sitk(array, geometry), tmp, useCompression=True)
+            with _stderr_discarded():  # the NIfTI library prints its own lines on a failed write
+                sitk.WriteImage(img, tmp, useCompression=True)
         except RuntimeError as err:  # ITK reports a failed write (e.g. a full disk) as a RuntimeError
             raise OSError(errno.EIO, "write failed") from err
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if not _read_back(tmp, sitk.GetArrayViewFromImage(img)):
+            raise OSError(errno.EIO, INCOMPLETE)
         os.chmod(tmp, default_file_mode())  # readable by others, as any new file (mkstemp gives 0600)
         os.replace(tmp, path)
     except OSError as err:
@@ -134,3 +181,12 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def readable_volume(path: Path) -> bool:
+    """Whether ``path`` is an image file that reads back whole (``predict --continue`` re-predicts others)."""
+    try:
+        read_volume(path)
+    except AlsegError:
+        return False
+    return True

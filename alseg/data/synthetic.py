@@ -35,6 +35,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from alseg.atomic import atomic_write_text
+from alseg.data.io import write_image
 from alseg.errors import AlsegError
 
 __all__ = [
@@ -382,7 +383,7 @@ def _write(array: np.ndarray, case: SyntheticCase, path: Path) -> None:
     img.SetSpacing(tuple(float(s) for s in case.spacing[::-1]))
     img.SetOrigin(tuple(float(o) for o in case.origin[::-1]))
     img.SetDirection(case.direction)
-    sitk.WriteImage(img, str(path), useCompression=True)
+    write_image(img, path)  # atomic and verified: a full disk is one line, never a truncated file
 
 
 def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int, dims: int, ct: bool) -> dict:

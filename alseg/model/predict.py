@@ -16,7 +16,8 @@ Per input case, as ``nnUNetv2_predict`` does:
 As ``nnUNetv2_predict``'s ``-num_parts`` / ``-part_id``, ``num_parts`` processes (GPUs, cluster
 tasks) can share the cases: part ``part_id`` takes every ``num_parts``-th case in case-id order.
 ``skip_existing`` (nnU-Net's ``--continue_prediction``) leaves cases whose outputs are already
-written alone: they are written atomically, so an existing file is a complete one.
+written alone: they are written atomically and verified, and an existing output that does not
+read back whole (an older version's, truncated at a full disk, or damaged since) is predicted again.
 
 The model is an ``alseg loop`` run directory (the checkpoint of its last finished round, or
 ``round_``) or an ``alseg train`` output folder (``model.ckpt``), or a checkpoint file of the latter.
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ import torch
 from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_save_npz
 from alseg.data.dataset import CaseFiles, load_case, read_dataset
-from alseg.data.io import IMAGE_SUFFIXES, Geometry, write_volume
+from alseg.data.io import IMAGE_SUFFIXES, Geometry, readable_volume, write_volume
 from alseg.data.pipeline import preprocess_case
 from alseg.data.restore import logits_to_original
 from alseg.errors import AlsegError
@@ -247,6 +250,21 @@ def check_output_folder(inputs: Sequence[str | Path], out_dir: str | Path, *, ov
         )
 
 
+def _written(out_dir: Path, case_id: str, save_probabilities: bool) -> bool:
+    """Whether a case's outputs are there and read back whole (``--continue`` re-predicts the
+    others: a file truncated by an older alseg at a full disk, or damaged since)."""
+    seg, prob = output_paths(out_dir, case_id)
+    if not (seg.is_file() and readable_volume(seg)):
+        return False
+    if not save_probabilities:
+        return True
+    try:
+        with np.load(prob) as z:
+            return "probabilities" in z.files and z["probabilities"].size > 0
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return False
+
+
 def check_part(num_parts: int, part_id: int) -> None:
     """``--num-parts`` / ``--part-id`` name an existing part (one line otherwise)."""
     if num_parts < 1:
@@ -290,14 +308,7 @@ def predict(
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     if skip_existing:
-        cases = [
-            c
-            for c in cases
-            if not (
-                output_paths(out_dir, c.case_id)[0].is_file()
-                and (not save_probabilities or output_paths(out_dir, c.case_id)[1].is_file())
-            )
-        ]
+        cases = [c for c in cases if not _written(out_dir, c.case_id, save_probabilities)]
     written = []
     show = show_progress and console.is_terminal
     with make_progress() if show else _NoBar() as bar:

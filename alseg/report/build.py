@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 from alseg.report import figures
 from alseg.report.curves import Curve, common_rounds, full_data_dice, items_to_reach, learning_curves, normalised_auc
@@ -580,6 +581,6 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
         notes=notes,
         agreement=agreement,
     )
-    (out / "summary.json").write_text(summary.model_dump_json(indent=2))
-    (out / "report.html").write_text(_html(summary, figure_paths), encoding="utf-8")
+    atomic_write_text(out / "summary.json", summary.model_dump_json(indent=2))  # inf/NaN as null (pydantic)
+    atomic_write_text(out / "report.html", _html(summary, figure_paths))
     return summary.model_dump(mode="json")

@@ -14,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from alseg.atomic import atomic_save_figure
 from alseg.report.curves import Curve, mean_std_ci
 from alseg.seeds import global_seed
 
@@ -53,8 +54,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI, facecolor="white")
+    atomic_save_figure(out, fig, format="png", dpi=DPI, facecolor="white")
     return out
 
 
