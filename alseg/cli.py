@@ -219,8 +219,8 @@ def train(
     from alseg.model.trainer import TrainerSettings, check_trainer_settings
     from alseg.plans.models import load_plans
 
-    if lr is not None and not lr > 0:
-        raise AlsegError(f"--lr must be a positive learning rate, got {lr}")
+    if lr is not None and not 0 < lr < float("inf"):
+        raise AlsegError(f"--lr must be a positive, finite learning rate, got {lr}")
     check_trainer_settings(  # Lightning's own checks, before any preprocessing or training
         TrainerSettings(devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision)
     )

@@ -365,6 +365,35 @@ cases(
         "3d_lowres",
     ),
     ("train: fold 5", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--fold", "5"], "--fold"),
+    ("train: lr inf", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--lr", "inf"], "--lr"),
+    ("train: lr nan", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--lr", "nan"], "--lr"),
+    (
+        "loop: bald with one MC pass",
+        lambda e: _loop(e, "--strategy", "bald", "--mc-passes", "1"),
+        "--mc-passes 1 is too few for strategy 'bald'",
+    ),
+    ("loop: usimc with one MC pass", lambda e: _loop(e, "--strategy", "usimc", "--mc-passes", "1"), "usimc"),
+    (
+        "compare: meanstd with one MC pass",
+        lambda e: ["compare", str(e.plan), "-o", str(e.t / "x"), "--strategies", "random,meanstd", "--mc-passes", "1"],
+        "--mc-passes 1 is too few for strategy 'meanstd'",
+    ),
+    (
+        "loop: usimf eta=inf",
+        lambda e: _loop(e, "--strategy", "usimf", "--option", "eta=inf"),
+        "invalid option eta='inf'",
+    ),
+    ("loop: usimf eta=nan", lambda e: _loop(e, "--strategy", "usimf", "--option", "eta=nan"), "eta='nan'"),
+    (
+        "loop: usimc epsilon=-inf",
+        lambda e: _loop(e, "--strategy", "usimc", "--option", "epsilon=-inf"),
+        "epsilon",
+    ),
+    (
+        "loop: usimf query_size=0",
+        lambda e: _loop(e, "--strategy", "usimf", "--option", "query_size=0"),
+        "query_size='0'",
+    ),
     ("train: negative seed", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--seed", "-1"], "--seed"),
     (
         "train: seed beyond 2**63-1",

@@ -200,3 +200,60 @@ def test_json_never_holds_nan_or_infinity(tmp_path: Path):
         with pytest.raises(AlsegError, match="non-finite"):
             atomic_write_json(tmp_path / "x.json", {"v": bad})
     assert not (tmp_path / "x.json").exists() and not _leftovers(tmp_path)
+
+
+# --- 4. degenerate options and diverging training ------------------------------------------------------
+def test_every_strategy_option_model_refuses_inf_and_nan():
+    from pydantic import ValidationError
+
+    from alseg.strategies import available, get_strategy
+
+    checked = 0
+    for name in available():
+        model = type(get_strategy(name)).Options
+        floats = [k for k, f in model.model_fields.items() if f.annotation in (float, float | None)]
+        checked += len(floats)
+        for key in floats:
+            for bad in ("inf", "nan", "-inf"):
+                with pytest.raises(ValidationError):
+                    model(**{key: bad})
+    assert checked >= 4  # eta and epsilon of usimc and usimf at least
+
+
+def test_mc_strategies_say_how_many_passes_they_need():
+    from alseg.strategies import get_strategy
+
+    for name in ("bald", "meanstd", "usimc", "usimf"):
+        assert type(get_strategy(name)).mc_passes_needed() == 2, name
+    for name in ("random", "entropy", "coreset", "badge"):
+        assert type(get_strategy(name)).mc_passes_needed() == 1, name
+
+
+def test_training_that_diverges_stops_with_one_line_and_no_checkpoint(finished_run, tmp_path: Path, capsys):
+    _, plan, _ = finished_run
+    out = tmp_path / "t"
+    args = ["train", str(plan), "-o", str(out), "--epochs", "2", "--iters-per-epoch", "3", "--batch-size", "2"]
+    code, _, err = run_cli([*args, "--lr", "1e30", "--workers", "0", "--devices", "1"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "training diverged at step" in lines[0] and "--lr" in lines[0]
+    assert not (out / "model.ckpt").exists()
+
+
+def test_a_round_whose_scores_are_all_nan_stops_naming_the_strategy(tiny_plan: Path, tmp_path: Path, monkeypatch):
+    import alseg.active.loop as loop
+    from alseg.active.settings import LoopSettings
+    from alseg.strategies import Selection
+
+    def nan_batch(strategy, ctx, uncertainty_seed):
+        idx = ctx.unlabelled[: ctx.budget]
+        return Selection(idx, [float("nan")] * len(idx))
+
+    monkeypatch.setattr(loop, "select_batch", nan_batch)
+    settings = LoopSettings(
+        strategy="bald", rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=1, batch_size=4, mc_passes=2
+    )
+    driver = loop.LoopDriver(tiny_plan, tmp_path / "run", settings, workers=0, show_progress=False)
+    with pytest.raises(AlsegError, match="every score of strategy 'bald' is NaN or infinite"):
+        driver.run_all()
+    assert not list((tmp_path / "run" / "rounds").glob("round_001*.json"))

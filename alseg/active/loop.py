@@ -80,6 +80,33 @@ def picture_cases(test_ids: list[str]) -> list[str]:
 
 
 def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> None:
+CANDIDATE_STREAM = 1
+"""Third word of the candidates' seed (:meth:`LoopDriver.candidate_rng`)."""
+
+
+def candidate_items(labelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted pool indices a strategy sees with ``--candidates n``: every labelled item and the
+    first ``n`` unlabelled items of a uniform permutation of the whole pool. The permutation
+    depends on the generator only, so two strategies with the same seed see the same order of
+    items; only which of them are labelled already differs."""
+    order = rng.permutation(len(labelled))
+    unlabelled = order[~labelled[order]][:n]
+    return np.sort(np.concatenate([np.flatnonzero(labelled), unlabelled])).astype(np.int64)
+
+
+def check_mc_passes(strategy: str, mc_passes: int) -> None:
+    """A strategy whose scores measure disagreement between MC dropout passes gives every item
+    the score 0 with one pass (and would take the pool's first items): one line before any work.
+    The strategy class says how many it needs (:meth:`Strategy.mc_passes_needed`)."""
+    need = type(get_strategy(strategy)).mc_passes_needed()
+    if mc_passes < need:
+        raise AlsegError(
+            f"--mc-passes {mc_passes} is too few for strategy '{strategy}': its scores compare Monte-Carlo "
+            f"dropout passes, so with fewer than {need} every item scores the same — use --mc-passes {need} or "
+            "more (the default is 10)"
+        )
+
+
     """The run's sizes against its pool of ``n_items`` items and its devices (one line if they do not fit)."""
     cfg, n = settings, n_items
     if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
@@ -143,6 +170,7 @@ class LoopDriver:
         # by an earlier process must not count (they join only at this process's first fit)
         self.doorbell = FileDoorbell(self.run.doorbell_path)
         self.doorbell.reset()
+            check_mc_passes(settings.strategy, settings.mc_passes)
         try:
             self._open(Path(target), settings, resume)
         except BaseException:
@@ -411,6 +439,14 @@ class LoopDriver:
             **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
         if sel.embedding_map is not None:
+        given = [s for s in sel.scores if s is not None]
+        if given and not any(math.isfinite(s) for s in given):  # the batch would be the pool's first items
+            raise AlsegError(
+                f"round {round_}: every score of strategy '{self.config.strategy}' is NaN or infinite, so its "
+                f"batch would be arbitrary — check its options ({self.config.strategy_options or 'the defaults'}) "
+                "and that the model of the previous round trained (metrics.csv)",
+                self.run.path,
+            )
             record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
         return record
 

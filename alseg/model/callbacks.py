@@ -14,12 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback
 
 from alseg.atomic import atomic_write_text
+from alseg.errors import AlsegError
 from alseg.model.metrics import metric_names
 
-__all__ = ["FinalCheckpoint", "MetricsCSV", "metrics_columns", "read_metrics"]
+__all__ = ["FiniteLoss", "FinalCheckpoint", "MetricsCSV", "metrics_columns", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -84,6 +86,33 @@ class MetricsCSV(Callback):
         for e in sorted(rows):
             writer.writerow({c: _fmt(rows[e].get(c)) for c in self.columns})
         atomic_write_text(self.path, buf.getvalue())
+
+
+class FiniteLoss(Callback):
+    """Stop training with one line when it has diverged: the loss is NaN or infinite and the
+    weights are no longer finite (nothing can recover them), or the loss stayed non-finite for
+    ``patience`` steps in a row (a single overflowing step under mixed precision is skipped by
+    the gradient scaler and does no harm). Raised inside ``fit``, so no checkpoint of the
+    diverged network is written as if it were fine."""
+
+    def __init__(self, patience: int = 5):
+        self.patience = patience
+        self.bad_steps = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+            self.bad_steps = 0
+            return
+        self.bad_steps += 1
+        weights_ok = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        if weights_ok and self.bad_steps < self.patience:
+            return
+        raise AlsegError(
+            f"training diverged at step {trainer.global_step}: the loss is {float(loss.detach().float().mean())} — "
+            "lower the learning rate (--lr), or check the images for extreme intensities (alseg check); "
+            "no checkpoint of this network was written"
+        )
 
 
 class FinalCheckpoint(Callback):

@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pydantic import BaseModel, ConfigDict
 
 from alseg.errors import AlsegError
+from alseg.model.callbacks import FiniteLoss
 
 __all__ = [
     "GRADIENT_CLIP",
@@ -93,7 +94,7 @@ def resolved_trainer_kwargs(
     cuda = uses_cuda(settings)
     precision = settings.precision if settings.precision is not None else ("16-mixed" if cuda else "32-true")
     deterministic = settings.deterministic if settings.deterministic is not None else (False if cuda else "warn")
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, FiniteLoss()]  # every fit stops with one line when it diverges
     kwargs: dict[str, Any] = {
         "accelerator": settings.accelerator,
         "devices": settings.devices,

@@ -24,6 +24,7 @@ from alseg.data.pool import Pool
 from alseg.model.sharding import ShardGroup
 
 __all__ = [
+    "DISAGREEMENT_SCORES",
     "Artefacts",
     "EmbeddingMap",
     "FeatureNetwork",
@@ -108,7 +109,7 @@ class StrategyOptions(BaseModel):
 
     Unknown keys are refused so that a misspelled option fails before any work starts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every float option finite
 
     mc_passes_per_forward: int = Field(
         1, ge=1, description="MC dropout passes run in one forward by repeating the chunk (a positive integer)"
@@ -163,6 +164,10 @@ class Selection:
     """The paper's Fig. 5 measure of this batch, filled by :func:`alseg.strategies.select_batch`."""
 
 
+DISAGREEMENT_SCORES = frozenset({"bald", "mean_std"})
+"""Per-item scores that measure disagreement between MC passes: 0 for every item with one pass."""
+
+
 class Strategy:
     """Base of every strategy: ``Options`` (a :class:`StrategyOptions` subclass) and ``select``.
 
@@ -174,6 +179,15 @@ class Strategy:
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
     source: ClassVar[str] = ""
     """Where the strategy comes from (paper, year), shown by ``alseg strategies``."""
+    min_mc_passes: ClassVar[int] = 1
+    """Monte-Carlo dropout passes (``--mc-passes``) below which the scores carry no information
+    (a disagreement between passes needs two); the loop and ``compare`` refuse fewer before any
+    work. A strategy ranking by a :data:`DISAGREEMENT_SCORES` field (``field``) needs 2 anyway."""
+
+    @classmethod
+    def mc_passes_needed(cls) -> int:
+        """The fewest ``--mc-passes`` that give this strategy informative scores."""
+        return max(cls.min_mc_passes, 2 if getattr(cls, "field", None) in DISAGREEMENT_SCORES else 1)
 
     def __init__(self, options: StrategyOptions | None = None, **kwargs: Any):
         if options is not None and kwargs:

@@ -34,7 +34,7 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
-from alseg.active.loop import check_sizes, trainer_settings
+from alseg.active.loop import check_mc_passes, check_sizes, trainer_settings
 from alseg.active.rundir import RunDir
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
@@ -324,6 +324,10 @@ def run_compare(
     return cells
 
 
+    for strategy in strategies:  # a strategy that needs more MC passes fails before any planning
+        check_mc_passes(strategy, settings.mc_passes)
+    if shared_initial_round and options.executor != "local":
+        raise AlsegError("--shared-initial-round trains round 0 on this machine — use it with --executor local")
 def _run_local(folder: Path, jobs_of: list[tuple[Cell, CellJob]], jobs: int, gpus_per_job: int | None) -> list[str]:
     """submitit's LocalExecutor, ``jobs`` at a time; the failures, one line each."""
     gpus = _visible_gpus()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from alseg.strategies.base import StrategyOptions
 
@@ -37,9 +37,13 @@ class USIMOptions(StrategyOptions):
 
     @field_validator("query_size", "max_candidates", mode="before")
     @classmethod
-    def _none_words(cls, v: object) -> object:
-        """``auto`` / ``none`` / ``0`` from the command line mean "no fixed value"."""
-        if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "", "0")) or v == 0:
+    def _none_words(cls, v: object, info: ValidationInfo) -> object:
+        """``auto`` / ``none`` from the command line mean "no fixed value" (``max_candidates``: ``0``
+        too); ``query_size=0`` is refused as -5 is (``auto`` asks for the elbow rule)."""
+        words = ("auto", "none", "") + (("0",) if info.field_name == "max_candidates" else ())
+        if v is None or (isinstance(v, str) and v.strip().lower() in words):
+            return None
+        if info.field_name == "max_candidates" and v == 0:
             return None
         return v
 

@@ -180,6 +180,7 @@ class USIM(Strategy):
     Options = USIMOptions
     options: USIMOptions
     kernel_kind: ClassVar[str] = ""
+    min_mc_passes = 2  # the uncertainty is the class-wise std over MC passes: 0 with one pass
 
     # ------------------------------------------------------------------ subclass hooks
     def embed(self, ctx: SelectionContext, cand: Candidates, query: QuerySet, dtype: torch.dtype) -> GradientEmbedding:
