@@ -79,21 +79,6 @@ def picture_cases(test_ids: list[str]) -> list[str]:
     return sorted(test_ids)[:PICTURE_CASES]
 
 
-def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> None:
-CANDIDATE_STREAM = 1
-"""Third word of the candidates' seed (:meth:`LoopDriver.candidate_rng`)."""
-
-
-def candidate_items(labelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted pool indices a strategy sees with ``--candidates n``: every labelled item and the
-    first ``n`` unlabelled items of a uniform permutation of the whole pool. The permutation
-    depends on the generator only, so two strategies with the same seed see the same order of
-    items; only which of them are labelled already differs."""
-    order = rng.permutation(len(labelled))
-    unlabelled = order[~labelled[order]][:n]
-    return np.sort(np.concatenate([np.flatnonzero(labelled), unlabelled])).astype(np.int64)
-
-
 def check_mc_passes(strategy: str, mc_passes: int) -> None:
     """A strategy whose scores measure disagreement between MC dropout passes gives every item
     the score 0 with one pass (and would take the pool's first items): one line before any work.
@@ -107,6 +92,7 @@ def check_mc_passes(strategy: str, mc_passes: int) -> None:
         )
 
 
+def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> None:
     """The run's sizes against its pool of ``n_items`` items and its devices (one line if they do not fit)."""
     cfg, n = settings, n_items
     if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
@@ -163,6 +149,7 @@ class LoopDriver:
         self.show_progress = show_progress
         if not resume:  # a bad strategy name or option fails here, before planning or training
             parse_strategy_options(settings.strategy, settings.strategy_options)
+            check_mc_passes(settings.strategy, settings.mc_passes)
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
         self.lock = self.run.lock()  # held until run_all ends (or the process dies)
@@ -170,7 +157,6 @@ class LoopDriver:
         # by an earlier process must not count (they join only at this process's first fit)
         self.doorbell = FileDoorbell(self.run.doorbell_path)
         self.doorbell.reset()
-            check_mc_passes(settings.strategy, settings.mc_passes)
         try:
             self._open(Path(target), settings, resume)
         except BaseException:
@@ -428,6 +414,14 @@ class LoopDriver:
         sel = select_batch(self.strategy, ctx, uncertainty_seed=round_seed(self.config.seed, round_))
         seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
+        given = [s for s in sel.scores if s is not None]
+        if given and not any(math.isfinite(s) for s in given):  # the batch would be the pool's first items
+            raise AlsegError(
+                f"round {round_}: every score of strategy '{self.config.strategy}' is NaN or infinite, so its "
+                f"batch would be arbitrary — check its options ({self.config.strategy_options or 'the defaults'}) "
+                "and that the model of the previous round trained (metrics.csv)",
+                self.run.path,
+            )
         scores = [None if s is None or not math.isfinite(s) else float(s) for s in sel.scores]  # JSON: no NaN/inf
         record = {
             "round": round_,
@@ -439,14 +433,6 @@ class LoopDriver:
             **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
         if sel.embedding_map is not None:
-        given = [s for s in sel.scores if s is not None]
-        if given and not any(math.isfinite(s) for s in given):  # the batch would be the pool's first items
-            raise AlsegError(
-                f"round {round_}: every score of strategy '{self.config.strategy}' is NaN or infinite, so its "
-                f"batch would be arbitrary — check its options ({self.config.strategy_options or 'the defaults'}) "
-                "and that the model of the previous round trained (metrics.csv)",
-                self.run.path,
-            )
             record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
         return record
 
