@@ -286,6 +286,8 @@ def run_compare(
     """Run (locally) or submit (SLURM) every unfinished cell, then the full-data reference."""
     options = executor or ExecutorOptions()
     options.check()
+    for strategy in strategies:  # a strategy that needs more MC passes fails before any planning
+        check_mc_passes(strategy, settings.mc_passes)
     exp_dir = Path(exp_dir)
     folder = exp_dir / SUBMITIT_DIR
     slurm = slurm_executor(folder, options, jobs) if options.executor == "slurm" else None  # before any work
@@ -324,10 +326,6 @@ def run_compare(
     return cells
 
 
-    for strategy in strategies:  # a strategy that needs more MC passes fails before any planning
-        check_mc_passes(strategy, settings.mc_passes)
-    if shared_initial_round and options.executor != "local":
-        raise AlsegError("--shared-initial-round trains round 0 on this machine — use it with --executor local")
 def _run_local(folder: Path, jobs_of: list[tuple[Cell, CellJob]], jobs: int, gpus_per_job: int | None) -> list[str]:
     """submitit's LocalExecutor, ``jobs`` at a time; the failures, one line each."""
     gpus = _visible_gpus()
