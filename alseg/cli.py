@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -18,14 +19,43 @@ from alseg.errors import AlsegError
 from alseg.runtime import tune_process
 from alseg.seeds import MAX_SEED
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 2 a user error (one line on stderr naming the file or option and the fix); "
+    "3 'alseg loop --oracle files' waits for annotations (annotate the package it names, then run the same "
+    "command with --resume); 130 interrupted (Ctrl-C). Results go to stdout; progress, warnings and logs to stderr."
+)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: flags shown as flags, text wrapped between words at any width, nothing cut off
+    rich_markup_mode=None,
     help="Active learning for medical image segmentation on a self-configuring, nnU-Net-compatible pipeline.",
+    epilog=EXIT_CODES_HELP,
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from alseg import __version__
+
+        out.print(f"alseg {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print alseg's version and exit."),
+    ] = False,
+) -> None:
+    # the options of 'alseg' itself, before the command; --debug (tracebacks) is read by main()
+    pass
+
 
 DEFAULT_DEMO_DIR = Path("alseg_demo")
 EXIT_USER_ERROR = 2
@@ -307,7 +337,16 @@ def _given(ctx: typer.Context, names: list[str]) -> set[str]:
     return {n for n, src in sources.items() if src is not None and src.name != "DEFAULT"}
 
 
-@app.command()
+LOOP_EXIT_CODES_HELP = (
+    "Exit codes: 0 the run is finished; 2 a user error (one line on stderr naming the file or option and the fix); "
+    "3 waiting for annotations (--oracle files): the last line names the package folder RUN/annotate/round_XXX — "
+    "annotate it as its README.txt says, then run the same command with --resume; repeat until exit 0; "
+    "130 interrupted (Ctrl-C): the same command with --resume continues. Each round's result is a line on stdout; "
+    "progress and logs go to stderr."
+)
+
+
+@app.command(epilog=LOOP_EXIT_CODES_HELP)
 def loop(
     ctx: typer.Context,
     target: Annotated[
@@ -793,9 +832,13 @@ def export_nnunet(
     share = summary.annotated_voxels / max(summary.total_voxels, 1)
     out.print(
         f"wrote {summary.folder}: {len(summary.cases)} case(s), {summary.annotated_voxels:,} annotated voxels "
-        f"({share:.1%} of their voxels; the rest is 'ignore'). For nnU-Net: nnUNet_raw={out_dir} "
-        f"nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity"
+        f"({share:.1%} of their voxels; the rest is 'ignore'). For nnU-Net:",
+        markup=False,
+        highlight=False,
     )
+    # a command to copy: one line at any width, also when stdout is a file or a pipe
+    command = f"nnUNet_raw={shlex.quote(str(out_dir))} nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity"
+    out.print(command, markup=False, highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries() -> None:

@@ -8,9 +8,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["console", "make_progress", "progress_map"]
+__all__ = ["console", "results", "make_progress", "progress_map"]
 
 console = Console(stderr=True)
+"""Progress, logs and warnings: stderr."""
+results = Console()
+"""Results (a finished round's line, summaries): stdout, so that ``> file`` keeps the results only."""
 
 
 def make_progress() -> Progress:

@@ -85,4 +85,6 @@ def test_export_cli(finished_run, tmp_path: Path):
     assert res.returncode == 0, res.stderr
     folders = [p.name for p in tmp_path.iterdir()]
     assert len(folders) == 1 and folders[0].startswith("Dataset007_")
-    assert "nnUNetv2_plan_and_preprocess -d 7" in res.stdout.replace("\n", " ")
+    # the command to copy is one line of its own, however long the path and though stdout is a pipe
+    command = f"nnUNet_raw={tmp_path} nnUNetv2_plan_and_preprocess -d 7 --verify_dataset_integrity"
+    assert command in res.stdout.splitlines(), res.stdout

@@ -43,7 +43,7 @@ from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
-from alseg.progress import console
+from alseg.progress import console, results
 from alseg.seeds import round_seed
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
@@ -368,7 +368,7 @@ class LoopDriver:
             else:
                 value = row.get(AGREEMENT_COLUMN) or "—"
                 shown = f"no test labels; agreement with the previous round {value}"
-            console.print(f"round {round_}: {len(labelled)} items labelled — {shown}")
+            results.print(f"round {round_}: {len(labelled)} items labelled — {shown}", soft_wrap=True)
         if round_ < self.config.rounds:
             self.prepare_batch(round_ + 1, module)
 
