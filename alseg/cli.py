@@ -319,6 +319,8 @@ InitialOpt = Annotated[int, typer.Option("--initial", help=_h("initial"))]
 ConfigOpt = Annotated[Configuration, typer.Option("--config", "-c", help=_h("config"))]
 FoldOpt = Annotated[int, typer.Option("--fold", help=_h("fold"))]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help=_h("epochs"))]
+InitialEpochsOpt = Annotated[Optional[int], typer.Option("--initial-epochs", help=_h("initial_epochs"))]
+CandidatesOpt = Annotated[Optional[int], typer.Option("--candidates", help=_h("candidates"))]
 ItersOpt = Annotated[int, typer.Option("--iters-per-epoch", help=_h("iters_per_epoch"))]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))]
 McOpt = Annotated[int, typer.Option("--mc-passes", help=_h("mc_passes"))]
@@ -362,9 +364,11 @@ def loop(
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
+    initial_epochs: InitialEpochsOpt = _d("initial_epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
     mc_passes: McOpt = _d("mc_passes"),
+    candidates: CandidatesOpt = _d("candidates"),
     oracle: OracleOpt = OracleKind(_d("oracle")),
     devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
@@ -395,9 +399,11 @@ def loop(
         fold=fold,
         test_cases=test_cases,
         epochs=epochs,
+        initial_epochs=initial_epochs,
         iters_per_epoch=iters_per_epoch,
         batch_size=batch_size,
         mc_passes=mc_passes,
+        candidates=candidates,
         oracle=oracle,
         devices=devices,
         strategy_options=_parse_strategy_options(option),
@@ -437,6 +443,7 @@ def loop(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     target: Annotated[
         Path, typer.Argument(metavar="DATASET_OR_PLANDIR", help="A dataset (planned once) or a plan folder.")
     ],
@@ -452,12 +459,29 @@ def compare(
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
+    initial_epochs: InitialEpochsOpt = _d("initial_epochs"),
     iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
     batch_size: BatchOpt = _d("batch_size"),
     mc_passes: McOpt = _d("mc_passes"),
+    candidates: CandidatesOpt = _d("candidates"),
     devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
+    settings_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--settings",
+            help="Start from the loop options in this JSON file (a protocol; strategy and seed are the grid's); "
+            "options typed here override it.",
+        ),
+    ] = None,
+    shared_initial_round: Annotated[
+        bool,
+        typer.Option(
+            "--shared-initial-round",
+            help="Train round 0 once per seed and copy it into every strategy's run (it depends on the seed only).",
+        ),
+    ] = False,
     jobs: Annotated[
         int, typer.Option("--jobs", min=1, help="Runs in parallel (one GPU each when there are GPUs).")
     ] = 1,
@@ -498,7 +522,7 @@ def compare(
     )
     executor_options.check()  # before any work
     names = parse_strategies(strategies_)
-    settings = LoopSettings.checked(
+    values = dict(
         rounds=rounds,
         budget=budget,
         initial=initial,
@@ -506,12 +530,24 @@ def compare(
         fold=fold,
         test_cases=test_cases,
         epochs=epochs,
+        initial_epochs=initial_epochs,
         iters_per_epoch=iters_per_epoch,
         batch_size=batch_size,
         mc_passes=mc_passes,
+        candidates=candidates,
         devices=devices,
         strategy_options=_parse_strategy_options(option, names),
     )
+    if settings_file is not None:  # a protocol file: typed options override it
+        typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
+        given = {("strategy_options" if k == "option" else k) for k in typed}
+        base = load_settings_file(settings_file).model_dump()
+        values = {**base, **{k: v for k, v in values.items() if k in given}}
+        if "strategy_options" not in given:
+            values["strategy_options"] = _parse_strategy_options(
+                [f"{k}={v}" for k, v in base["strategy_options"].items()], names
+            )
+    settings = LoopSettings.checked(**values)
     cells = run_compare(
         target,
         exp_dir,
@@ -522,6 +558,7 @@ def compare(
         full_reference=full,
         workers=workers,
         executor=executor_options,
+        shared_initial_round=shared_initial_round,
     )
     if executor_options.executor == "slurm":
         out.print(f"{len(cells)} runs in {exp_dir}; when 'alseg status {exp_dir}' shows them finished: alseg report")
@@ -692,7 +729,7 @@ def _print_study(result: dict) -> None:
 
 @app.command()
 def strategies() -> None:
-    """List the selection strategies and their options."""
+    """List the selection strategies, where each comes from, and their options with defaults."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.strategies import available, describe
 

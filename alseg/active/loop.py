@@ -54,6 +54,7 @@ __all__ = [
     "ActiveLoop",
     "AnnotationIncomplete",
     "agreement_cases",
+    "candidate_items",
     "picture_cases",
     "trainer_settings",
 ]
@@ -77,6 +78,20 @@ def agreement_cases(train_ids: list[str], seed: int) -> list[str]:
 def picture_cases(test_ids: list[str]) -> list[str]:
     """The fixed picture cases: the first test cases by name, the same for every strategy and round."""
     return sorted(test_ids)[:PICTURE_CASES]
+
+
+CANDIDATE_STREAM = 1
+"""Third word of the candidates' seed (:meth:`LoopDriver.candidate_rng`)."""
+
+
+def candidate_items(labelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted pool indices a strategy sees with ``--candidates n``: every labelled item and the
+    first ``n`` unlabelled items of a uniform permutation of the whole pool. The permutation
+    depends on the generator only, so two strategies with the same seed see the same order of
+    items; only which of them are labelled already differs."""
+    order = rng.permutation(len(labelled))
+    unlabelled = order[~labelled[order]][:n]
+    return np.sort(np.concatenate([np.flatnonzero(labelled), unlabelled])).astype(np.int64)
 
 
 def check_mc_passes(strategy: str, mc_passes: int) -> None:
@@ -109,6 +124,12 @@ def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> N
             f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} "
             "items) — lower --budget"
         )
+    if cfg.candidates is not None and cfg.candidates < cfg.budget:
+        raise AlsegError(
+            f"--candidates {cfg.candidates} is smaller than --budget {cfg.budget} — draw at least as many candidates"
+        )
+    if cfg.candidates is not None and cfg.devices.isdigit() and int(cfg.devices) > 1:
+        raise AlsegError("--candidates works on one device for now — use --devices 1, or drop --candidates")
     if cfg.initial + cfg.rounds * cfg.budget > n:
         most = (n - cfg.initial) // cfg.budget
         raise AlsegError(
@@ -310,11 +331,12 @@ class LoopDriver:
             num_workers=self.workers,
             seed=seed,
         )
+        epochs = self.config.round0_epochs if round_ == 0 else self.config.epochs
         bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
         trainer = make_trainer(
             trainer_settings(self.config),
-            max_epochs=self.config.epochs,
-            callbacks=[ActiveLoop(self, round_)] + ([RoundProgressBar(round_, self.config.epochs)] if bar else []),
+            max_epochs=epochs,
+            callbacks=[ActiveLoop(self, round_)] + ([RoundProgressBar(round_, epochs)] if bar else []),
             logger=[
                 CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
                 TensorBoardLogger(
@@ -387,13 +409,16 @@ class LoopDriver:
                 "seconds": {"select": time.perf_counter() - t0},
             }
             return record
-        labelled = self.labelled_mask
+        pool, labelled = self.pool, self.labelled_mask
+        if self.config.candidates is not None:  # the strategy chooses among the labelled items and the candidates
+            shown = candidate_items(labelled, self.config.candidates, self.candidate_rng(round_))
+            pool, labelled = self.pool.subset(shown), labelled[shown]
         net = module.net
         device = module.device
         conf = module.config
         ctx = SelectionContext(
             model=net,
-            pool=self.pool,
+            pool=pool,
             labelled=labelled,
             budget=self.config.budget,
             rng=self.rng(round_),
@@ -426,10 +451,11 @@ class LoopDriver:
         record = {
             "round": round_,
             "strategy": self.config.strategy,
-            "selected": [self.pool[int(i)].id for i in sel.indices],
+            "selected": [pool[int(i)].id for i in sel.indices],
             "scores": scores,
             "batch_uncertainty": sel.batch_uncertainty,
             "seconds": seconds,
+            **({"n_candidates": int((~labelled).sum())} if self.config.candidates is not None else {}),
             **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
         }
         if sel.embedding_map is not None:
@@ -628,6 +654,11 @@ class LoopDriver:
     def rng(self, round_: int) -> np.random.Generator:
         """The generator of one round: the same on a resumed run as on an uninterrupted one."""
         return np.random.default_rng([self.config.seed, round_])
+
+    def candidate_rng(self, round_: int) -> np.random.Generator:
+        """The generator of a round's candidates (``--candidates``): its own stream, apart from the
+        strategy's, so that the same seed draws the same order of items for every strategy."""
+        return np.random.default_rng([self.config.seed, round_, CANDIDATE_STREAM])
 
     @property
     def labelled_mask(self) -> np.ndarray:

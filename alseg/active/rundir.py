@@ -47,6 +47,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -509,6 +510,28 @@ class RunDir:
         return [p for p in self.path.rglob(".*") if p.is_file() and is_temp_file(p)]
 
     # --- writing -------------------------------------------------------------------------------
+    def fork(self, dest: Path, **changes: Any) -> "RunDir":
+        """A copy of this run at ``dest`` with the config fields ``changes`` changed (e.g. another
+        strategy and more rounds), unfinished, to be resumed from its last finished round.
+
+        ``alseg compare --shared-initial-round`` trains round 0 once per seed and forks it into
+        every strategy's cell: round 0 depends on the seed only. The copy is made in a hidden
+        sibling folder and renamed, so a kill leaves either no cell or a whole one."""
+        dest = Path(dest)
+        if dest.exists():
+            raise AlsegError("exists already — a run is only forked into a new folder", dest)
+        tmp = dest.with_name(f".{dest.name}.forking")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(self.path, tmp, ignore=shutil.ignore_patterns(LOCK))
+        copy = RunDir(tmp)
+        copy.save_config(copy.load_config().model_copy(update=changes))
+        state = copy.load_state()
+        state.finished = False
+        copy.save_state(state)
+        os.replace(tmp, dest)
+        return RunDir(dest)
+
     def save_config(self, config: RunConfig) -> None:
         atomic_write_text(self.config_path, config.model_dump_json(indent=2) + "\n")
 
@@ -758,7 +781,13 @@ def read_labelled_voxels(run_dir: Path, rounds: np.ndarray) -> dict[int, dict[st
 
 
 def find_run_dirs(exp_dir: Path) -> list[Path]:
-    """Every directory below ``exp_dir`` (any depth, itself included) holding config.json + metrics.csv."""
+    """Every directory below ``exp_dir`` (any depth, itself included) holding config.json + metrics.csv,
+    except inside hidden folders (``.round0``: a grid's shared round 0, forks being copied)."""
     if not exp_dir.is_dir():
         raise AlsegError("experiment directory does not exist", exp_dir)
-    return sorted(p.parent for p in exp_dir.rglob(CONFIG) if (p.parent / METRICS).is_file())
+    return sorted(
+        p.parent
+        for p in exp_dir.rglob(CONFIG)
+        if (p.parent / METRICS).is_file()
+        and not any(part.startswith(".") for part in p.parent.relative_to(exp_dir).parts)
+    )

@@ -67,9 +67,18 @@ class LoopSettings(BaseModel):
         "Default: the --fold split when every case is labelled, else the labelled cases.",
     )
     epochs: int = Field(1, ge=1, description="Epochs per round.")
+    initial_epochs: int | None = Field(
+        None, ge=1, description="Epochs of round 0, trained from scratch on the initial set (default: --epochs)."
+    )
     iters_per_epoch: int = Field(50, ge=1, description="Training iterations per epoch.")
     batch_size: int | None = Field(None, ge=1, description="Override the plan's batch size.")
     mc_passes: int = Field(10, ge=1, description="Monte-Carlo dropout passes for uncertainty.")
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        description="Unlabelled items drawn uniformly each round for the strategy to choose from (every strategy "
+        "alike; default: the whole pool).",
+    )
     oracle: OracleKind = Field(
         OracleKind.simulated,
         description="simulated (ground truth); files (a person annotates a package per case: image, "
@@ -98,6 +107,16 @@ class LoopSettings(BaseModel):
             if dup:
                 raise ValueError(f"names case '{dup[0]}' twice")
         return v
+
+    @property
+    def round0_epochs(self) -> int:
+        """Epochs of round 0: ``initial_epochs``, else ``epochs``."""
+        return self.initial_epochs or self.epochs
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of a whole loop, round 0 included (the full-data reference trains as long)."""
+        return self.round0_epochs + self.epochs * self.rounds
 
     @classmethod
     def checked(cls, **values: Any) -> "LoopSettings":

@@ -93,6 +93,11 @@ class Pool:
             out[it.case_id] = out.get(it.case_id, 0) + 1
         return out
 
+    def subset(self, indices: np.ndarray | list[int]) -> "Pool":
+        """A pool of the items at ``indices`` (in that order): what a strategy sees when it may
+        choose among some items only; index ``j`` of the subset is ``indices[j]`` here."""
+        return Pool([self.items[int(i)] for i in indices], self.config_name, self.patch_size)
+
     def fingerprint(self) -> str:
         """A short hash of the item ids: a run directory refuses a pool that differs."""
         h = hashlib.sha256("\n".join(self.ids).encode())

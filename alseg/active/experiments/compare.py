@@ -48,6 +48,8 @@ from alseg.strategies import available, options_for
 __all__ = [
     "Cell",
     "CellFailed",
+    "ROUND0_DIR",
+    "fork_initial_rounds",
     "CellJob",
     "CellStatus",
     "ExecutorOptions",
@@ -58,6 +60,10 @@ __all__ = [
     "run_compare",
     "grid_status",
 ]
+
+ROUND0_DIR = ".round0"
+"""``EXP/.round0/seed_<s>``: round 0 of seed ``s``, trained once and forked into every strategy's
+cell (``--shared-initial-round``); hidden, so reports skip it."""
 
 EXECUTORS = ("local", "slurm")
 SUBMITIT_DIR = ".submitit"
@@ -142,7 +148,7 @@ def run_full_reference(
             show_progress=False,
             test_cases=settings.test_cases,
         )
-    epochs = settings.epochs * (settings.rounds + 1)  # as many iterations as a whole loop
+    epochs = settings.total_epochs  # as many iterations as a whole loop
     ts = one_device(trainer_settings(settings))  # trains inside 'alseg compare': never re-launched for DDP
     final = train(
         ws.plans,
@@ -271,6 +277,34 @@ def slurm_executor(folder: Path, options: ExecutorOptions, jobs: int) -> submiti
     return ex
 
 
+def fork_initial_rounds(
+    plan_dir: Path, exp_dir: Path, cells: list[Cell], settings: LoopSettings, workers: int | None
+) -> None:
+    """Give every cell that has not started a copy of its seed's round 0, trained once.
+
+    Round 0 depends on the seed only (the initial set is drawn from the seed, the network is
+    trained from scratch with the seed), never on the strategy, so one training per seed serves
+    every strategy and the cells start at round 1's selection. The seed's round 0 is an
+    ordinary run (``random``, ``--rounds 0``) in ``EXP/.round0/seed_<s>``, resumable like any
+    cell; each cell is a :meth:`RunDir.fork` of it with the cell's strategy, options and rounds.
+    """
+    for seed in sorted({c.seed for c in cells}):
+        fresh = [c for c in cells if c.seed == seed and not c.run_dir.exists()]
+        if not fresh:
+            continue
+        template = Cell("random", seed, Path(exp_dir) / ROUND0_DIR / f"seed_{seed}")
+        if not template.finished():
+            base = settings.model_copy(update={"rounds": 0, "strategy_options": {}})
+            console.print(f"seed {seed}: training round 0 once for {len(fresh)} cell(s) ({template.run_dir})")
+            try:
+                CellJob(loop_command(plan_dir, template, base, workers), template.log_path)()
+            except CellFailed as e:
+                raise AlsegError(f"round 0 of seed {seed} failed ({e}); see {template.log_path}") from None
+        for c in fresh:
+            own = options_for([c.strategy], settings.strategy_options)[c.strategy]
+            RunDir(template.run_dir).fork(c.run_dir, strategy=c.strategy, strategy_options=own, rounds=settings.rounds)
+
+
 def run_compare(
     target: Path,
     exp_dir: Path,
@@ -282,12 +316,18 @@ def run_compare(
     workers: int | None = None,
     show_progress: bool = True,
     executor: ExecutorOptions | None = None,
+    shared_initial_round: bool = False,
 ) -> list[Cell]:
-    """Run (locally) or submit (SLURM) every unfinished cell, then the full-data reference."""
+    """Run (locally) or submit (SLURM) every unfinished cell, then the full-data reference.
+
+    ``shared_initial_round``: round 0 is trained once per seed and copied into each strategy's
+    cell (:func:`fork_initial_rounds`); cells run seed by seed."""
     options = executor or ExecutorOptions()
     options.check()
     for strategy in strategies:  # a strategy that needs more MC passes fails before any planning
         check_mc_passes(strategy, settings.mc_passes)
+    if shared_initial_round and options.executor != "local":
+        raise AlsegError("--shared-initial-round trains round 0 on this machine — use it with --executor local")
     exp_dir = Path(exp_dir)
     folder = exp_dir / SUBMITIT_DIR
     slurm = slurm_executor(folder, options, jobs) if options.executor == "slurm" else None  # before any work
@@ -312,6 +352,9 @@ def run_compare(
         f"{len(cells)} runs, {len(cells) - len(todo) - len(busy)} already finished"
         + (f", {len(busy)} running elsewhere (left alone)" if busy else "")
     )
+    if shared_initial_round:
+        fork_initial_rounds(plan_dir, exp_dir, todo, settings, workers)
+        todo.sort(key=lambda c: c.seed)  # a grid stopped half-way has whole seeds
     jobs_of = [(c, CellJob(loop_command(plan_dir, c, settings, workers), c.log_path)) for c in todo]
     if slurm is not None:
         _submit_slurm(slurm, jobs_of, plan_dir, exp_dir, settings, workers, full_reference)

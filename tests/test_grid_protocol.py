@@ -1,0 +1,129 @@
+"""What the Hippocampus grid runs on, on tiny data: a protocol file, round 0 trained once per seed
+and forked into every cell, candidate subsets, a longer round 0, and the one command that
+re-runs a cell giving the cell's numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import run_cli
+
+from alseg.active.loop import candidate_items
+from alseg.active.rundir import RunDir, find_run_dirs
+from alseg.active.settings import LoopSettings
+
+PROTOCOL = {
+    "rounds": 1,
+    "budget": 4,
+    "initial": 8,
+    "epochs": 1,
+    "initial_epochs": 2,
+    "iters_per_epoch": 2,
+    "batch_size": 4,
+    "mc_passes": 2,
+    "candidates": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def plan_dir(tmp_path_factory) -> Path:
+    from alseg.data.synthetic import generate_dataset
+    from alseg.plans.planner import plan_dataset
+
+    root = tmp_path_factory.mktemp("grid_protocol")
+    data = generate_dataset(root / "data", cases=6, test_cases=0)
+    plan_dataset(data, root / "plan", show_progress=False)
+    return root / "plan"
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("protocol") / "protocol.json"
+    path.write_text(json.dumps(PROTOCOL))
+    return path
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _dice(run: Path) -> list[tuple[str, ...]]:
+    return [tuple(v for k, v in row.items() if k.startswith("dice_")) for row in _metrics(run)]
+
+
+def test_candidate_items_keep_the_labelled_and_draw_the_same_order_for_every_strategy():
+    labelled = np.zeros(30, bool)
+    labelled[[2, 5, 7]] = True
+    a = candidate_items(labelled, 6, np.random.default_rng([4, 1, 1]))
+    assert set(np.flatnonzero(labelled)) <= set(a) and len(a) == 9 and list(a) == sorted(a)
+    # another strategy labelled item 11 as well: it sees the same permutation, minus what it labelled
+    other = labelled.copy()
+    other[11] = True
+    b = candidate_items(other, 6, np.random.default_rng([4, 1, 1]))
+    order = np.random.default_rng([4, 1, 1]).permutation(30)
+    assert list(np.setdiff1d(b, np.flatnonzero(other))) == sorted([int(o) for o in order if not other[o]][:6])
+    assert list(np.setdiff1d(a, np.flatnonzero(labelled))) == sorted([int(o) for o in order if not labelled[o]][:6])
+
+
+def test_protocol_validation_refuses_fewer_candidates_than_the_budget(plan_dir, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["loop", str(plan_dir), "-o", str(tmp_path / "r"), "--budget", "5", "--candidates", "3", "--initial", "4"],
+        capsys,
+    )
+    assert code == 2 and "--candidates 3 is smaller than --budget 5" in err
+
+
+def _epochs_trained(run: Path) -> list[int]:
+    """Epochs of each round's fit, from Lightning's CSV logs."""
+    out = []
+    for path in sorted((run / "logs").rglob("metrics.csv")):
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "")]
+        out.append(max(int(r["epoch"]) for r in rows) + 1)
+    return out
+
+
+def test_shared_round_zero_forks_equal_the_one_command_rerun(plan_dir, protocol, tmp_path, capsys):
+    """The grid trains round 0 once per seed (for --initial-epochs) and forks it; re-running a
+    cell with `alseg loop --settings protocol.json --strategy S --seed N` gives the cell's rows
+    exactly (both as subprocesses, as a user runs them: the same threads, the same floats)."""
+    exp = tmp_path / "exp"
+    args = ["compare", str(plan_dir), "-o", str(exp), "--settings", str(protocol), "--strategies", "bald"]
+    code, _, err = run_cli([*args, "--seeds", "1", "--workers=0", "--no-full", "--shared-initial-round"], capsys)
+    assert code == 0, err
+    round0 = exp / ".round0" / "seed_0"
+    assert RunDir(round0).finished() and len(_metrics(round0)) == 1
+    assert _epochs_trained(round0) == [2]  # --initial-epochs 2 (the protocol's), not --epochs 1
+    cell = exp / "bald" / "seed_0"
+    config = json.loads((cell / "config.json").read_text())
+    assert config["strategy"] == "bald" and config["rounds"] == 1 and config["candidates"] == 10
+    assert [r["round"] for r in _metrics(cell)] == ["0", "1"]
+    assert _metrics(cell)[0]["dice_mean"] == _metrics(round0)[0]["dice_mean"]
+    assert sorted(_epochs_trained(cell)) == [1, 2]
+    record = json.loads((cell / "rounds" / "round_001.json").read_text())
+    assert record["n_candidates"] == 10 and len(record["selected"]) == 4  # chosen among 10 candidates
+    # the one command that re-runs the cell, in its own process as compare's cells are
+    rerun = tmp_path / "rerun"
+    cmd = [sys.executable, "-m", "alseg", "loop", str(plan_dir), "-o", str(rerun), "--settings", str(protocol)]
+    done = subprocess.run(
+        [*cmd, "--strategy", "bald", "--seed", "0", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert _dice(rerun) == _dice(cell)
+    again = json.loads((rerun / "rounds" / "round_001.json").read_text())
+    assert again["selected"] == record["selected"]
+    # reports skip the hidden round-0 run
+    assert find_run_dirs(exp) == [cell]
+    assert LoopSettings(epochs=2, initial_epochs=5, rounds=3).total_epochs == 11
+    assert LoopSettings(epochs=2, rounds=3).total_epochs == 8
