@@ -257,3 +257,84 @@ def test_a_round_whose_scores_are_all_nan_stops_naming_the_strategy(tiny_plan: P
     with pytest.raises(AlsegError, match="every score of strategy 'bald' is NaN or infinite"):
         driver.run_all()
     assert not list((tmp_path / "run" / "rounds").glob("round_001*.json"))
+
+
+# --- 5. intensities and geometry ---------------------------------------------------------------------
+def _rewrite_nifti(path: Path, *, pixdim=None, affine=None, voxel=None) -> None:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj).copy()
+    if voxel is not None:
+        data.flat[7] = voxel
+    out = nib.Nifti1Image(data, affine if affine is not None else img.affine)
+    if pixdim is not None:
+        out.header["pixdim"][1:4] = pixdim
+    nib.save(out, str(path))
+
+
+GEOMETRY_DAMAGE = {
+    "zero spacing": (dict(pixdim=(1.0, 0.0, 1.0)), "has voxel spacing (1.0, 0.0, 1.0)"),
+    "NaN spacing": (dict(pixdim=(1.0, 1.0, float("nan"))), "has voxel spacing (1.0, 1.0, nan)"),
+    "negative spacing": (dict(pixdim=(-1.0, 1.0, 1.0)), "every spacing must be a positive, finite number"),
+    "singular affine": (
+        dict(affine=np.array([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
+        "has a singular affine",
+    ),
+    "sheared affine": (
+        dict(affine=np.array([[1.0, 0.4, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
+        "has a sheared (non-orthogonal) affine: its axes are 21.8° off a right angle",
+    ),
+    "a voxel of 1e30": (dict(voxel=1e30), "holds 1 voxel(s) of absurd intensity (beyond ±1e+10, e.g. 1e+30)"),
+    "a voxel of -inf": (dict(voxel=-np.inf), "contains Inf in 1 voxel(s)"),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRY_DAMAGE))
+def test_check_names_the_real_cause_per_file(name: str, tmp_path: Path, capsys):
+    from builders import write_msd
+
+    root = write_msd(tmp_path / "ds")
+    damage, expected = GEOMETRY_DAMAGE[name]
+    _rewrite_nifti(root / "imagesTr" / "case_001.nii.gz", **damage)
+    code, _, err = run_cli(["check", str(root)], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert all(ln.startswith(("error: ", "warning: ")) for ln in lines), err  # no library lines between alseg's
+    hit = [ln for ln in lines if expected in ln]
+    assert hit and "imagesTr/case_001.nii.gz" in hit[0], (expected, err)
+
+
+def test_an_extreme_voxel_no_longer_overflows_the_statistics():
+    """float32 statistics overflowed (std = inf) and normalised every voxel to -0.0; with the
+    float64 fallback the statistics are finite (the outlier still dominates the z-score, which
+    is why ``check`` and ``plan`` refuse such a file), and ordinary data keep their float32
+    numbers exactly."""
+    from alseg.data.normalize import normalize
+    from alseg.plans.fingerprint import intensity_stats
+    from alseg.plans.models import Normalization
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 10, (1, 4, 8, 8)).astype(np.float32)
+    plain = x.copy()
+    norm = [Normalization(scheme="zscore", use_mask_for_norm=False)]
+    expected = (plain[0] - plain[0].mean()) / plain[0].std()
+    assert np.array_equal(normalize(plain, np.ones(x.shape[1:], bool), norm)[0], expected.astype(np.float32))
+    x[0, 0, 0, 0] = 1e30
+    out = normalize(x.copy(), np.ones(x.shape[1:], bool), norm)[0]
+    assert np.isfinite(out).all() and out[0, 0, 0] > 10 and not (out == 0).all()
+    stats = intensity_stats(x.ravel())
+    assert np.isfinite(stats.std) and stats.max == pytest.approx(1e30)
+
+
+def test_predict_refuses_an_input_with_a_nan_voxel(finished_run, tmp_path: Path, capsys):
+    data, _, run = finished_run
+    scan = tmp_path / "in" / "scan.nii.gz"
+    scan.parent.mkdir()
+    shutil.copy(sorted((data / "imagesTs").glob("*.nii.gz"))[0], scan)
+    _rewrite_nifti(scan, voxel=np.nan)
+    code, _, err = run_cli(["predict", str(run), "-i", str(scan), "-o", str(tmp_path / "out")], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "scan.nii.gz: contains NaN in 1 voxel(s)" in lines[0] and "predict refuses it" in lines[0]
+    assert not list((tmp_path / "out").glob("*.nii.gz"))

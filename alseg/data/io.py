@@ -64,6 +64,51 @@ def _geometry_of(img: sitk.Image | sitk.ImageFileReader) -> Geometry:
     )
 
 
+_GEOMETRY_FIX = (
+    "has voxel spacing",
+    "(x, y, z) — every spacing must be a positive, finite number of mm; fix the header (e.g. with nibabel or SimpleITK) and re-save",
+)
+
+
+def _check_nifti_geometry(path: Path, affine_too: bool = False) -> None:
+    """A NIfTI header's spacing, checked for what ITK would hide or garble (it reads a zero or NaN
+    voxel size as 1 mm, a negative one as a negative spacing, with warnings on stderr); with ``affine_too`` (once ITK has refused the file) also the affine,
+    singular or not orthogonal, which ITK would only call corrupt."""
+    import nibabel as nib  # only NIfTI files need it: imported here to keep start-up light
+
+    try:  # the header as written: nibabel's load would quietly "fix" a zero or negative voxel size
+        with nib.openers.ImageOpener(str(path)) as f:
+            header = nib.Nifti1Header.from_fileobj(f, check=False)
+        n = min(max(int(header["dim"][0]), 1), 3)
+        zooms = np.asarray(header["pixdim"][1 : n + 1], dtype=np.float64)
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64) if affine_too else None
+    except Exception:  # not readable as NIfTI: read_volume's own message says so
+        return
+    if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+        raise AlsegError(f"{_GEOMETRY_FIX[0]} {tuple(float(z) for z in zooms)} {_GEOMETRY_FIX[1]}", path)
+    if not affine_too:
+        return
+    m = affine[:3, :n]  # the columns of the image's own axes (a 2D image has two)
+    if not np.isfinite(m).all():
+        raise AlsegError("has an affine (sform/qform) with NaN or infinite entries — fix the header and re-save", path)
+    norms = np.linalg.norm(m, axis=0)
+    singular = np.linalg.svd(m, compute_uv=False)
+    if (norms < 1e-12).any() or singular[-1] < 1e-9 * singular[0]:
+        raise AlsegError(
+            "has a singular affine (sform/qform): its axes do not span 3D space, so no voxel has a place — "
+            "fix the header (set a valid sform or qform) and re-save",
+            path,
+        )
+    cos = m / norms
+    off = float(np.abs(cos.T @ cos - np.eye(n)).max())
+    if off > 1e-3:
+        raise AlsegError(
+            f"has a sheared (non-orthogonal) affine: its axes are {np.degrees(np.arcsin(min(off, 1.0))):.1f}° off a right "
+            "angle, which ITK and nnU-Net cannot represent — resample it onto an orthogonal grid and re-save",
+            path,
+        )
+
+
 def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     """One file as an array in (z, y, x) order (4D files come back as (t, z, y, x)).
 
@@ -75,10 +120,13 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     if not path.is_file():
         raise AlsegError("file not found — add it or remove it from dataset.json", path)
     corrupt = AlsegError("cannot be read (truncated or corrupt image file) — re-export or re-download it", path)
+    nifti = path.name.endswith((".nii", ".nii.gz"))
+    if nifti:
+        _check_nifti_geometry(path)  # ITK reads a zero spacing as 1 and calls a singular affine corrupt
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        if path.name.endswith((".nii", ".nii.gz")):
+        if nifti:
             reader.ReadImageInformation()
             img = reader
             import nibabel as nib  # only NIfTI files need it: imported here to keep start-up light
@@ -88,8 +136,13 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
             img = reader.Execute()
             arr = sitk.GetArrayFromImage(img)
     except Exception:
+        if nifti:
+            _check_nifti_geometry(path, affine_too=True)  # the real cause, when it is the affine
         raise corrupt from None
     geom = _geometry_of(img)
+    spacing = np.asarray(geom.spacing, dtype=np.float64)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise AlsegError(f"{_GEOMETRY_FIX[0]} {tuple(geom.spacing)[::-1]} {_GEOMETRY_FIX[1]}", path)
     dim = img.GetDimension()
     if arr.ndim != dim:  # nibabel drops trailing singleton axes that the header declares
         arr = arr.reshape((1,) * (dim - arr.ndim) + arr.shape)

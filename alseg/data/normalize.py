@@ -14,10 +14,21 @@ import numpy as np
 
 from alseg.plans.models import Normalization
 
-__all__ = ["NORM_EPS", "normalize"]
+__all__ = ["NORM_EPS", "mean_std", "normalize"]
 
 NORM_EPS = 1e-8
 """Lower bound of a standard deviation we divide by (nnU-Net's 1e-8)."""
+
+
+def mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``x``: in its own float32 (as nnU-Net, bit for bit), and again in float64
+    when float32 overflows — a voxel beyond ~1e19 squares past float32's range, the std becomes
+    infinite and the whole case would be divided into zeros."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = x.mean(), x.std()
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        mean, std = x.mean(dtype=np.float64), x.std(dtype=np.float64)
+    return mean, std
 
 
 def normalize(data: np.ndarray, mask: np.ndarray, normalizations: Sequence[Normalization]) -> np.ndarray:
@@ -35,10 +46,10 @@ def normalize(data: np.ndarray, mask: np.ndarray, normalizations: Sequence[Norma
         elif norm.scheme == "zscore":
             if norm.use_mask_for_norm:
                 inside = x[mask]
-                mean, std = inside.mean(), inside.std()
+                mean, std = mean_std(inside)
                 x[mask] = (inside - mean) / max(std, NORM_EPS)
             else:
-                mean, std = x.mean(), x.std()
+                mean, std = mean_std(x)
                 x -= mean
                 x /= max(std, NORM_EPS)
         elif norm.scheme != "none":

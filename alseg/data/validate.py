@@ -16,7 +16,7 @@ from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
 from alseg.errors import AlsegError
 from alseg.progress import progress_map
 
-__all__ = ["CaseSummary", "CheckResult", "check_case", "check_dataset"]
+__all__ = ["ABSURD_INTENSITY", "CaseSummary", "CheckResult", "check_case", "check_dataset", "intensity_problem"]
 
 
 @dataclass
@@ -39,6 +39,27 @@ class CheckResult:
         return not self.problems
 
 
+ABSURD_INTENSITY = 1e10
+"""No scanner writes intensities beyond this magnitude: such a voxel is corrupt (or a wrong data
+type). It would dominate the z-score of its case (every other voxel normalised to about 0)."""
+
+
+def intensity_problem(channel: np.ndarray) -> str | None:
+    """What is wrong with one channel's intensities (non-finite or absurd voxels), or None."""
+    finite = np.isfinite(channel)
+    if not finite.all():
+        bad = "NaN" if np.isnan(channel).any() else "Inf"
+        return f"contains {bad} in {int((~finite).sum())} voxel(s) — replace them (e.g. with the image minimum) and re-save"
+    big = np.abs(channel) > ABSURD_INTENSITY
+    if big.any():
+        extreme = float(channel[big][np.argmax(np.abs(channel[big]))])
+        return (
+            f"holds {int(big.sum())} voxel(s) of absurd intensity (beyond ±{ABSURD_INTENSITY:.0e}, e.g. {extreme:.3g}): "
+            "they would swamp the case's normalisation — replace them (e.g. with the image minimum) and re-save"
+        )
+    return None
+
+
 def check_case(case: CaseFiles, n_channels: int, labels: tuple[int, ...]) -> CaseSummary | str:
     """One case's summary, or the one-line problem that stops it."""
     if case.label is not None and not case.label.is_file() and all(p.is_file() for p in case.images):
@@ -51,10 +72,10 @@ def check_case(case: CaseFiles, n_channels: int, labels: tuple[int, ...]) -> Cas
         image, label, geom = load_case(case, n_channels)
     except AlsegError as e:
         return str(e)
-    finite = np.isfinite(image)
-    if not finite.all():
-        bad = "NaN" if np.isnan(image).any() else "Inf"
-        return f"{case.images[0]}: contains {bad} in {int((~finite).sum())} voxel(s) — replace them (e.g. with the image minimum) and re-save"
+    for c in range(image.shape[0]):
+        problem = intensity_problem(image[c])
+        if problem:
+            return f"{case.images[c] if len(case.images) > c else case.images[0]}: {problem}"
     counts: dict[int, int] = {}
     if label is not None:
         values, n = np.unique(label, return_counts=True)

@@ -42,6 +42,7 @@ from alseg.data.dataset import CaseFiles, load_case, read_dataset
 from alseg.data.io import IMAGE_SUFFIXES, Geometry, readable_volume, write_volume
 from alseg.data.pipeline import preprocess_case
 from alseg.data.restore import logits_to_original
+from alseg.data.validate import intensity_problem
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.module import SegmentationModule
@@ -200,6 +201,12 @@ def predict_case(module: SegmentationModule, case: CaseFiles, *, tta: bool = Fal
     """Predict one case with ``module`` (on the device it is on, in eval mode)."""
     plans, config = module.plans, module.config
     image, _, geometry = load_case(case, len(plans.channel_names))
+    for c in range(image.shape[0]):  # one NaN would turn the whole map into background
+        problem = intensity_problem(image[c])
+        if problem:
+            raise AlsegError(
+                f"{problem}; predict refuses it", case.images[c] if len(case.images) > c else case.images[0]
+            )
     data, _, props = preprocess_case(image, None, geometry, plans, config.name)
     module.net.eval()
     with torch.inference_mode():

@@ -82,10 +82,14 @@ def _analyze(job: tuple) -> CaseFingerprint:
 def intensity_stats(samples: np.ndarray) -> IntensityStats:
     """nnU-Net's statistics of one channel's pooled foreground samples."""
     p005, median, p995 = np.percentile(samples, PERCENTILES)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = np.mean(samples), np.std(samples)
+    if not (np.isfinite(mean) and np.isfinite(std)):  # float32 overflowed (a voxel beyond ~1e19): float64
+        mean, std = np.mean(samples, dtype=np.float64), np.std(samples, dtype=np.float64)
     return IntensityStats(
-        mean=float(np.mean(samples)),
+        mean=float(mean),
         median=float(median),
-        std=float(np.std(samples)),
+        std=float(std),
         min=float(np.min(samples)),
         max=float(np.max(samples)),
         percentile_00_5=float(p005),
