@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alseg import __version__
 from alseg.active.rundir import RunDir
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
 from alseg.errors import AlsegError
@@ -40,8 +41,6 @@ err = Console(stderr=True)
 
 def _print_version(value: bool) -> None:
     if value:
-        from alseg import __version__
-
         out.print(f"alseg {__version__}", markup=False, highlight=False)
         raise typer.Exit()
 
@@ -427,8 +426,10 @@ def loop(
     except AnnotationIncomplete as e:
         for p in e.problems:
             err.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
+        rejected = f" in {len(e.problems)} file(s) named above" if e.problems else ""
         out.print(
-            f"round {e.round}: {len(e.accepted)} mask(s) accepted, {e.n_waiting} still missing, {len(e.problems)} rejected. "
+            f"round {e.round}: of {e.n_selected} selected item(s), {len(e.accepted)} accepted, {e.n_waiting} still "
+            f"missing, {e.n_rejected} rejected{rejected}. "
             f"Annotate the items in {e.folder} (see {e.guide.name if e.guide else 'its files'}), then run the same "
             "command with --resume.",
             markup=False,

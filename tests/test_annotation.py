@@ -158,7 +158,14 @@ def test_package_is_in_the_original_geometry(data, reference: Path):
         assert case["slices"] == sorted(
             int(it["id"].split(":")[2]) for it in case["items"]
         )  # 2D: transpose is identity
-        assert f"{case_id}: {len(case['items'])} item(s)" in text and case["label"] in text
+        size = " x ".join(str(s) for s in nib.load(str(source)).shape)  # nibabel counts voxels (x, y, z)
+        assert case["shape_xyz"] == list(nib.load(str(source)).shape) == case["shape"][::-1]
+        assert f"{case_id}: image {size} voxels (x, y, z); {len(case['items'])} item(s)" in text
+        assert case["label"] in text
+        for it in case["items"]:
+            assert it["region_xyz"] == it["region"][::-1]
+            assert it["rank"] is None and it["score"] is None  # a random batch: no score, no rank
+        assert "random choice" in text
 
 
 def test_a_person_round_trip_with_a_resume_matches_the_uninterrupted_run(data, reference: Path, tmp_path: Path):
@@ -229,7 +236,7 @@ def test_region_only_accepted_and_wrong_files_rejected_one_line_each(data, tmp_p
         _driver(plan_dir, run, resume=True, seed=0).run_all()
     problems = rejected.value.problems
     assert len(problems) == 3 and all("\n" not in p for p in problems)
-    assert problems[0].startswith(str(folder / shape["label"])) and "shape" in problems[0]
+    assert problems[0].startswith(str(folder / shape["label"])) and "(x, y, z;" in problems[0]  # as viewers count
     assert problems[1].startswith(str(folder / origin["label"])) and "origin" in problems[1]
     assert problems[2].startswith(str(folder / value["label"])) and "label value(s) [7]" in problems[2]
     assert all("—" in p for p in problems)  # each names the fix
@@ -279,3 +286,52 @@ def test_every_channel_file_is_copied_and_an_mhd_pair_becomes_one_file(tmp_path:
     assert written[0].read_bytes() == files[0].read_bytes()
     array, copied = read_volume(written[1])
     assert copied.matches(geometry) is None and np.all(array == 2)
+
+
+def test_package_has_the_viewers_label_files_and_ranks_scored_items(data, reference: Path, tmp_path: Path):
+    """ITK-SNAP's label descriptions and Slicer's colour table from dataset.json's names; a scored
+    batch's items carry their score and rank (1: the highest) in the manifest and README.txt."""
+    import re
+    import shutil
+
+    dataset, plan_dir = data
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    record_path = run / "rounds" / "round_001.json"
+    record = json.loads(record_path.read_text())
+    record["strategy"] = "entropy"
+    record["scores"] = [0.5 + k for k in range(len(record["selected"]))]  # the last selected scores highest
+    record_path.write_text(json.dumps(record))
+    shutil.rmtree(run / "annotate" / "round_001")
+    driver = _driver(plan_dir, run, resume=True)
+    folder = driver.oracle.export(1, driver.pool.indices(record["selected"]), model=None)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    labels = json.loads((dataset / "dataset.json").read_text())["labels"]  # MSD: index -> name
+    assert manifest["labels"] == labels and manifest["strategy"] == "entropy"
+    itksnap = (folder / manifest["viewer_files"]["itksnap"]).read_text()
+    rows = re.findall(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([01])\s+([01])\s+"([^"]*)"$', itksnap, re.M)
+    assert {r[0]: r[7] for r in rows} == labels
+    assert [tuple(int(v) for v in r[1:4]) for r in rows][1:3] == [(255, 0, 0), (0, 255, 0)]  # ITK-SNAP's defaults
+    assert all(line.startswith("#") for line in itksnap.splitlines() if not re.match(r"^\s*\d", line))
+    slicer = [line.split() for line in (folder / manifest["viewer_files"]["slicer"]).read_text().splitlines()]
+    table = [row for row in slicer if row and not row[0].startswith("#")]
+    assert {row[0]: row[1] for row in table} == {k: "_".join(v.split()) for k, v in labels.items()}
+    assert all(len(row) == 6 and all(0 <= int(v) <= 255 for v in row[2:]) for row in table)
+    assert [row[2:5] for row in table] == [[str(v) for v in c] for c in manifest["colours"].values()]
+
+    items = {it["id"]: it for case in manifest["cases"] for it in case["items"]}
+    n = len(record["selected"])
+    for k, item_id in enumerate(record["selected"]):
+        assert items[item_id]["score"] == 0.5 + k and items[item_id]["rank"] == n - k
+    text = (folder / "README.txt").read_text()
+    assert labels["1"] in "".join(rows[1]) and "labels_itksnap.txt" in text and "labels_slicer.ctbl" in text
+    assert f"rank 1 (score {0.5 + n - 1:.4g})" in text and "chosen by entropy" in text
+
+
+def test_batch_ranks():
+    from alseg.active.annotation import batch_ranks
+
+    assert batch_ranks({"a": 0.1, "b": 0.9, "c": 0.5}) == {"b": 1, "c": 2, "a": 3}
+    assert batch_ranks({"a": 0.1, "b": None}) == {"a": None, "b": None}
+    assert batch_ranks({}) == {}

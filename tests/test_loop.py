@@ -190,7 +190,9 @@ def test_patches_oracle_round_trip(plan_dir: Path, tmp_path: Path):
     assert second.returncode == 2
     bad = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(bad) == 1 and items[1]["mask"].split("/")[-1] in bad[0] and "differs from its image" in bad[0]
-    assert "6 mask(s) accepted, 1 still missing, 1 rejected" in " ".join(second.stdout.split())
+    assert "of 8 selected item(s), 6 accepted, 1 still missing, 1 rejected in 1 file(s)" in " ".join(
+        second.stdout.split()
+    )  # one unit: items (the patches layout has one file per item)
 
     _annotate_from_truth(folder, plan_dir)  # the person fixes both
     third = subprocess.run(args + ["--resume"], capture_output=True, text=True)

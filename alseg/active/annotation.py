@@ -7,7 +7,10 @@ for each case with selected items (file names: :class:`alseg.active.rundir.Annot
 * the pre-segmentation of the model that selected the batch, a label map on the same grid
   (rounds >= 1; round 0 has no model yet): the person corrects instead of drawing;
 * the region to annotate, a uint8 mask on the same grid (1 inside the selected items);
-* the slices and per-item voxel ranges in ``manifest.json``, and a short ``README.txt``.
+* the slices and per-item voxel ranges in ``manifest.json`` (also in the viewers' (x, y, z) order),
+  each item's score and rank in its batch, and a short ``README.txt``;
+* the classes' names (from ``dataset.json``) and colours for the viewers: an ITK-SNAP label
+  description file and a 3D Slicer colour table, one per package.
 
 The person saves one label map per case (``cases/<case>/label.nii.gz``), of the whole case or
 of the region only (zeros elsewhere). :func:`read_case_label` checks it against the image (shape,
@@ -22,7 +25,7 @@ is mapped back with the restore steps of :mod:`alseg.data.restore`, nearest neig
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,10 +56,78 @@ __all__ = [
     "check_label_values",
     "case_masks",
     "manifest_cases",
+    "label_colours",
+    "itksnap_label_description",
+    "slicer_color_table",
+    "batch_ranks",
+    "xyz",
 ]
 
 AXIS_NAMES = ("z", "y", "x")
 """The file's array axes (SimpleITK order): ``z`` is the third voxel index of the file (k)."""
+
+VIEWER_COLOURS = (
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (255, 255, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 128, 0),
+    (128, 0, 255),
+    (0, 128, 255),
+    (255, 0, 128),
+    (128, 255, 0),
+    (0, 255, 128),
+)
+"""Colours of classes 1, 2, ...: ITK-SNAP's own defaults for labels 1-6 (red, green, blue, yellow,
+cyan, magenta), then six more; repeated beyond 12 classes. ``dataset.json`` names the classes but
+has no colours (neither layout defines a field for them), so both viewers get these."""
+
+
+def xyz(values) -> list:
+    """A (z, y, x) sequence in the viewers' (x, y, z) order (ITK-SNAP and 3D Slicer count voxels so)."""
+    return list(values)[::-1]
+
+
+def label_colours(labels: dict[int, str]) -> dict[int, tuple[int, int, int]]:
+    """Class index → RGB for the viewers; background black."""
+    return {k: (0, 0, 0) if k == 0 else VIEWER_COLOURS[(k - 1) % len(VIEWER_COLOURS)] for k in sorted(labels)}
+
+
+def itksnap_label_description(labels: dict[int, str]) -> str:
+    """ITK-SNAP's label description file (Segmentation → Import Label Descriptions): one row per
+    class, ``IDX R G B A VIS MSH "LABEL"``; background transparent and hidden."""
+    lines = [
+        "################################################",
+        "# ITK-SnAP Label Description File",
+        "# written by alseg: the classes of dataset.json",
+        "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+        "################################################",
+    ]
+    for k, (r, g, b) in label_colours(labels).items():
+        visible = 0 if k == 0 else 1
+        name = labels[k].replace('"', "'")
+        lines.append(f'{k:5d} {r:5d} {g:4d} {b:4d} {float(visible):8.2f} {visible:2d} {visible:2d}    "{name}"')
+    return "\n".join(lines) + "\n"
+
+
+def slicer_color_table(labels: dict[int, str]) -> str:
+    """3D Slicer's colour table (``.ctbl``: ``index name R G B A``, names without spaces)."""
+    lines = ["# Color table file written by alseg: the classes of dataset.json", f"# {len(labels)} values"]
+    for k, (r, g, b) in label_colours(labels).items():
+        name = "_".join(labels[k].split()) or f"class_{k}"
+        lines.append(f"{k} {name} {r} {g} {b} {0 if k == 0 else 255}")
+    return "\n".join(lines) + "\n"
+
+
+def batch_ranks(scores: dict[str, float | None]) -> dict[str, int | None]:
+    """Item id → its rank in the batch by score (1: the highest); None for all when any item has
+    no score (a random choice, round 0's initial set)."""
+    if not scores or any(s is None or not np.isfinite(s) for s in scores.values()):
+        return {i: None for i in scores}
+    order = sorted(scores, key=lambda i: (-float(scores[i]), i))
+    return {item: rank for rank, item in enumerate(order, start=1)}
 
 
 def _box_slices(box) -> tuple[slice, ...]:
@@ -126,11 +197,14 @@ def presegment(module, case: CaseFiles) -> np.ndarray:
 
 @dataclass
 class CaseRequest:
-    """One case of a round's package: its files, cache properties and selected items (pool index → item)."""
+    """One case of a round's package: its files, cache properties and selected items (pool index
+    → item); ``scores``: item id → the strategy's score (None: not scored)."""
 
     case: CaseFiles
     props: dict[str, Any]
     items: dict[int, Item]
+    scores: dict[str, float | None] = field(default_factory=dict)
+    ranks: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def case_id(self) -> str:
@@ -152,7 +226,16 @@ def write_case(
     for item in sorted(req.items.values(), key=lambda it: it.id):
         region = item_region(req.props, item.box)
         slices.update(range(*region[slice_axis]))
-        entries.append({"id": item.id, "box": [list(b) for b in item.box], "region": region})
+        entries.append(
+            {
+                "id": item.id,
+                "rank": req.ranks.get(item.id),
+                "score": req.scores.get(item.id),
+                "box": [list(b) for b in item.box],
+                "region": region,
+                "region_xyz": xyz(region),
+            }
+        )
     return {
         "case": req.case_id,
         "images": [package.relative(p) for p in images],
@@ -162,36 +245,49 @@ def write_case(
         "region": package.relative(package.region(req.case_id)),
         "label": package.relative(package.label(req.case_id)),
         "shape": [int(s) for s in req.props["original_shape"]],
+        "shape_xyz": xyz(int(s) for s in req.props["original_shape"]),
         "slice_axis": AXIS_NAMES[slice_axis],
         "slices": sorted(slices),
         "items": entries,
     }
 
 
-def _readme(round_: int, labels: dict[int, str], cases: list[dict[str, Any]]) -> str:
+def _readme(
+    round_: int, labels: dict[int, str], cases: list[dict[str, Any]], package: AnnotationPackage, strategy
+) -> str:
     classes = ", ".join(f"{k} = {v}" for k, v in sorted(labels.items()))
+    itksnap, slicer = package.itksnap_labels.name, package.slicer_colors.name
     lines = [
-        f"alseg annotation package, round {round_}",
+        f"alseg annotation package, round {round_}" + (f" (items chosen by {strategy})" if strategy else ""),
         "",
         "For each case below:",
         "  1. open the image (cases/<case>/image*) in ITK-SNAP or 3D Slicer;",
         "  2. load presegmentation.nii.gz as the segmentation to correct (from round 1 on; round 0 has none),",
         "     and region.nii.gz as an overlay: it marks the voxels to annotate (the slices listed below);",
+        f"     the classes' names and colours: {itksnap} (ITK-SNAP: Segmentation > Import Label",
+        f"     Descriptions) or {slicer} (3D Slicer: drag it in, then pick it as the colour table);",
         f"  3. label every voxel inside the region ({classes});",
         "  4. save the segmentation as cases/<case>/label.nii.gz on the image's grid: the whole case,",
         "     or the region only with 0 elsewhere (then label one voxel beyond its edge too: the",
         "     plan may resample the case). Only the voxels inside the region are used.",
         "Then run the same 'alseg loop' command with --resume. A wrong file is named with the fix; the",
-        "other cases are kept. Slices are 0-based voxel indices along the named axis (z: the third",
-        "voxel index of the file, k); viewers that count from 1 show them + 1.",
+        "other cases are kept. Sizes and voxel ranges are given as the viewers show them, (x, y, z),",
+        "0-based (viewers that count from 1 show them + 1); manifest.json also has them in the file's",
+        "array order (z, y, x). An item's rank is its place in the batch by the strategy's score",
+        "(1: the highest); a random choice has none.",
         "",
         "TODO",
     ]
     for c in cases:
+        axis = c["slice_axis"]
         lines.append(
-            f"  [ ] {c['case']}: {len(c['items'])} item(s), {c['slice_axis']} slice(s) "
-            f"{_ranges(c['slices'])} -> save {c['label']}"
+            f"  [ ] {c['case']}: image {' x '.join(map(str, c['shape_xyz']))} voxels (x, y, z); "
+            f"{len(c['items'])} item(s) on {axis} slice(s) {_ranges(c['slices'])} -> save {c['label']}"
         )
+        for item in c["items"]:
+            span = ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in zip("xyz", item["region_xyz"]))
+            why = f"rank {item['rank']} (score {item['score']:.4g})" if item.get("rank") else "random choice"
+            lines.append(f"        {why}: {span}")
     return "\n".join(lines) + "\n"
 
 
@@ -214,21 +310,36 @@ def write_package(
     labels: dict[int, str],
     resampling: Resampling,
     predict: Callable[[CaseFiles], np.ndarray] | None,
+    strategy: str | None = None,
 ) -> None:
-    """Write every case's folder, then ``README.txt`` and last ``manifest.json`` (which marks the
-    package complete: a package without it is written again). ``predict``: the pre-segmentation
-    of a case on its file's grid, or None (round 0)."""
+    """Write every case's folder, the viewers' label files, then ``README.txt`` and last
+    ``manifest.json`` (which marks the package complete: a package without it is written again).
+    ``predict``: the pre-segmentation of a case on its file's grid, or None (round 0); the items'
+    ranks come from the requests' scores, over the whole batch."""
+    scores = {item: s for req in requests for item, s in req.scores.items()}
+    ranks = batch_ranks(scores)
     cases = []
     for req in sorted(requests, key=lambda r: r.case_id):
+        req.ranks = {item.id: ranks.get(item.id) for item in req.items.values()}
         pre = predict(req.case) if predict is not None else None
         cases.append(write_case(package, req, resampling, pre))
-    atomic_write_text(package.readme, _readme(round_, labels, cases))
+    atomic_write_text(package.itksnap_labels, itksnap_label_description(labels))
+    atomic_write_text(package.slicer_colors, slicer_color_table(labels))
+    atomic_write_text(package.readme, _readme(round_, labels, cases, package, strategy))
     atomic_write_json(
         package.manifest,
         {
             "round": round_,
             "layout": "cases",
+            "strategy": strategy,
             "labels": {str(k): v for k, v in sorted(labels.items())},
+            "colours": {str(k): list(c) for k, c in label_colours(labels).items()},
+            "viewer_files": {
+                "itksnap": package.relative(package.itksnap_labels),
+                "slicer": package.relative(package.slicer_colors),
+            },
+            "axes": "shape, region, box: (z, y, x), the file's array order; shape_xyz, region_xyz: (x, y, z), "
+            "the viewers' voxel order; ranges [lo, hi), 0-based. rank: place in the batch by score, 1 = highest.",
             "instructions": "Save one label map per case as its 'label' file (see README.txt); then run 'alseg loop --resume'.",
             "cases": cases,
         },
@@ -242,16 +353,20 @@ def read_case_label(path: Path, props: dict[str, Any], labels: dict[int, str]) -
     shape = tuple(int(s) for s in props["original_shape"])
     if label.shape != shape:
         raise AlsegError(
-            f"shape {label.shape} differs from the case's image {shape} — save the label on the image's grid "
+            f"size {_xyz_text(label.shape)} differs from the case's image {_xyz_text(shape)} (x, y, z; "
+            f"{tuple(label.shape)} vs {shape} as z, y, x) — save the label on the image's grid "
             "(open the package's image and save the segmentation from there)",
             path,
         )
     image_geometry = Geometry.from_json(props["original_geometry"])
     field = geometry.matches(image_geometry)
     if field:
+        mine, theirs = getattr(geometry, field), getattr(image_geometry, field)
+        if field != "direction":  # spacing and origin in the viewers' (x, y, z) order
+            mine, theirs = xyz(mine), xyz(theirs)
         raise AlsegError(
-            f"{field} {_short(getattr(geometry, field))} differs from the case's image "
-            f"{_short(getattr(image_geometry, field))} — save the label on the image's grid",
+            f"{field} {_short(mine)} differs from the case's image {_short(theirs)}"
+            f"{' (x, y, z)' if field != 'direction' else ''} — save the label on the image's grid",
             path,
         )
     return check_label_values(label, labels, path)
@@ -273,6 +388,10 @@ def check_label_values(label: np.ndarray, labels: dict[int, str], path: Path, wh
             path,
         )
     return label.astype(np.uint8)
+
+
+def _xyz_text(shape) -> str:
+    return " x ".join(str(int(s)) for s in xyz(shape))
 
 
 def _short(values) -> str:

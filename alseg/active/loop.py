@@ -309,7 +309,9 @@ class LoopDriver:
             self.run.record_checksum(self.state, path)
         if answer.problems or answer.waiting:
             accepted = [self.pool[i].id for i in sorted(answer.masks)]
-            raise AnnotationIncomplete(round_, answer.problems, len(answer.waiting), accepted, self.oracle)
+            raise AnnotationIncomplete(
+                round_, answer.problems, len(answer.waiting), accepted, self.oracle, n_selected=len(selected)
+            )
         self.state.labelled = self.state.labelled + selected
         self.state.pending = None
         self.run.save_state(self.state)
@@ -673,11 +675,16 @@ def _terminal() -> bool:
 class AnnotationIncomplete(Exception):
     """The files oracle is waiting for masks (or some were rejected); the run resumes later."""
 
-    def __init__(self, round_: int, problems: list[str], n_waiting: int, accepted: list[str], oracle):
+    def __init__(
+        self, round_: int, problems: list[str], n_waiting: int, accepted: list[str], oracle, n_selected: int = 0
+    ):
         self.round = round_
         self.problems = problems
         self.n_waiting = n_waiting
         self.accepted = accepted
+        self.n_selected = max(n_selected, len(accepted) + n_waiting)
+        self.n_rejected = self.n_selected - len(accepted) - n_waiting
+        """Items whose file was rejected (one unit with accepted and waiting: items)."""
         self.folder = oracle.folder(round_) if hasattr(oracle, "folder") else None
         self.guide = oracle.guide(round_) if hasattr(oracle, "guide") else None
         super().__init__(f"round {round_}: {n_waiting} mask(s) missing, {len(problems)} rejected")

@@ -206,15 +206,22 @@ class FilesOracle:
 
     def export(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Path:
         """Write round ``round_``'s package; ``model`` gives the pre-segmentations (None: none)."""
+        record = self.run.load_round(round_) or {}  # the selection: why each item was chosen
+        recorded = dict(zip(record.get("selected", []), record.get("scores", [])))
         requests = [
-            CaseRequest(self.case_files(case_id), self.properties(case_id), items)
+            CaseRequest(
+                self.case_files(case_id),
+                self.properties(case_id),
+                items,
+                scores={item.id: recorded.get(item.id) for item in items.values()},
+            )
             for case_id, items in self._by_case(indices).items()
         ]
         module = model() if model is not None else None
         predict = None if module is None else (lambda case: presegment(module, case))
         package = self.run.package(round_)
         resampling = self.plans.configuration(self.config_name).resampling
-        write_package(package, round_, requests, self.labels, resampling, predict)
+        write_package(package, round_, requests, self.labels, resampling, predict, strategy=record.get("strategy"))
         return package.folder
 
     def annotate(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Annotation:

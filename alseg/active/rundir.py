@@ -18,7 +18,8 @@ report reads through it. Layout (``RUN/``)::
     labels/<case>.npy    annotated voxels per case (255 = not annotated yet)
     checkpoints/round_XXX.ckpt  the model after each round
     annotate/round_XXX/  the files oracle's package for a person (:class:`AnnotationPackage`):
-                         README.txt, manifest.json, cases/<case>/{image*, presegmentation, region}.nii.gz,
+                         README.txt, manifest.json, labels_itksnap.txt + labels_slicer.ctbl (class names and
+                         colours for the viewers), cases/<case>/{image*, presegmentation, region}.nii.gz,
                          and the person's cases/<case>/label.nii.gz; the patches oracle's (and runs made
                          before the case package): images/<item>.nii.gz, masks/<item>.nii.gz, manifest.json
     logs/round_XXX/      Lightning's CSV log of round XXX (+ tensorboard/: its TensorBoard events)
@@ -88,6 +89,7 @@ ROUNDS, LABELS, CHECKPOINTS, ANNOTATE, LOGS = "rounds", "labels", "checkpoints",
 LOCK = ".lock"
 DOORBELL = ".doorbell"
 PACKAGE_MANIFEST, PACKAGE_README, PACKAGE_CASES = "manifest.json", "README.txt", "cases"
+PACKAGE_ITKSNAP_LABELS, PACKAGE_SLICER_COLORS = "labels_itksnap.txt", "labels_slicer.ctbl"
 CASE_IMAGE, CASE_PRESEGMENTATION, CASE_REGION, CASE_LABEL = "image", "presegmentation", "region", "label"
 NIFTI = ".nii.gz"
 PATCH_IMAGES, PATCH_MASKS = "images", "masks"
@@ -219,6 +221,16 @@ class AnnotationPackage:
     @property
     def readme(self) -> Path:
         return self.folder / PACKAGE_README
+
+    @property
+    def itksnap_labels(self) -> Path:
+        """The classes' names and colours as an ITK-SNAP label description file."""
+        return self.folder / PACKAGE_ITKSNAP_LABELS
+
+    @property
+    def slicer_colors(self) -> Path:
+        """The classes' names and colours as a 3D Slicer colour table."""
+        return self.folder / PACKAGE_SLICER_COLORS
 
     def case_dir(self, case_id: str) -> Path:
         return self.folder / PACKAGE_CASES / case_id
