@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +339,64 @@ def test_predict_refuses_an_input_with_a_nan_voxel(finished_run, tmp_path: Path,
     assert code == 2 and len(lines) == 1, err
     assert "scan.nii.gz: contains NaN in 1 voxel(s)" in lines[0] and "predict refuses it" in lines[0]
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+# --- 6. processes ------------------------------------------------------------------------------------
+POOL_SCRIPT = """
+import os, sys, time
+from alseg.data.workers import make_executor
+from concurrent.futures import ProcessPoolExecutor
+from alseg.data.workers import worker_pool_args
+
+def main():
+    spawn = make_executor(2)
+    fork = ProcessPoolExecutor(1, **worker_pool_args())  # as alseg check makes its pool
+    futures = [spawn.submit(time.sleep, 60) for _ in range(2)] + [fork.submit(time.sleep, 60)]
+    time.sleep(3)
+    pids = [p.pid for pool in (spawn, fork) for p in pool._processes.values()]
+    print(" ".join(map(str, pids)), flush=True)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie is dead (waiting for its reaper)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_die_with_a_killed_parent(tmp_path: Path):
+    """``kill -9`` of the process that made a pool (fingerprint, preprocessing, check) leaves no
+    worker behind: they used to wait on their task queue for good, each holding its memory."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 3 and all(_alive(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_a_second_compare_on_a_running_experiment_is_refused_at_once(tiny_plan: Path, tmp_path: Path, capsys):
+    import os
+
+    from alseg.active.rundir import RunLock
+
+    exp = tmp_path / "exp"
+    with RunLock(exp / ".lock"):  # as a running 'alseg compare' holds it
+        t0 = time.time()
+        code, _, err = run_cli(["compare", str(tiny_plan), "-o", str(exp), "--strategies", "random"], capsys)
+    assert code == 2 and f"is in use by another alseg process (pid {os.getpid()})" in err and str(exp) in err
+    assert time.time() - t0 < 10 and not (exp / "plan").exists()  # before any planning

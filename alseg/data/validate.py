@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
+from alseg.data.workers import worker_pool_args
 from alseg.errors import AlsegError
 from alseg.progress import progress_map
 
@@ -185,7 +186,7 @@ def check_dataset(info: DatasetInfo, workers: int | None = None, show_progress: 
     jobs = [(c, info.n_channels, labels) for c in info.training]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, **worker_pool_args()) as pool:  # workers die with this process
             outcomes = progress_map(pool.map, _check_case_args, jobs, "checking cases", show_progress, chunksize=4)
     else:
         outcomes = progress_map(map, _check_case_args, jobs, "checking cases", show_progress)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["default_workers", "make_executor"]
+__all__ = ["default_workers", "die_with_parent", "make_executor", "worker_pool_args"]
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5
 
 
 def default_workers() -> int:
@@ -22,4 +29,37 @@ def make_executor(workers: int) -> ProcessPoolExecutor:
     """
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     method = "fork" if main_file is not None and not os.path.isfile(main_file) else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context(method), **worker_pool_args()
+    )
+
+
+def worker_pool_args() -> dict:
+    """``initializer``/``initargs`` for a ``ProcessPoolExecutor`` whose workers die with this process."""
+    return {
+        "initializer": die_with_parent,
+        "initargs": (os.getpid(), threading.current_thread() is threading.main_thread()),
+    }
+
+
+def die_with_parent(parent: int, pdeathsig: bool = True) -> None:
+    """Pool worker initializer: exit when ``parent`` dies, also by ``kill -9`` (a pool's workers
+    would otherwise wait on their task queue for good, each holding its memory).
+
+    On Linux the kernel sends SIGKILL at once (``PR_SET_PDEATHSIG``; only when the pool was made
+    in the main thread: the signal follows the thread that started the worker, not the process);
+    everywhere a daemon thread also checks twice a second whether the parent is still there."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watching thread alone
+            pass
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="alseg-parent-watch", daemon=True).start()

@@ -35,7 +35,7 @@ from submitit.helpers import Checkpointable
 
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import check_mc_passes, check_sizes, trainer_settings
-from alseg.active.rundir import RunDir
+from alseg.active.rundir import LOCK, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
@@ -305,7 +305,15 @@ def fork_initial_rounds(
             RunDir(template.run_dir).fork(c.run_dir, strategy=c.strategy, strategy_options=own, rounds=settings.rounds)
 
 
-def run_compare(
+def run_compare(target: Path, exp_dir: Path, *args: Any, **kwargs: Any) -> list[Cell]:
+    """:func:`_run_compare` (its arguments) while holding ``EXP/.lock``: a second ``alseg compare``
+    on a running experiment is refused at once, naming the holder's pid (not cell by cell, after
+    planning); the OS drops the lock when its holder dies, even by ``kill -9``."""
+    with RunLock(Path(exp_dir) / LOCK):
+        return _run_compare(target, exp_dir, *args, **kwargs)
+
+
+def _run_compare(
     target: Path,
     exp_dir: Path,
     strategies: list[str],
