@@ -19,6 +19,8 @@ from alseg.active.loop import candidate_items
 from alseg.active.rundir import RunDir, find_run_dirs
 from alseg.active.settings import LoopSettings
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
 PROTOCOL = {
     "rounds": 1,
     "budget": 4,
@@ -125,5 +127,26 @@ def test_shared_round_zero_forks_equal_the_one_command_rerun(plan_dir, protocol,
     assert again["selected"] == record["selected"]
     # reports skip the hidden round-0 run
     assert find_run_dirs(exp) == [cell]
+    # the grid's collector: one row per round, foreground voxels and seconds per phase, the cell kept
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "hippocampus_grid.py"), str(exp), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    with (out / "curves.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["strategy"], r["seed"], r["round"]) for r in rows] == [("bald", "0", "0"), ("bald", "0", "1")]
+    assert [r["dice_mean"] for r in rows] == [m["dice_mean"] for m in _metrics(cell)]
+    assert int(rows[1]["n_labelled_items"]) == 12
+    fg = [int(r["n_foreground_voxels"]) for r in rows]
+    assert 0 < fg[0] <= fg[1] < int(rows[1]["n_labelled_voxels"])
+    assert float(rows[1]["seconds_train"]) > 0 and float(rows[1]["seconds_score"]) > 0
+    assert rows[0]["batch_uncertainty"] == "" and float(rows[1]["batch_uncertainty"]) > 0
+    with (out / "cost.csv").open() as f:
+        cost = list(csv.DictReader(f))
+    assert cost[0]["strategy"] == "bald" and cost[-1]["strategy"].startswith("ALL")
+    assert (out / "cells" / "bald" / "seed_0" / "rounds" / "round_001.json").is_file()
     assert LoopSettings(epochs=2, initial_epochs=5, rounds=3).total_epochs == 11
     assert LoopSettings(epochs=2, rounds=3).total_epochs == 8

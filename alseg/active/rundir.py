@@ -619,7 +619,7 @@ REQUIRED_COLUMNS = ("round", "n_labelled_items", "n_labelled_voxels", "dice_mean
 AGREEMENT_COLUMN = "agreement_mean"
 """Mean Dice between a round's predictions and the previous round's on the run's fixed
 agreement cases (empty in round 0): how much the model still changes, not its accuracy."""
-SECONDS_COLUMNS = ("seconds_train", "seconds_score", "seconds_select")
+SECONDS_COLUMNS = ("seconds_train", "seconds_eval", "seconds_score", "seconds_select")
 """Timing columns: read when present, NaN otherwise (a full-data run has nothing to score)."""
 
 
