@@ -245,7 +245,7 @@ def train(
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.cache import build_cache
     from alseg.model.train import train as run_training
-    from alseg.model.trainer import TrainerSettings, check_trainer_settings
+    from alseg.model.trainer import TrainerSettings, check_batch_memory, check_trainer_settings
     from alseg.plans.models import load_plans
 
     if lr is not None and not 0 < lr < float("inf"):
@@ -254,6 +254,8 @@ def train(
         TrainerSettings(devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision)
     )
     plans = load_plans(plan_dir / "plans.json")
+    if batch_size is not None and config in plans.configurations:  # a batch that cannot fit: before preprocessing
+        check_batch_memory(plans.configurations[config], batch_size, devices)
     cache = build_cache(plans, config, plan_dir)
     final = run_training(
         plans,

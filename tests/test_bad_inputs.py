@@ -394,6 +394,16 @@ cases(
         lambda e: _loop(e, "--strategy", "usimf", "--option", "query_size=0"),
         "query_size='0'",
     ),
+    (
+        "train: a batch that cannot fit in memory",
+        lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--batch-size", str(10**7), "--devices", "1"],
+        f"--batch-size {10**7}: a training step needs at least",
+    ),
+    (
+        "loop: a batch that cannot fit in memory",
+        lambda e: _loop(e, "--batch-size", str(10**7), "--initial", "8", "--budget", "4", "--rounds", "1"),
+        "more than the",
+    ),
     ("train: negative seed", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--seed", "-1"], "--seed"),
     (
         "train: seed beyond 2**63-1",

@@ -42,7 +42,7 @@ from alseg.model.predict import resolve_device
 from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.model.train import load_weights
-from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.model.trainer import TrainerSettings, check_batch_memory, make_trainer
 from alseg.progress import console, results
 from alseg.seeds import round_seed
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
@@ -623,6 +623,8 @@ class LoopDriver:
 
     def _validate_sizes(self) -> None:
         check_sizes(self.config, len(self.pool), self.ws.configuration.batch_size)
+        batch = self.config.batch_size or self.ws.configuration.batch_size
+        check_batch_memory(self.ws.configuration, batch, self.config.devices)  # fits in memory?
 
     def _make_oracle(self):
         if self.config.oracle == "simulated":

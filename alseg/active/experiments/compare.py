@@ -41,7 +41,7 @@ from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 from alseg.model.train import train
-from alseg.model.trainer import one_device
+from alseg.model.trainer import check_batch_memory, one_device
 from alseg.progress import console
 from alseg.strategies import available, options_for
 
@@ -352,6 +352,7 @@ def _run_compare(
     )
     plan_dir = ws.plan_dir
     check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
+    check_batch_memory(ws.configuration, settings.batch_size or ws.configuration.batch_size, settings.devices)
     cells = [Cell(s, seed, exp_dir / s / f"seed_{seed}") for s in strategies for seed in range(seeds)]
     todo = [c for c in cells if not c.finished()]
     busy = [c for c in todo if RunDir(c.run_dir).running()]
