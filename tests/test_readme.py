@@ -235,3 +235,13 @@ def test_demo_numbers(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = DEMO_ROW.findall(proc.stdout + proc.stderr)
     assert printed == quoted_demo_table(), f"README's demo table is stale; the demo printed {printed}"
+
+
+def test_strategies_table_lists_every_registered_strategy():
+    """One row per strategy of ``alseg strategies`` (the registry), none missing, none extra."""
+    from alseg.strategies import available
+
+    text = README.read_text()
+    section = text[text.index("## Strategies") : text.index("## Python API")]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M)
+    assert sorted(rows) == sorted(available()) and len(rows) == len(set(rows))

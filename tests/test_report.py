@@ -247,3 +247,86 @@ def test_build_report_writes_html_summary_and_nontrivial_pngs(tmp_path):
         assert imread(png)[..., :3].std() > 0, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(names) and "<table>" in html
+
+
+# --- per case and surface metrics ---------------------------------------------------------------
+
+
+def test_surface_metrics_known_answers():
+    """HD95 and normalised surface Dice through MONAI, with the grid's spacing; empty classes as for Dice."""
+    from alseg.model.metrics import surface_metrics_per_class
+
+    gt = np.zeros((6, 20, 20), np.uint8)
+    gt[1:5, 5:15, 5:15] = 1
+    same = surface_metrics_per_class(gt, gt, 3, (1.0, 1.0, 1.0))
+    assert same == {1: (0.0, 1.0), 2: (0.0, 1.0)}  # class 2 absent from both: perfect, as Dice counts it
+    shifted = np.zeros_like(gt)
+    shifted[1:5, 5:15, 8:18] = 1  # 3 voxels along x
+    hd95, nsd = surface_metrics_per_class(shifted, gt, 3, (1.0, 1.0, 1.0))[1]
+    assert hd95 == pytest.approx(3.0) and 0.0 < nsd < 1.0
+    hd95_mm, nsd_wide = surface_metrics_per_class(shifted, gt, 3, (1.0, 1.0, 2.0))[1]
+    assert hd95_mm == pytest.approx(6.0)  # x spacing 2 mm: the same shift is 6 mm
+    assert surface_metrics_per_class(shifted, gt, 3, (1.0, 1.0, 1.0), tolerance_mm=3.0)[1][1] == pytest.approx(1.0)
+    missed = surface_metrics_per_class(np.zeros_like(gt), gt, 3, (1.0, 1.0, 1.0))[1]
+    assert np.isnan(missed[0]) and missed[1] == 0.0
+
+
+def _write_case_metrics(run_dir: Path, rounds: int, shift: float) -> None:
+    (run_dir / "rounds").mkdir(exist_ok=True)
+    for k in range(rounds):
+        lines = ["case,dice_mean,dice_Anterior,dice_Posterior,hd95_Anterior,nsd_Anterior,hd95_Posterior,nsd_Posterior"]
+        for c, hd in (("case_a", 2.0), ("case_b", "")):  # case_b: HD95 undefined (class missed)
+            lines.append(f"{c},0.5,0.6,0.4,{hd},{0.8 + shift},{4.0 + k},0.5")
+        (run_dir / "rounds" / f"round_{k:03d}_cases.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_report_has_a_per_case_table_and_surface_metrics_next_to_dice(tmp_path):
+    exp, out = tmp_path / "exp", tmp_path / "report"
+    _write_experiment(exp)
+    for seed in range(3):
+        _write_case_metrics(exp / "random" / f"seed{seed}", 4, shift=0.01 * seed)
+        _write_case_metrics(exp / "nested" / "usim" / f"seed{seed}", 4, shift=0.1)
+    summary = build_report([exp], out)
+    random = summary["settings"]["Dataset004_Hippocampus/2d"]["strategies"]["random"]
+    assert random["final_hd95_per_class"] == {"Anterior": pytest.approx(2.0), "Posterior": pytest.approx(7.0)}
+    assert random["final_nsd_per_class"]["Anterior"] == pytest.approx(0.81)  # mean over seeds of 0.80, 0.81, 0.82
+    rows = (out / "per_case.csv").read_text().splitlines()
+    assert rows[0].startswith("setting,strategy,seed,round,n_labelled_items,case,dice_mean")
+    assert len(rows) == 1 + 2 * 3 * 4 * 2  # strategies x seeds x rounds x cases
+    html = (out / "report.html").read_text()
+    assert "Anterior: HD95 (mm)" in html and "Per test case, round 3" in html and "case_b" in html
+    assert "per_case.csv" in html
+
+
+def test_learning_curves_say_one_seed_instead_of_a_band():
+    from alseg.report.figures import _spread_caption
+
+    class C:
+        def __init__(self, n):
+            self.seeds = list(range(n))
+
+    assert _spread_caption({"a": C(1), "b": C(1)}, "band: 95% CI") == "one seed (no spread to show)"
+    assert "one-seed strategies: no band" in _spread_caption({"a": C(1), "b": C(3)}, "band: 95% CI")
+    assert _spread_caption({"a": C(3)}, "band: 95% CI") == "mean over seeds, band: 95% CI"
+
+
+def test_a_loop_records_each_rounds_metrics_per_test_case(finished_run, tmp_path):
+    """rounds/round_XXX_cases.csv: one row per test case; its mean Dice is the round's metrics.csv row."""
+    import csv
+
+    _, _, run = finished_run
+    split = json.loads((run / "split.json").read_text())
+    with (run / "metrics.csv").open() as f:
+        metrics = list(csv.DictReader(f))
+    for row in metrics:
+        with (run / "rounds" / f"round_{int(row['round']):03d}_cases.csv").open() as f:
+            cases = list(csv.DictReader(f))
+        assert sorted(c["case"] for c in cases) == sorted(split["test"])
+        for key in ("dice_mean", "dice_Anterior", "dice_Posterior"):
+            assert np.mean([float(c[key]) for c in cases]) == pytest.approx(float(row[key]), abs=1e-5)
+        assert {"hd95_Anterior", "nsd_Anterior", "hd95_Posterior", "nsd_Posterior"} <= set(cases[0])
+        assert all(0.0 <= float(c["nsd_Anterior"]) <= 1.0 for c in cases)
+    summary = build_report([run], tmp_path / "report")
+    (setting,) = summary["settings"].values()
+    assert set(setting["strategies"]["random"]["final_hd95_per_class"]) == {"Anterior", "Posterior"}
+    assert (tmp_path / "report" / "per_case.csv").is_file()

@@ -362,7 +362,7 @@ class LoopDriver:
         atomic_torch_save(self.run.checkpoint_path(round_), {"state_dict": module.state_dict()})
         self.run.record_checksum(self.state, self.run.checkpoint_path(round_))
         t0 = time.perf_counter()
-        metrics = self.evaluate(module)
+        metrics = self.evaluate(module, round_)
         seconds_eval = time.perf_counter() - t0
         record = self.run.load_round(round_) or {}
         sec = record.get("seconds", {})
@@ -475,8 +475,9 @@ class LoopDriver:
 
         return serve(context, self.doorbell)
 
-    def evaluate(self, module) -> dict[str, float]:
-        """Mean test Dice per class over the held-out cases, on the preprocessed grid."""
+    def evaluate(self, module, round_: int | None = None) -> dict[str, float]:
+        """Mean test Dice per class over the held-out cases, on the preprocessed grid; with
+        ``round_``, each case's Dice, HD95 and surface Dice also go to the round's per-case file."""
         net = module.net
         was_training = net.training
         net.eval()
@@ -485,9 +486,12 @@ class LoopDriver:
             for c in self.test_ids:
                 image = torch.from_numpy(np.array(self.ws.image(c))).to(module.device)
                 label = torch.from_numpy(np.array(self.ws.ground_truth(c))).to(module.device)
-                rows.append(module.evaluate_case(image, label))
+                spacing = self.ws.properties(c)["spacing_after_resampling"] if round_ is not None else None
+                rows.append(module.evaluate_case(image, label, spacing=spacing))
         net.train(was_training)
-        keys = rows[0].keys() if rows else []
+        if round_ is not None and rows:
+            self.run.save_case_metrics(round_, [{"case": c, **r} for c, r in zip(self.test_ids, rows)])
+        keys = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]  # metrics.csv: Dice only
         return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
     def agreement(self, round_: int, module) -> float | None:

@@ -12,6 +12,7 @@ report reads through it. Layout (``RUN/``)::
     rounds/round_XXX.json  each round's selection with its scores and timings
     rounds/round_XXX_embeddings.npz  embeddings for the t-SNE map (USIM runs)
     rounds/round_XXX_pictures.npz    one slice of a few fixed test cases: image, truth, prediction
+    rounds/round_XXX_cases.csv       the test metrics per case: Dice, HD95 (mm), normalised surface Dice per class
     rounds/round_XXX_agreement.npz   runs without test labels: the round's predicted labels of the
                          fixed agreement cases (config.json ``agreement_cases``), for the next
                          round's ``agreement_mean``
@@ -332,6 +333,10 @@ class RunDir:
     def pictures_path(self, k: int) -> Path:
         return self.path / ROUNDS / f"round_{k:03d}_pictures.npz"
 
+    def case_metrics_path(self, k: int) -> Path:
+        """Round ``k``'s metrics per test case: Dice, HD95 (mm) and normalised surface Dice per class."""
+        return self.path / ROUNDS / f"round_{k:03d}_cases.csv"
+
     def agreement_path(self, k: int) -> Path:
         return self.path / ROUNDS / f"round_{k:03d}_agreement.npz"
 
@@ -589,6 +594,21 @@ class RunDir:
         except (OSError, ValueError, KeyError, EOFError):
             return None
 
+    def save_case_metrics(self, k: int, rows: list[dict]) -> None:
+        """Round ``k``'s per-case test metrics (one row per case, ``case`` first; NaN written empty)."""
+        fields = list(rows[0]) if rows else ["case"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    k: "" if isinstance(v, float) and math.isnan(v) else (f"{v:.6f}" if isinstance(v, float) else v)
+                    for k, v in row.items()
+                }
+            )
+        atomic_write_text(self.case_metrics_path(k), buf.getvalue())
+
     def write_metrics_row(self, row: dict) -> None:
         """Add or replace the row of ``row['round']`` (a redone round replaces its old row)."""
         rows = [r for r in self.read_metrics() if int(r["round"]) != int(row["round"])]
@@ -774,6 +794,29 @@ def picture_files(run_dir: Path) -> dict[int, Path]:
         if stem.isdigit():
             found[int(stem)] = path
     return found
+
+
+def case_metric_files(run_dir: Path) -> dict[int, Path]:
+    """Round → ``round_XXX_cases.csv`` (runs that recorded their test metrics per case)."""
+    found: dict[int, Path] = {}
+    for path in sorted((Path(run_dir) / ROUNDS).glob("round_*_cases.csv")):
+        stem = path.name.removeprefix("round_").removesuffix("_cases.csv")
+        if stem.isdigit():
+            found[int(stem)] = path
+    return found
+
+
+def read_case_metrics(path: Path) -> list[dict[str, str | float]]:
+    """The rows of a per-case metrics file: ``case`` and float metrics (NaN where empty)."""
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [
+            {k: (v if k == "case" else (float(v) if v not in ("", None) else float("nan"))) for k, v in r.items()}
+            for r in rows
+        ]
+    except (OSError, ValueError, csv.Error) as err:
+        raise AlsegError(f"cannot be read as a per-case metrics table ({err}) — re-run the round", path) from None
 
 
 def read_labelled_voxels(run_dir: Path, rounds: np.ndarray) -> dict[int, dict[str, int]]:

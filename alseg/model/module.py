@@ -19,6 +19,7 @@ Validation and test take one whole preprocessed case per batch, predict it with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.loss import SegLoss
-from alseg.model.metrics import dice_per_class, mean_dice, metric_names
+from alseg.model.metrics import dice_per_class, mean_dice, metric_names, surface_metrics_per_class
 from alseg.model.network import SegNetwork, build_network
 from alseg.plans.models import Configuration, Network, Plans, Trainer
 
@@ -127,13 +128,21 @@ class SegmentationModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1}}
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate_case(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
-        """Dice of one case: ``image (C, z, y, x)``, ``label (1, z, y, x)`` or ``(z, y, x)``."""
+    def evaluate_case(
+        self, image: torch.Tensor, label: torch.Tensor, spacing: Sequence[float] | None = None
+    ) -> dict[str, float]:
+        """Dice of one case: ``image (C, z, y, x)``, ``label (1, z, y, x)`` or ``(z, y, x)``; with
+        the grid's ``spacing`` (mm, z, y, x) also ``hd95_<class>`` and ``nsd_<class>`` (surface metrics)."""
         pred = predict_volume(self.net, image, self.config, output="labels")
         gt = label[0] if label.ndim == image.ndim else label
         per_class = dice_per_class(pred, gt, self.plans.n_classes)
         out = {"dice_mean": mean_dice(per_class)}
         out.update({self.metric_names[c]: v for c, v in per_class.items()})
+        if spacing is not None:
+            surface = surface_metrics_per_class(pred, gt, self.plans.n_classes, spacing)
+            for c, (hd95, nsd) in surface.items():
+                name = self.metric_names[c].removeprefix("dice_")
+                out[f"hd95_{name}"], out[f"nsd_{name}"] = hd95, nsd
         return out
 
     def _eval_step(self, batch: dict[str, Any]) -> dict[str, float]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
+from alseg.active.rundir import read_case_metrics
 from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 from alseg.report import figures
@@ -46,6 +49,11 @@ class StrategySummary(BaseModel):
     final_dice_per_class: dict[str, float]
     phi: float
     mean_seconds_per_round: dict[str, float | None]
+    final_hd95_per_class: dict[str, float | None] | None = None
+    """95th-percentile Hausdorff distance (mm) per class at the last round: mean over the test cases
+    (where defined), then over seeds; None when the runs recorded no per-case metrics."""
+    final_nsd_per_class: dict[str, float | None] | None = None
+    """Normalised surface Dice per class at the last round, as ``final_hd95_per_class``."""
 
 
 class PenaltySummary(BaseModel):
@@ -210,6 +218,114 @@ def _tsne_figures(runs: list[RunRecord], setting: str, out: Path) -> list[Path]:
     return paths
 
 
+PER_CASE_CSV = "per_case.csv"
+"""Every run's test metrics per case and round: Dice, HD95 (mm) and normalised surface Dice per class."""
+SURFACE_NOTE = (
+    "Surface metrics, from MONAI: HD95 = 95th-percentile symmetric Hausdorff distance in mm; NSD = normalised "
+    "surface Dice, the share of both boundaries within 1 mm of the other. Both on the preprocessed grid, with "
+    "its spacing. A class absent from truth and prediction counts HD95 0 and NSD 1; absent from one only, NSD 0 "
+    "and HD95 undefined (left out of its mean). Per case: " + PER_CASE_CSV + " and the per-case table."
+)
+
+
+def _class_key(name: str) -> str:
+    return str(name).replace(" ", "_")
+
+
+def _case_rows(runs: list[RunRecord]) -> list[dict]:
+    """One row per run, round and test case, from the runs' per-case files (runs that have them)."""
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.setting, r.strategy, r.seed if r.seed is not None else -1)):
+        if run.is_full:
+            continue
+        items = dict(zip(run.rounds.tolist(), run.n_items.tolist()))
+        for k, path in sorted(run.case_metrics.items()):
+            for row in read_case_metrics(path):
+                rows.append(
+                    {
+                        "setting": run.setting,
+                        "strategy": run.strategy,
+                        "seed": run.seed,
+                        "round": k,
+                        "n_labelled_items": items.get(k),
+                        **row,
+                    }
+                )
+    return rows
+
+
+def _write_case_csv(rows: list[dict], path: Path) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, float):
+        return "" if not np.isfinite(value) else f"{value:.6f}"
+    return "" if value is None else str(value)
+
+
+def _surface_means(rows: list[dict], metric: str, classes: list[str]) -> dict[str, float | None] | None:
+    """Per class: the mean over cases of ``metric`` (NaN left out) per seed, then over seeds."""
+    if not rows:
+        return None
+    out: dict[str, float | None] = {}
+    for name in classes:
+        per_seed = []
+        for seed in sorted({r["seed"] for r in rows}, key=lambda s: -1 if s is None else s):
+            values = np.array([r.get(f"{metric}_{_class_key(name)}", np.nan) for r in rows if r["seed"] == seed])
+            values = values[np.isfinite(values)]
+            if values.size:
+                per_seed.append(float(values.mean()))
+        out[name] = float(np.mean(per_seed)) if per_seed else None
+    return out
+
+
+def _surface_table(setting: "SettingSummary", classes: list[str]) -> str:
+    """Dice, HD95 and NSD per class at the last round, one row per strategy."""
+    head = "<tr><th>strategy</th>" + "".join(
+        f"<th>{html.escape(n)}: Dice</th><th>{html.escape(n)}: HD95 (mm)</th><th>{html.escape(n)}: NSD</th>"
+        for n in classes
+    )
+    rows = []
+    for name, s in setting.strategies.items():
+        if s.final_hd95_per_class is None:
+            continue
+        cells = "".join(
+            f"<td>{_fmt(s.final_dice_per_class.get(n))}</td><td>{_fmt(s.final_hd95_per_class.get(n), 2)}</td>"
+            f"<td>{_fmt(s.final_nsd_per_class.get(n))}</td>"
+            for n in classes
+        )
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    return f"<table>{head}</tr>{''.join(rows)}</table>"
+
+
+def _case_table(rows: list[dict], classes: list[str]) -> str:
+    """One row per strategy (lowest seed) and test case: Dice, HD95 and NSD per class."""
+    head = "<tr><th>strategy</th><th>seed</th><th>case</th>" + "".join(
+        f"<th>{html.escape(n)}: Dice</th><th>HD95</th><th>NSD</th>" for n in classes
+    )
+    body = []
+    for r in rows:
+        cells = "".join(
+            f"<td>{_fmt(r.get(f'dice_{_class_key(n)}'))}</td><td>{_fmt(r.get(f'hd95_{_class_key(n)}'), 2)}</td>"
+            f"<td>{_fmt(r.get(f'nsd_{_class_key(n)}'))}</td>"
+            for n in classes
+        )
+        body.append(
+            f"<tr><td>{html.escape(r['strategy'])}</td><td>{r['seed']}</td><td>{html.escape(str(r['case']))}</td>"
+            f"{cells}</tr>"
+        )
+    return f"<table>{head}</tr>{''.join(body)}</table>"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
@@ -305,7 +421,11 @@ def _agreement_runs(runs: list[RunRecord]) -> dict[str, list[AgreementRun]]:
     return out
 
 
-def _html(summary: ReportSummary, figure_paths: dict[str, dict[str, list[Path]]]) -> str:
+def _html(
+    summary: ReportSummary,
+    figure_paths: dict[str, dict[str, list[Path]]],
+    case_tables: dict[str, tuple[list[str], list[dict]]] | None = None,
+) -> str:
     parts = [
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>alseg report</title>',
         f"<style>{_CSS}</style></head><body><h1>Active learning report</h1>",
@@ -320,12 +440,25 @@ def _html(summary: ReportSummary, figure_paths: dict[str, dict[str, list[Path]]]
     for key, setting in summary.settings.items():
         found = figure_paths[key]
         full = "no full-data run found" if setting.full_dice is None else f"{setting.full_dice:.3f}"
+        classes, rows = (case_tables or {}).get(key, ([], []))
         parts += [
             f"<h2>{html.escape(key)}</h2>",
             *(_img(p) for p in found["curves"]),
             *(_img(p) for p in found["pictures"]),
             f"<p>Full-data Dice: {full}. Rounds compared: {setting.rounds[0]}–{setting.rounds[-1]}.</p>",
             _strategy_table(setting),
+        ]
+        if rows:
+            parts += [
+                f"<h3>Dice, HD95 and surface Dice per class, round {setting.rounds[-1]}</h3>",
+                "<p>Mean over the test cases, then over seeds.</p>",
+                _surface_table(setting, classes),
+                f"<details><summary>Per test case, round {setting.rounds[-1]} (lowest seed of each strategy; "
+                f"every run and round: {PER_CASE_CSV})</summary>",
+                _case_table(rows, classes),
+                "</details>",
+            ]
+        parts += [
             "<h3>Annotated voxels per class</h3>",
             _voxel_table(setting)
             if setting.labelled_voxels
@@ -365,9 +498,15 @@ _METHOD_NOTES = [
 
 
 def _setting_summary(
-    key: str, by_strategy: dict[str, Curve], runs: list[RunRecord], full: float | None, notes: list[str]
+    key: str,
+    by_strategy: dict[str, Curve],
+    runs: list[RunRecord],
+    full: float | None,
+    notes: list[str],
+    case_rows: list[dict] | None = None,
 ) -> SettingSummary:
-    """Numbers for one setting on the rounds all its strategies reached; caveats go to ``notes``."""
+    """Numbers for one setting on the rounds all its strategies reached; caveats go to ``notes``.
+    ``case_rows``: the runs' per-case metrics (:func:`_case_rows`), for HD95 and NSD per class."""
     strategies = sorted(by_strategy)
     group = [r for r in runs if r.setting == key and not r.is_full]
     rounds = common_rounds(c.rounds for c in by_strategy.values())
@@ -378,7 +517,16 @@ def _setting_summary(
     gap = _penalty_gap(len(strategies), len(penalty.seeds[key]))
     if full is None:
         notes.append(f"{key}: no full-data run, so no reference line and no items-to-target.")
-    return SettingSummary(
+    classes = [group[0].labels[k] for k in sorted(group[0].labels, key=int)]
+    last = [r for r in case_rows or [] if r["setting"] == key and r["round"] == int(rounds[-1])]
+    surface = {
+        s: (
+            _surface_means([r for r in last if r["strategy"] == s], "hd95", classes),
+            _surface_means([r for r in last if r["strategy"] == s], "nsd", classes),
+        )
+        for s in strategies
+    }
+    summary = SettingSummary(
         dataset=group[0].dataset,
         config=group[0].config,
         full_dice=full,
@@ -397,6 +545,10 @@ def _setting_summary(
         penalty_shown=gap is None,
         labelled_voxels={s: run.labelled_voxels for s, run in _first_seed_runs(group).items() if run.labelled_voxels},
     )
+    for s, (hd95, nsd) in surface.items():
+        summary.strategies[s].final_hd95_per_class = hd95
+        summary.strategies[s].final_nsd_per_class = nsd
+    return summary
 
 
 def _first_seed_runs(runs: list[RunRecord]) -> dict[str, RunRecord]:
@@ -544,9 +696,21 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
                 )
             ]
         }
+    case_rows = _case_rows(runs)
+    if case_rows:
+        _write_case_csv(case_rows, out / PER_CASE_CSV)
+        notes.append(SURFACE_NOTE)
+    case_tables: dict[str, tuple[list[str], list[dict]]] = {}
     for key, by_strategy in curves.items():
-        settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes)
+        settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes, case_rows)
         figure_paths[key] = _setting_figures(key, settings[key], by_strategy, runs, out, colours)
+        first = {(r.strategy, r.seed) for r in _first_seed_runs([r for r in runs if r.setting == key]).values()}
+        last = settings[key].rounds[-1]
+        shown = [
+            r for r in case_rows if r["setting"] == key and r["round"] == last and (r["strategy"], r["seed"]) in first
+        ]
+        group = next(r for r in runs if r.setting == key)
+        case_tables[key] = ([group.labels[k] for k in sorted(group.labels, key=int)], shown)
 
     overall = None
     if len(curves) > 1:
@@ -582,5 +746,5 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
         agreement=agreement,
     )
     atomic_write_text(out / "summary.json", summary.model_dump_json(indent=2))  # inf/NaN as null (pydantic)
-    atomic_write_text(out / "report.html", _html(summary, figure_paths))
+    atomic_write_text(out / "report.html", _html(summary, figure_paths, case_tables))
     return summary.model_dump(mode="json")

@@ -68,8 +68,10 @@ def plot_learning_curves(
 ) -> Path:
     """Dice vs labelled items per strategy: the mean foreground Dice, then one panel per class.
 
-    Lines are means over seeds with a 95% CI band; the full-data Dice (mean panel) is dashed. A
-    class the model misses shows in its own panel, where the mean would hide it.
+    Lines are means over seeds with a 95% CI band; a strategy with one seed has no band, and the
+    legend and title say "one seed" (a band there would promise a spread nobody measured). The
+    full-data Dice (mean panel) is dashed. A class the model misses shows in its own panel, where
+    the mean would hide it.
     """
     colours = colours or strategy_colours(list(curves))
     classes = sorted(set.intersection(*(set(c.dice_per_class) for c in curves.values()))) if curves else []
@@ -81,8 +83,11 @@ def plot_learning_curves(
             values = curve.dice if key is None else curve.dice_per_class[key]
             mean, _, half = mean_std_ci(values)
             x = curve.x
-            ax.plot(x, mean, marker="o", ms=3.5, lw=1.6, color=colours[name], label=f"{name} (n={len(curve.seeds)})")
-            ax.fill_between(x, mean - half, mean + half, color=colours[name], alpha=0.18, lw=0)
+            n = len(curve.seeds)
+            label = f"{name} ({'one seed' if n < 2 else f'n={n}'})"
+            ax.plot(x, mean, marker="o", ms=3.5, lw=1.6, color=colours[name], label=label)
+            if n >= 2:
+                ax.fill_between(x, mean - half, mean + half, color=colours[name], alpha=0.18, lw=0)
         if key is None and full_dice is not None:
             ax.axhline(full_dice, color="black", ls="--", lw=1.2, label=f"full data ({full_dice:.3f})")
         ax.set_title(f"Dice: {panel}", fontsize=10)
@@ -91,8 +96,18 @@ def plot_learning_curves(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice (test set)")
     axes[0].legend(fontsize=8, loc="lower right", frameon=True)
-    fig.suptitle(f"{title} — mean over seeds, band: 95% CI", fontsize=10)
+    fig.suptitle(f"{title} — {_spread_caption(curves, 'band: 95% CI')}", fontsize=10)
     return _save(fig, out)
+
+
+def _spread_caption(curves: Mapping[str, Curve], spread: str) -> str:
+    """What the lines and their spread show: "one seed" when no strategy has two."""
+    seeds = [len(c.seeds) for c in curves.values()]
+    if not seeds or max(seeds) < 2:
+        return "one seed (no spread to show)"
+    if min(seeds) < 2:
+        return f"mean over seeds, {spread} (one-seed strategies: no band)"
+    return f"mean over seeds, {spread}"
 
 
 def plot_agreement(
@@ -218,7 +233,7 @@ def plot_batch_uncertainty(
     colours: Mapping[str, tuple[float, ...]] | None = None,
 ) -> Path:
     """MC uncertainty of each selected batch per sampling round (paper Fig. 5: the sum over the
-    batch's items, foreground classes and pixels of std_t p_t(c)), mean ± std over seeds."""
+    batch's items, foreground classes and pixels of std_t p_t(c)), mean ± std over seeds (one seed: no bar)."""
     colours = colours or strategy_colours(list(curves))
     fig = _new_figure(7.0, 4.2)
     ax = fig.subplots()
@@ -227,12 +242,21 @@ def plot_batch_uncertainty(
         if not recorded.any():
             continue
         mean, std, _ = mean_std_ci(curve.batch_uncertainty[:, recorded])
+        one = len(curve.seeds) < 2
         ax.errorbar(
-            curve.rounds[recorded], mean, yerr=std, marker="o", ms=4, capsize=3, lw=1.4, color=colours[name], label=name
+            curve.rounds[recorded],
+            mean,
+            yerr=None if one else std,
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.4,
+            color=colours[name],
+            label=f"{name} (one seed)" if one else name,
         )
     ax.set_xlabel("sampling round k (batch selected with the round k−1 model)")
     ax.set_ylabel("batch uncertainty (sum of foreground MC-dropout std)")
-    ax.set_title(f"{title}\nmean over seeds ± std", fontsize=10)
+    ax.set_title(f"{title}\n{_spread_caption(curves, '± std')}", fontsize=10)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -17,6 +17,7 @@ from alseg.active.rundir import (
     FULL_STRATEGY,
     SECONDS_COLUMNS,
     RunDir,
+    case_metric_files,
     embedding_files,
     find_run_dirs,
     picture_files,
@@ -61,6 +62,8 @@ class RunRecord:
     agreement: np.ndarray | None = None
     """Runs without test labels: mean Dice between consecutive rounds' predictions (NaN in round 0);
     their ``dice_mean`` and ``dice_per_class`` are NaN. None for runs with Dice."""
+    case_metrics: dict[int, Path] = field(default_factory=dict)
+    """Round → ``round_XXX_cases.csv``: Dice, HD95 and surface Dice per test case and class."""
 
     @property
     def has_dice(self) -> bool:
@@ -117,6 +120,7 @@ def load_run(run_dir: Path) -> RunRecord:
         pictures=picture_files(run_dir),
         labelled_voxels=read_labelled_voxels(run_dir, rounds),
         agreement=agreement,
+        case_metrics=case_metric_files(run_dir),
     )
 
 
