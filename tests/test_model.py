@@ -307,3 +307,37 @@ def test_dice_on_known_masks():
     assert math.isnan(mean_dice({}))
     with pytest.raises(ValueError):
         dice_per_class(gt, gt[:5], 3)
+
+
+def _whole_volume_mirroring(net, image, cfg):
+    """The earlier ``--tta``: flip the whole case, slide the window, flip back, average."""
+    axes = [2, 3] if len(cfg.patch_size) == 2 else [1, 2, 3]  # the network's spatial axes in (C, Z, Y, X)
+    flips = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    total = 0
+    for a in flips:
+        flipped = torch.flip(image, a) if a else image
+        logits = predict_volume(net, flipped, cfg, output="logits")  # (K, Z, Y, X): the same axes as the image
+        total = total + (torch.flip(logits, a) if a else logits)
+    return total / len(flips)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_per_window_mirroring_differs_from_whole_volume_mirroring(config):
+    """Where the windows or the padding are not mirror-symmetric, flipping the whole case moves
+    them: 29 voxels with a 16-voxel patch (half overlap) puts windows at 0, 8, 13 (mirrored: 0, 5,
+    13), and 11 voxels pad 2 before and 3 after. There alseg's per-window mirroring (nnU-Net's)
+    and whole-volume mirroring differ, so this test fails on the whole-volume code; on a
+    symmetric geometry the two agree, which is why a test on such a case cannot tell them apart."""
+    net, cfg = _net(config)
+    net.eval()
+    asymmetric = torch.randn(1, 13, 29, 11) if config == "3d_fullres" else torch.randn(1, 3, 29, 11)
+    per_window = predict_volume(net, asymmetric, cfg, output="logits", mirror=True)
+    whole = _whole_volume_mirroring(net, asymmetric, cfg)
+    assert (per_window - whole).abs().max() > 1e-3
+    symmetric = torch.randn(1, 16, 24, 24) if config == "3d_fullres" else torch.randn(1, 3, 24, 24)
+    torch.testing.assert_close(
+        predict_volume(net, symmetric, cfg, output="logits", mirror=True),
+        _whole_volume_mirroring(net, symmetric, cfg),
+        rtol=1e-4,
+        atol=1e-4,
+    )
