@@ -431,7 +431,7 @@ def loop(
         rejected = f" in {len(e.problems)} file(s) named above" if e.problems else ""
         out.print(
             f"round {e.round}: of {e.n_selected} selected item(s), {len(e.accepted)} accepted, {e.n_waiting} still "
-            f"missing, {e.n_rejected} rejected{rejected}. "
+            f"missing{_case_list(e.waiting_cases)}, {e.n_rejected} rejected{rejected}. "
             f"Annotate the items in {e.folder} (see {e.guide.name if e.guide else 'its files'}), then run the same "
             "command with --resume.",
             markup=False,
@@ -442,6 +442,14 @@ def loop(
     out.print(
         f"finished {state.round} round(s): {len(state.labelled)} items labelled; see {RunDir(run_dir).metrics_path}"
     )
+
+
+def _case_list(cases: list[str], most: int = 10) -> str:
+    """`` (no label file for case a, b, ...)``: the cases a person has still to annotate."""
+    if not cases:
+        return ""
+    shown = ", ".join(cases[:most]) + (f" and {len(cases) - most} more" if len(cases) > most else "")
+    return f" (no label file for case {shown})"
 
 
 @app.command()

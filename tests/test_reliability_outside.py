@@ -400,3 +400,41 @@ def test_a_second_compare_on_a_running_experiment_is_refused_at_once(tiny_plan: 
         code, _, err = run_cli(["compare", str(tiny_plan), "-o", str(exp), "--strategies", "random"], capsys)
     assert code == 2 and f"is in use by another alseg process (pid {os.getpid()})" in err and str(exp) in err
     assert time.time() - t0 < 10 and not (exp / "plan").exists()  # before any planning
+
+
+# --- 7. messages that name the real thing ---------------------------------------------------------------
+def test_predict_speaks_of_the_models_channels(finished_run, tmp_path: Path, capsys):
+    import nibabel as nib
+
+    data, _, run = finished_run
+    image = nib.load(str(sorted((data / "imagesTs").glob("*.nii.gz"))[0]))
+    two = np.stack([np.asarray(image.dataobj)] * 2, axis=-1)  # two channels in one file
+    nib.save(nib.Nifti1Image(two, image.affine), str(tmp_path / "scan.nii.gz"))
+    code, _, err = run_cli(
+        ["predict", str(run), "-i", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "the model takes 1" in err and "dataset.json" not in err, err
+
+
+def test_the_files_oracle_names_each_missing_case_and_a_misnamed_label(tiny_plan: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    args = ["loop", str(tiny_plan), "-o", str(run), "--oracle", "files", *LOOP]
+    code, out, err = run_cli(args, capsys)
+    assert code == 3, err
+    cases = sorted(p.name for p in (run / "annotate").glob("round_000/cases/*"))
+    assert cases and "no label file for case " + ", ".join(cases) in out, out
+    first = run / "annotate" / "round_000" / "cases" / cases[0]
+    shutil.copy(next(first.glob("image*")), first / "seg.nii.gz")  # annotated, saved under another name
+    code, out, err = run_cli([*args, "--resume"], capsys)
+    assert code == 2 and f"{first / 'seg.nii.gz'}: is not a name alseg reads" in err and "label.nii.gz" in err, err
+    assert cases[0] not in out.split("no label file for case")[-1], out
+
+
+def test_status_names_the_damaged_file_of_a_cell(tmp_path: Path, capsys):
+    cell = tmp_path / "exp" / "bald" / "seed_0"
+    cell.mkdir(parents=True)
+    (cell / "config.json").write_text('{"rounds": 2}')
+    (cell / "state.json").write_text('{"round": 1, "fin')  # cut short
+    code, out, err = run_cli(["status", str(tmp_path / "exp")], capsys)
+    assert code == 0, err
+    assert "damaged" in out and "state.json" in out, out

@@ -693,6 +693,8 @@ class AnnotationIncomplete(Exception):
         """Items whose file was rejected (one unit with accepted and waiting: items)."""
         self.folder = oracle.folder(round_) if hasattr(oracle, "folder") else None
         self.guide = oracle.guide(round_) if hasattr(oracle, "guide") else None
+        self.waiting_cases: list[str] = list(getattr(oracle, "waiting_cases", []))
+        """The cases whose label file is not there yet (files oracle)."""
         super().__init__(f"round {round_}: {n_waiting} mask(s) missing, {len(problems)} rejected")
 
 

@@ -185,6 +185,8 @@ class FilesOracle:
         self.plans = plans
         self.config_name = config_name
         self.patches = patches
+        self.waiting_cases: list[str] = []
+        """Cases of the last :meth:`annotate` with no label file yet (named in the CLI's message)."""
 
     @property
     def labels(self) -> dict[int, str]:
@@ -233,9 +235,18 @@ class FilesOracle:
         masks: dict[int, np.ndarray] = {}
         problems: list[str] = []
         waiting: list[int] = []
+        self.waiting_cases = []
         for case_id, items in self._by_case(indices).items():
             found = package.label_candidates(case_id, IMAGE_SUFFIXES)
             if not found:
+                strays = package.stray_files(case_id, IMAGE_SUFFIXES)
+                if strays:  # annotated, but saved under another name
+                    problems.append(
+                        f"{strays[0]}: is not a name alseg reads — save the label map of case {case_id} as "
+                        f"{package.label(case_id).name} in the same folder"
+                    )
+                    continue
+                self.waiting_cases.append(case_id)
                 waiting.extend(items)
                 continue
             if len(found) > 1:

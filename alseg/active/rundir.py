@@ -49,6 +49,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -255,6 +256,25 @@ class AnnotationPackage:
         """Label files the person may have saved: ``label`` with any image ending."""
         return [p for e in endings if (p := self.case_dir(case_id) / f"{CASE_LABEL}{e}").is_file()]
 
+    def stray_files(self, case_id: str, endings: Iterable[str]) -> list[Path]:
+        """Image files in the case's folder that are none of the package's own names: a label map
+        saved under another name (``seg.nii.gz``, ``image_label.nii.gz``, ...)."""
+        folder, endings = self.case_dir(case_id), tuple(endings)
+        if not folder.is_dir():
+            return []
+        own = (CASE_IMAGE, CASE_PRESEGMENTATION, CASE_REGION, CASE_LABEL)
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and p.name.endswith(endings)
+            and not any(
+                p.name == f"{stem}{e}" or re.fullmatch(rf"{stem}_\d{{4}}{re.escape(e)}", p.name)
+                for stem in own
+                for e in endings
+            )
+        )
+
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.folder).as_posix()
 
@@ -404,6 +424,19 @@ class RunDir:
             return bool(json.loads(self.state_path.read_text()).get("finished"))
         except (OSError, json.JSONDecodeError, AttributeError):
             return False
+
+    def damaged_file(self) -> Path | None:
+        """The first of ``config.json`` and ``state.json`` that is there but cannot be read as a
+        JSON object (``alseg status`` names it); None when both are readable or not written yet."""
+        for path in (self.config_path, self.state_path):
+            if not path.exists():
+                continue
+            try:
+                if not isinstance(json.loads(path.read_text()), dict):
+                    return path
+            except (OSError, ValueError):
+                return path
+        return None
 
     def running(self) -> bool:
         """True while a process holds the run's lock (``alseg loop`` is writing it); never waits.

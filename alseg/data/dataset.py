@@ -235,14 +235,21 @@ def read_dataset(root: str | Path) -> DatasetInfo:
     return info
 
 
-def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
-    """Image (C, z, y, x) float32, label (z, y, x) uint8 or None, and the image geometry."""
+def load_case(
+    case: CaseFiles, n_channels: int, declared_by: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """Image (C, z, y, x) float32, label (z, y, x) uint8 or None, and the image geometry.
+
+    ``declared_by`` names who expects ``n_channels`` in a message (``alseg predict``: the
+    model); by default the dataset's ``dataset.json``, with its fix."""
+    who = declared_by or "dataset.json declares"
     if case.four_d:
         arr, geom = read_volume(case.images[0])
         if arr.ndim != 4 or arr.shape[0] != n_channels:
             found = arr.shape[0] if arr.ndim == 4 else 1
             raise AlsegError(
-                f"has {found} channel(s), dataset.json declares {n_channels} — fix 'modality' or the image",
+                f"has {found} channel(s), {who} {n_channels} — "
+                + ("fix 'modality' or the image" if declared_by is None else "pass images with that many channels"),
                 case.images[0],
             )
         image = arr
@@ -253,13 +260,15 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
             extra = [f"{case.case_id}_{k:04d}{ending}" for k in case.channel_ids if k >= n_channels]
             what = f"lacks {', '.join(missing)}" if missing else f"has extra channel file(s) {', '.join(extra)}"
             raise AlsegError(
-                f"case {case.case_id} {what} — dataset.json declares {n_channels} channel(s), files "
-                f"{case.case_id}_0000..{n_channels - 1:04d}{ending}; add/rename the files or fix 'channel_names'",
+                f"case {case.case_id} {what} — {who} {n_channels} channel(s), files "
+                f"{case.case_id}_0000..{n_channels - 1:04d}{ending}; add/rename the files"
+                + (" or fix 'channel_names'" if declared_by is None else ""),
                 case.images[0].parent,
             )
         if len(case.images) != n_channels:
             raise AlsegError(
-                f"case {case.case_id} has {len(case.images)} channel file(s), dataset.json declares {n_channels} — add the missing _XXXX files or fix 'channel_names'",
+                f"case {case.case_id} has {len(case.images)} channel file(s), {who} {n_channels} — add the missing "
+                + ("_XXXX files or fix 'channel_names'" if declared_by is None else "_XXXX files"),
                 case.images[0],
             )
         chans, geom = [], None
@@ -267,7 +276,12 @@ def load_case(case: CaseFiles, n_channels: int) -> tuple[np.ndarray, np.ndarray 
             a, g = read_volume(p)
             if a.ndim != 3:
                 raise AlsegError(
-                    f"is {a.ndim}D with {a.shape[0]} channel(s), dataset.json declares {n_channels} — fix 'modality' or split the channels",
+                    f"is {a.ndim}D with {a.shape[0]} channel(s), {who} {n_channels} — "
+                    + (
+                        "fix 'modality' or split the channels"
+                        if declared_by is None
+                        else "split the channels into _XXXX files"
+                    ),
                     p,
                 )
             if geom is not None and (a.shape != chans[0].shape or g.matches(geom)):

@@ -200,7 +200,7 @@ class CasePrediction:
 def predict_case(module: SegmentationModule, case: CaseFiles, *, tta: bool = False) -> CasePrediction:
     """Predict one case with ``module`` (on the device it is on, in eval mode)."""
     plans, config = module.plans, module.config
-    image, _, geometry = load_case(case, len(plans.channel_names))
+    image, _, geometry = load_case(case, len(plans.channel_names), declared_by="the model takes")
     for c in range(image.shape[0]):  # one NaN would turn the whole map into background
         problem = intensity_problem(image[c])
         if problem:

@@ -465,7 +465,7 @@ class CellStatus:
     seed: int | None
     rounds_done: int
     rounds_total: int | None
-    state: str  # finished | running | failed | requeued | waiting
+    state: str  # finished | running | failed | requeued | waiting | damaged
     last_line: str = ""
 
 
@@ -489,7 +489,11 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
         progress = run.progress()
         done, total = progress if progress else (0, _planned_rounds(cell))
         last = _last_line(cell.log_path)
-        if cell.finished():
+        damaged = run.damaged_file()
+        if damaged is not None:  # named, not read as "waiting" or "failed" with an unrelated log line
+            state = "damaged"
+            last = f"{damaged}: cannot be read — restore it from a backup, or delete {cell.run_dir} to rerun the cell"
+        elif cell.finished():
             state = "finished"
         elif run.running():
             state = "running"
