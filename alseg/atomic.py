@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write_text",
     "default_file_mode",
     "is_temp_file",
+    "verify_archive",
     "write_error",
 ]
 
@@ -112,6 +113,11 @@ def _check(ok: bool) -> None:
 
 def _size_is(size: int) -> Callable[[str], None]:
     return lambda tmp: _check(os.path.getsize(tmp) == size)
+
+
+def verify_archive(path: str) -> None:
+    """``OSError`` unless ``path`` is a whole zip archive (a torch checkpoint, an ``.npz``)."""
+    _zip_intact(path)
 
 
 def _zip_intact(tmp: str) -> None:

@@ -16,6 +16,7 @@ from rich.table import Table
 from alseg import __version__
 from alseg.active.rundir import RunDir
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
+from alseg.data.workers import watch_from_env
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
 from alseg.seeds import MAX_SEED
@@ -910,6 +911,7 @@ def main() -> None:
     before anything imports torch; a library user of alseg keeps the process as it was.
     """
     tune_process()
+    watch_from_env()  # a cell of 'alseg compare' stops when compare is killed
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

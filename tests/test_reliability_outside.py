@@ -438,3 +438,45 @@ def test_status_names_the_damaged_file_of_a_cell(tmp_path: Path, capsys):
     code, out, err = run_cli(["status", str(tmp_path / "exp")], capsys)
     assert code == 0, err
     assert "damaged" in out and "state.json" in out, out
+
+
+def test_a_compare_cell_stops_when_compare_is_killed():
+    """``alseg compare`` (local) names itself in ALSEG_DIE_WITH for its cells; a cell's
+    ``alseg loop`` is a grandchild (through submitit's job process), so it watches that pid."""
+    import os
+
+    from alseg.data.workers import DIE_WITH_ENV
+
+    starter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    env = {**os.environ, DIE_WITH_ENV: str(starter.pid)}
+    code = "from alseg.data.workers import watch_from_env; import time; watch_from_env(); time.sleep(60)"
+    cell = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert cell.poll() is None  # runs while its starter runs
+        starter.kill()  # left a zombie until waited for: it counts as gone
+        assert cell.wait(timeout=10) == 1
+        assert f"(pid {starter.pid}) is gone" in cell.stderr.read()
+    finally:
+        for p in (starter, cell):
+            if p.poll() is None:
+                p.kill()
+        starter.wait()
+
+
+def test_a_final_checkpoint_cut_short_is_not_renamed_into_place(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from alseg.model.callbacks import FinalCheckpoint
+
+    def save_checkpoint(path, weights_only=False):
+        import torch
+
+        torch.save({"w": torch.ones(100)}, path)
+        with open(path, "rb+") as f:
+            f.truncate(Path(path).stat().st_size // 2)
+
+    trainer = SimpleNamespace(save_checkpoint=save_checkpoint, is_global_zero=True)
+    with pytest.raises(AlsegError, match=r"model.ckpt: cannot write \(incomplete after writing\)"):
+        FinalCheckpoint(tmp_path / "model.ckpt").on_fit_end(trainer, None)
+    assert not list(tmp_path.iterdir())

@@ -11,9 +11,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["default_workers", "die_with_parent", "make_executor", "worker_pool_args"]
+__all__ = ["DIE_WITH_ENV", "default_workers", "die_with_parent", "make_executor", "watch_from_env", "worker_pool_args"]
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+DIE_WITH_ENV = "ALSEG_DIE_WITH"
+"""Set by ``alseg compare`` (local executor) to its pid for the cells it starts: a cell's
+``alseg loop`` (a grandchild, through submitit's job process) exits when compare is gone."""
 WATCH_SECONDS = 0.5
 
 
@@ -63,3 +66,35 @@ def die_with_parent(parent: int, pdeathsig: bool = True) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="alseg-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but another user's (the pid was reused)
+        return False
+    try:  # a killed process stays a zombie until its parent reaps it: dead all the same
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or it just went
+        return True
+
+
+def watch_from_env() -> None:
+    """When :data:`DIE_WITH_ENV` names a process, exit as soon as it is gone (a daemon thread
+    checks twice a second): a cell of a killed ``alseg compare`` stops, like a killed run (the OS
+    drops its lock; the next ``compare`` resumes it)."""
+    value = os.environ.get(DIE_WITH_ENV, "")
+    if not value.isdigit():
+        return
+    pid = int(value)
+
+    def watch() -> None:
+        while _alive(pid):
+            time.sleep(WATCH_SECONDS)
+        print(f"alseg: the process that started this one (pid {pid}) is gone — stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="alseg-starter-watch", daemon=True).start()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from alseg.atomic import atomic_write_text
+from alseg.atomic import atomic_write_text, verify_archive, write_error
 from alseg.errors import AlsegError
 from alseg.model.metrics import metric_names
 
@@ -127,4 +127,9 @@ class FinalCheckpoint(Callback):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp, weights_only=True)
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            try:
+                verify_archive(str(tmp))  # a checkpoint cut short at a full disk is not renamed into place
+                os.replace(tmp, self.path)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise write_error(err, self.path) from None

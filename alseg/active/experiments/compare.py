@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from alseg.active.rundir import LOCK, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
+from alseg.data.workers import DIE_WITH_ENV
 from alseg.errors import AlsegError
 from alseg.model.train import train
 from alseg.model.trainer import check_batch_memory, one_device
@@ -309,8 +311,8 @@ def run_compare(target: Path, exp_dir: Path, *args: Any, **kwargs: Any) -> list[
     """:func:`_run_compare` (its arguments) while holding ``EXP/.lock``: a second ``alseg compare``
     on a running experiment is refused at once, naming the holder's pid (not cell by cell, after
     planning); the OS drops the lock when its holder dies, even by ``kill -9``."""
-    with RunLock(Path(exp_dir) / LOCK):
-        return _run_compare(target, exp_dir, *args, **kwargs)
+    with ExitStack() as held:  # taken once the options are checked, before any planning
+        return _run_compare(target, exp_dir, *args, lock=held, **kwargs)
 
 
 def _run_compare(
@@ -325,6 +327,7 @@ def _run_compare(
     show_progress: bool = True,
     executor: ExecutorOptions | None = None,
     shared_initial_round: bool = False,
+    lock: ExitStack | None = None,
 ) -> list[Cell]:
     """Run (locally) or submit (SLURM) every unfinished cell, then the full-data reference.
 
@@ -340,6 +343,8 @@ def _run_compare(
     folder = exp_dir / SUBMITIT_DIR
     slurm = slurm_executor(folder, options, jobs) if options.executor == "slurm" else None  # before any work
     exp_dir.mkdir(parents=True, exist_ok=True)
+    if lock is not None:  # held until run_compare returns
+        lock.enter_context(RunLock(exp_dir / LOCK))
     # a dataset is planned once, into EXP/plan, and preprocessed before the workers share the cache
     ws = Workspace.open(
         Path(target),
@@ -385,6 +390,7 @@ def _run_local(folder: Path, jobs_of: list[tuple[Cell, CellJob]], jobs: int, gpu
     if per_job > len(gpus) > 0:
         raise AlsegError(f"--gpus-per-job {per_job}: this machine has {len(gpus)} GPU(s)")
     ex = submitit.LocalExecutor(folder=folder)
+    os.environ[DIE_WITH_ENV] = str(os.getpid())  # the cells stop if this process is killed (watch_from_env)
     queue = list(jobs_of)
     running: list[tuple[Cell, Any, float]] = []
     failures: list[str] = []
@@ -408,6 +414,7 @@ def _run_local(folder: Path, jobs_of: list[tuple[Cell, CellJob]], jobs: int, gpu
                     failures.append(f"{cell.run_dir}: {status} — see {cell.log_path}")
                 console.print(f"{cell.strategy} seed {cell.seed}: {status} in {time.time() - t0:.0f} s")
     finally:
+        os.environ.pop(DIE_WITH_ENV, None)
         for _, job, _ in running:  # interrupted: stop what still runs (each resumes on the next call)
             job.cancel(check=False)
     return failures
