@@ -233,7 +233,10 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override the plan's batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override the initial learning rate."),
     devices: str = typer.Option("auto", "--devices", help="Lightning devices: a number or 'auto'."),
-    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp."),
+    strategy: str = typer.Option(
+        "auto", "--ddp-strategy", help="Lightning's distributed strategy for several devices, e.g. ddp."
+    ),
+    old_strategy: Optional[str] = typer.Option(None, "--strategy", hidden=True, help="Old --ddp-strategy."),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="e.g. 16-mixed (default: 16-mixed on GPU, 32 on CPU)."
     ),
@@ -251,6 +254,15 @@ def train(
 
     if lr is not None and not 0 < lr < float("inf"):
         raise AlsegError(f"--lr must be a positive, finite learning rate, got {lr}")
+    if old_strategy is not None:  # the old name: one meaning per option name across commands
+        err.print(
+            "warning: 'alseg train --strategy' is now '--ddp-strategy' (Lightning's distributed strategy); "
+            "'--strategy' of 'alseg loop', 'compare' and 'demo' names the selection strategy",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        strategy = old_strategy
     check_trainer_settings(  # Lightning's own checks, before any preprocessing or training
         TrainerSettings(devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision)
     )

@@ -427,7 +427,7 @@ cases(
     ("train: devices 'many'", lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--devices", "many"], "--devices"),
     (
         "train: unknown Lightning strategy",
-        lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--strategy", "warp"],
+        lambda e: ["train", str(e.plan), "-o", str(e.t / "o"), "--ddp-strategy", "warp"],
         "warp",
     ),
     (

@@ -82,3 +82,13 @@ def test_demo_data_counts_test_images_and_the_old_name_says_so(tmp_path, capsys,
     code, out, err = run_cli(["demo-data", str(tmp_path / "b"), "--cases", "2", "--test-cases", "1"], capsys)
     assert code == 0 and len(list((tmp_path / "b" / "imagesTs").iterdir())) == 1
     assert "is now '--test-images N'" in err and "names the test cases" in err
+
+
+def test_train_names_lightnings_strategy_ddp_strategy(tmp_path, capsys, monkeypatch):
+    """'--strategy' is the selection strategy everywhere; train's Lightning strategy is --ddp-strategy."""
+    text = _render(["train"], 80, capsys, monkeypatch)
+    assert "--ddp-strategy" in text and "--strategy" not in text.replace("--ddp-strategy", "")
+    code, out, err = run_cli(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--ddp-strategy", "warp"], capsys)
+    assert code == 2 and "warp" in err and "is now" not in err
+    code, out, err = run_cli(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--strategy", "warp"], capsys)
+    assert code == 2 and "warp" in err and "is now '--ddp-strategy'" in err
