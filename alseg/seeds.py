@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_SEED", "SEED_RANGE", "derived_seed", "global_seed", "round_seed"]
+__all__ = ["MAX_SEED", "SEED_RANGE", "derived_seed", "global_seed", "seed_for_round"]
 
 MAX_SEED = 2**63 - 1
 """The largest seed a user may give (a signed 64-bit integer, as JSON readers and torch take it)."""
@@ -32,7 +32,7 @@ def global_seed(seed: int) -> int:
     return seed if 0 <= seed < _FITS else derived_seed(seed)
 
 
-def round_seed(seed: int, round_: int) -> int:
+def seed_for_round(seed: int, round_: int) -> int:
     """The seed of round ``round_`` of a loop seeded ``seed`` (training, the batch uncertainty's
     masks): ``seed * 1000 + round_`` while that fits 32 bits, as alseg always derived it, else a
     32-bit seed from ``SeedSequence([seed, round_])``."""

@@ -45,17 +45,17 @@ def test_predict_refuses_the_input_folder_and_overwrite_allows_a_plain_one(finis
 
 # --- 2. seeds of any size ----------------------------------------------------------------------------
 def test_round_seeds_are_the_old_ones_where_they_fit_and_32_bit_everywhere():
-    from alseg.seeds import MAX_SEED, derived_seed, global_seed, round_seed
+    from alseg.seeds import MAX_SEED, derived_seed, global_seed, seed_for_round
 
     for seed in range(4):
         for round_ in range(60):
-            assert round_seed(seed, round_) == seed * 1000 + round_  # runs with small seeds are unchanged
+            assert seed_for_round(seed, round_) == seed * 1000 + round_  # runs with small seeds are unchanged
         assert global_seed(seed) == seed
     for seed in (4_294_968, 20261207, 2**32, MAX_SEED):
-        seeds = [round_seed(seed, r) for r in range(20)]
+        seeds = [seed_for_round(seed, r) for r in range(20)]
         assert all(0 <= s < 2**32 for s in seeds) and len(set(seeds)) == 20
         assert 0 <= global_seed(seed) < 2**32
-    assert round_seed(4_294_967, 295) == 4_294_967_295  # the last one that fits stays as it was
+    assert seed_for_round(4_294_967, 295) == 4_294_967_295  # the last one that fits stays as it was
     assert derived_seed(5, 1) != derived_seed(1, 5)
 
 

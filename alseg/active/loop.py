@@ -44,7 +44,7 @@ from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, se
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, check_batch_memory, make_trainer
 from alseg.progress import console, results
-from alseg.seeds import round_seed
+from alseg.seeds import seed_for_round
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 
 __all__ = [
@@ -321,7 +321,7 @@ class LoopDriver:
 
     def train_round(self, round_: int) -> None:
         """Fit round ``round_`` on the labelled items; the ActiveLoop callback does the rest."""
-        seed = round_seed(self.config.seed, round_)  # seed * 1000 + round while it fits 32 bits (alseg.seeds)
+        seed = seed_for_round(self.config.seed, round_)  # seed * 1000 + round while it fits 32 bits (alseg.seeds)
         pl.seed_everything(seed, workers=False, verbose=False)
         module = self.load_module(round_ - 1) if round_ > 0 and self.config.fine_tune else self.new_module()
         regions = [Region(self.pool[i].case_id, self.pool[i].box) for i in self.pool.indices(self.state.labelled)]
@@ -438,7 +438,7 @@ class LoopDriver:
             planned_rounds=self.config.rounds,
         )
         # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
-        sel = select_batch(self.strategy, ctx, uncertainty_seed=round_seed(self.config.seed, round_))
+        sel = select_batch(self.strategy, ctx, uncertainty_seed=seed_for_round(self.config.seed, round_))
         seconds = dict(sel.seconds)
         seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
         given = [s for s in sel.scores if s is not None]

@@ -97,7 +97,9 @@ def resolved_trainer_kwargs(
     cuda = uses_cuda(settings)
     precision = settings.precision if settings.precision is not None else ("16-mixed" if cuda else "32-true")
     deterministic = settings.deterministic if settings.deterministic is not None else (False if cuda else "warn")
-    callbacks = [*callbacks, FiniteLoss()]  # every fit stops with one line when it diverges
+    callbacks = list(callbacks)
+    if not any(isinstance(cb, FiniteLoss) for cb in callbacks):  # every fit stops with one line when it diverges
+        callbacks.append(FiniteLoss())
     kwargs: dict[str, Any] = {
         "accelerator": settings.accelerator,
         "devices": settings.devices,
