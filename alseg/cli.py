@@ -36,8 +36,10 @@ app = typer.Typer(
     help="Active learning for medical image segmentation on a self-configuring, nnU-Net-compatible pipeline.",
     epilog=EXIT_CODES_HELP,
 )
-out = Console()
-err = Console(stderr=True)
+# results and messages are never wrapped: a path or a command printed for copying stays one line,
+# also when stdout is a file or a pipe (rich would wrap at 80 columns there); tables keep the width
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:

@@ -92,3 +92,12 @@ def test_train_names_lightnings_strategy_ddp_strategy(tmp_path, capsys, monkeypa
     assert code == 2 and "warp" in err and "is now" not in err
     code, out, err = run_cli(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--strategy", "warp"], capsys)
     assert code == 2 and "warp" in err and "is now '--ddp-strategy'" in err
+
+
+def test_results_are_never_wrapped(tmp_path, capsys, monkeypatch):
+    """A written path (or a command to copy) stays on one line however narrow the terminal or pipe."""
+    monkeypatch.setenv("COLUMNS", "40")
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3) / "data"
+    code, out, err = run_cli(["demo-data", str(deep), "--cases", "2", "--test-images", "0"], capsys)
+    assert code == 0
+    assert any(str(deep) in line for line in out.splitlines()), out
