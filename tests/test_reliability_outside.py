@@ -480,3 +480,19 @@ def test_a_final_checkpoint_cut_short_is_not_renamed_into_place(tmp_path: Path):
     with pytest.raises(AlsegError, match=r"model.ckpt: cannot write \(incomplete after writing\)"):
         FinalCheckpoint(tmp_path / "model.ckpt").on_fit_end(trainer, None)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_label_file_deleted_after_acceptance_is_reported_not_asked_again(tiny_plan: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    args = ["loop", str(tiny_plan), "-o", str(run), "--oracle", "files", *LOOP]
+    assert run_cli(args, capsys)[0] == 3
+    cases = run / "annotate" / "round_000" / "cases"
+    first = sorted(cases.iterdir())[0]
+    shutil.copy(tiny_plan.parent / "data" / "labelsTr" / f"{first.name}.nii.gz", first / "label.nii.gz")
+    code, out, err = run_cli([*args, "--resume"], capsys)
+    assert code == 3 and f"no label file for case {first.name}" not in out, (out, err)
+    (first / "label.nii.gz").unlink()  # deleted after it was accepted
+    code, out, err = run_cli([*args, "--resume"], capsys)
+    assert code == 2, (out, err)
+    assert f"the label file of case {first.name} was accepted earlier in this round but is gone now" in err, err
+    assert f"case {first.name}" not in out.split("no label file for")[-1], out

@@ -295,7 +295,9 @@ class LoopDriver:
         selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
         if not selected:
             return True
-        self.state.pending = Pending(round=round_, selected=record["selected"])
+        pending = self.state.pending
+        earlier = set(pending.accepted) if pending is not None and pending.round == round_ else set()
+        self.state.pending = Pending(round=round_, selected=record["selected"], accepted=sorted(earlier))
         self.run.save_state(self.state)
         t0 = time.perf_counter()
 
@@ -307,11 +309,24 @@ class LoopDriver:
         answer = self.oracle.annotate(round_, self.pool.indices(selected), model if round_ > 0 else None)
         for path in self.labels.write(self.pool, answer.masks):
             self.run.record_checksum(self.state, path)
-        if answer.problems or answer.waiting:
+        gone = sorted({self.pool[i].case_id for i in answer.waiting if self.pool[i].id in earlier})
+        waiting = [i for i in answer.waiting if self.pool[i].case_id not in gone]
+        problems = answer.problems + [  # accepted by an earlier call of this round, then deleted: said, not re-asked
+            f"{getattr(self.oracle, 'folder', lambda k: self.run.path)(round_)}: the label file of case {case} was "
+            "accepted earlier in this round but is gone now — put it back, then run the same command with --resume"
+            for case in gone
+        ]
+        if problems or waiting:
             accepted = [self.pool[i].id for i in sorted(answer.masks)]
-            raise AnnotationIncomplete(
-                round_, answer.problems, len(answer.waiting), accepted, self.oracle, n_selected=len(selected)
+            self.state.pending = Pending(
+                round=round_, selected=record["selected"], accepted=sorted(earlier | set(accepted))
             )
+            self.run.save_state(self.state)
+            incomplete = AnnotationIncomplete(
+                round_, problems, len(waiting), accepted, self.oracle, n_selected=len(selected)
+            )
+            incomplete.waiting_cases = [c for c in incomplete.waiting_cases if c not in gone]
+            raise incomplete
         self.state.labelled = self.state.labelled + selected
         self.state.pending = None
         self.run.save_state(self.state)

@@ -189,6 +189,9 @@ class RunConfig(LoopSettings):
 class Pending(BaseModel):
     round: int
     selected: list[str]
+    accepted: list[str] = Field(default_factory=list)
+    """Items of the round whose annotation an earlier call accepted (files oracle): a label file
+    deleted after that is reported, not asked for again."""
 
 
 class RunState(BaseModel):
