@@ -349,6 +349,18 @@ OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_opti
 TestCasesOpt = Annotated[Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))]
 
 
+def _over_settings_file(ctx: typer.Context, values: dict, settings_file: Path | None) -> tuple[dict, set[str]]:
+    """``values`` (``loop``'s or ``compare``'s options) over a settings file's: what the user typed
+    wins, the file fills the rest. Also the names that count as given (typed, or all with a file)."""
+    typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
+    given = {("strategy_options" if k == "option" else k) for k in typed}
+    if settings_file is None:
+        return values, given
+    base = load_settings_file(settings_file).model_dump()
+    merged = {**base, **{k: v for k, v in values.items() if k in given}}
+    return merged, set(merged)
+
+
 def _given(ctx: typer.Context, names: list[str]) -> set[str]:
     """The options a user typed (not defaults): what --resume compares with the stored run."""
     sources = {n: ctx.get_parameter_source(n) for n in names}
@@ -424,12 +436,7 @@ def loop(
         devices=devices,
         strategy_options=_parse_strategy_options(option),
     )
-    typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
-    given = {("strategy_options" if k == "option" else k) for k in typed}
-    if settings_file is not None:
-        base = load_settings_file(settings_file).model_dump()
-        values = {**base, **{k: v for k, v in values.items() if k in given}}
-        given = set(values)
+    values, given = _over_settings_file(ctx, values, settings_file)
     settings = LoopSettings.checked(**values)
     if launched_rank() > 0:  # a copy Lightning started for another device: it follows rank 0 silently
         try:
@@ -564,15 +571,11 @@ def compare(
         devices=devices,
         strategy_options=_parse_strategy_options(option, names),
     )
-    if settings_file is not None:  # a protocol file: typed options override it
-        typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
-        given = {("strategy_options" if k == "option" else k) for k in typed}
-        base = load_settings_file(settings_file).model_dump()
-        values = {**base, **{k: v for k, v in values.items() if k in given}}
-        if "strategy_options" not in given:
-            values["strategy_options"] = _parse_strategy_options(
-                [f"{k}={v}" for k, v in base["strategy_options"].items()], names
-            )
+    values, _ = _over_settings_file(ctx, values, settings_file)  # a protocol file: typed options override it
+    if settings_file is not None:  # the file's strategy options, checked against the grid's strategies
+        from alseg.strategies import options_for  # lazy, as the CLI's other imports: start-up time
+
+        options_for(names, values["strategy_options"])
     settings = LoopSettings.checked(**values)
     cells = run_compare(
         target,

@@ -29,6 +29,19 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def synthetic_plan(tmp_path_factory) -> Path:
+    """The plan folder of a 6-case demo dataset (every case labelled, no test images), planned once
+    per test module; the dataset is beside it in ``../data``."""
+    from alseg.data.synthetic import generate_dataset  # lazy: heavier imports only for the tests that use it
+    from alseg.plans.planner import plan_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_plan")
+    data = generate_dataset(root / "data", cases=6, test_cases=0)
+    plan_dataset(data, root / "plan", show_progress=False)
+    return root / "plan"
+
+
 FINISHED_RUN = dict(rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=3, batch_size=4, mc_passes=2, seed=0)
 
 

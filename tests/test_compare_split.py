@@ -17,19 +17,8 @@ from alseg.plans.models import load_plans
 TINY = ["--rounds=1", "--budget=4", "--initial=8", "--epochs=1", "--iters-per-epoch=2", "--batch-size=4"]
 
 
-@pytest.fixture(scope="module")
-def plan_dir(tmp_path_factory) -> Path:
-    from alseg.data.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("compare_split")
-    data = generate_dataset(root / "data", cases=6, test_cases=0)
-    plan_dataset(data, root / "plan", show_progress=False)
-    return root / "plan"
-
-
-def test_compare_test_cases_are_held_out_by_every_cell_and_the_reference(plan_dir, tmp_path, capsys, monkeypatch):
-    cases = sorted(_case_ids(plan_dir))
+def test_compare_test_cases_are_held_out_by_every_cell_and_the_reference(synthetic_plan, tmp_path, capsys, monkeypatch):
+    cases = sorted(_case_ids(synthetic_plan))
     chosen = [cases[1], cases[4]]  # not what fold 0 would hold out
     seen: list[tuple[list[str], list[str]]] = []
 
@@ -39,7 +28,7 @@ def test_compare_test_cases_are_held_out_by_every_cell_and_the_reference(plan_di
 
     monkeypatch.setattr(compare_mod, "train", spy)
     exp = tmp_path / "exp"
-    args = ["compare", str(plan_dir), "-o", str(exp), "--strategies", "random", "--seeds", "2"]
+    args = ["compare", str(synthetic_plan), "-o", str(exp), "--strategies", "random", "--seeds", "2"]
     code, _, err = run_cli([*args, *TINY, "--mc-passes=2", "--workers=0", "--test-cases", ",".join(chosen)], capsys)
     assert code == 0, err
     others = [c for c in cases if c not in chosen]
@@ -51,15 +40,15 @@ def test_compare_test_cases_are_held_out_by_every_cell_and_the_reference(plan_di
     assert len(rows) == 2 and "dice_mean" in rows[0]
 
 
-def test_train_refuses_a_split_with_an_unlabelled_case(plan_dir, tmp_path):
-    plans = load_plans(plan_dir / "plans.json")
-    cache = build_cache(plans, "2d", plan_dir, show_progress=False, workers=0)
+def test_train_refuses_a_split_with_an_unlabelled_case(synthetic_plan, tmp_path):
+    plans = load_plans(synthetic_plan / "plans.json")
+    cache = build_cache(plans, "2d", synthetic_plan, show_progress=False, workers=0)
     ids = cache.labelled_case_ids()
     with pytest.raises(AlsegError, match="'ghost_case' has no label"):
         train(plans, "2d", cache, tmp_path / "t", split=(ids[:-1], ["ghost_case"]), progress=False)
 
 
-def _case_ids(plan_dir: Path) -> list[str]:
+def _case_ids(synthetic_plan: Path) -> list[str]:
     from alseg.data.dataset import read_dataset
 
-    return [c.case_id for c in read_dataset(load_plans(plan_dir / "plans.json").dataset_root).training]
+    return [c.case_id for c in read_dataset(load_plans(synthetic_plan / "plans.json").dataset_root).training]

@@ -35,17 +35,6 @@ PROTOCOL = {
 
 
 @pytest.fixture(scope="module")
-def plan_dir(tmp_path_factory) -> Path:
-    from alseg.data.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("grid_protocol")
-    data = generate_dataset(root / "data", cases=6, test_cases=0)
-    plan_dataset(data, root / "plan", show_progress=False)
-    return root / "plan"
-
-
-@pytest.fixture(scope="module")
 def protocol(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("protocol") / "protocol.json"
     path.write_text(json.dumps(PROTOCOL))
@@ -75,9 +64,20 @@ def test_candidate_items_keep_the_labelled_and_draw_the_same_order_for_every_str
     assert list(np.setdiff1d(a, np.flatnonzero(labelled))) == sorted([int(o) for o in order if not labelled[o]][:6])
 
 
-def test_protocol_validation_refuses_fewer_candidates_than_the_budget(plan_dir, tmp_path, capsys):
+def test_protocol_validation_refuses_fewer_candidates_than_the_budget(synthetic_plan, tmp_path, capsys):
     code, _, err = run_cli(
-        ["loop", str(plan_dir), "-o", str(tmp_path / "r"), "--budget", "5", "--candidates", "3", "--initial", "4"],
+        [
+            "loop",
+            str(synthetic_plan),
+            "-o",
+            str(tmp_path / "r"),
+            "--budget",
+            "5",
+            "--candidates",
+            "3",
+            "--initial",
+            "4",
+        ],
         capsys,
     )
     assert code == 2 and "--candidates 3 is smaller than --budget 5" in err
@@ -93,12 +93,12 @@ def _epochs_trained(run: Path) -> list[int]:
     return out
 
 
-def test_shared_round_zero_forks_equal_the_one_command_rerun(plan_dir, protocol, tmp_path, capsys):
+def test_shared_round_zero_forks_equal_the_one_command_rerun(synthetic_plan, protocol, tmp_path, capsys):
     """The grid trains round 0 once per seed (for --initial-epochs) and forks it; re-running a
     cell with `alseg loop --settings protocol.json --strategy S --seed N` gives the cell's rows
     exactly (both as subprocesses, as a user runs them: the same threads, the same floats)."""
     exp = tmp_path / "exp"
-    args = ["compare", str(plan_dir), "-o", str(exp), "--settings", str(protocol), "--strategies", "bald"]
+    args = ["compare", str(synthetic_plan), "-o", str(exp), "--settings", str(protocol), "--strategies", "bald"]
     code, _, err = run_cli([*args, "--seeds", "1", "--workers=0", "--no-full", "--shared-initial-round"], capsys)
     assert code == 0, err
     round0 = exp / ".round0" / "seed_0"
@@ -114,7 +114,7 @@ def test_shared_round_zero_forks_equal_the_one_command_rerun(plan_dir, protocol,
     assert record["n_candidates"] == 10 and len(record["selected"]) == 4  # chosen among 10 candidates
     # the one command that re-runs the cell, in its own process as compare's cells are
     rerun = tmp_path / "rerun"
-    cmd = [sys.executable, "-m", "alseg", "loop", str(plan_dir), "-o", str(rerun), "--settings", str(protocol)]
+    cmd = [sys.executable, "-m", "alseg", "loop", str(synthetic_plan), "-o", str(rerun), "--settings", str(protocol)]
     done = subprocess.run(
         [*cmd, "--strategy", "bald", "--seed", "0", "--workers", "0"],
         capture_output=True,
