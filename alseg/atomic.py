@@ -58,7 +58,7 @@ _TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$|^\.tmp-[a-z0-9_
 
 def is_temp_file(path: Path) -> bool:
     """A temp file left by a killed atomic write: ``.<name>.<8 random chars>.tmp`` (here) or
-    ``.tmp-<8 random chars><suffix>`` (:func:`alseg.data.io.write_volume`)."""
+    ``.tmp-<8 random chars><suffix>`` (:func:`alseg.dataset.io.write_volume`)."""
     return bool(_TEMP.match(Path(path).name))
 
 

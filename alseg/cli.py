@@ -16,7 +16,7 @@ from rich.table import Table
 from alseg import __version__
 from alseg.active.rundir import RunDir
 from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
-from alseg.data.workers import watch_from_env
+from alseg.dataset.workers import watch_from_env
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
 from alseg.seeds import MAX_SEED
@@ -85,7 +85,7 @@ def demo_data(
 ) -> None:
     """Write the built-in synthetic dataset, shaped like MSD Hippocampus (or CT-like with --ct)."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
 
     if dims not in (2, 3):
         raise AlsegError(f"--dims must be 2 or 3, got {dims}")
@@ -117,8 +117,8 @@ def _usable_folder(path: Path, option: str = "-o") -> None:
 
 def _check(dataset: Path, quiet: bool = False) -> None:
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.data.dataset import read_dataset
-    from alseg.data.validate import check_dataset
+    from alseg.dataset.raw import read_dataset
+    from alseg.dataset.validate import check_dataset
 
     info = read_dataset(dataset)
     result = check_dataset(info, show_progress=not quiet)
@@ -788,7 +788,7 @@ def demo(
     """The main job on built-in data: synthetic dataset → check → plan → active loop → report."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.active.loop import LoopDriver
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset, summarize_plans
     from alseg.report import build_report
     from alseg.strategies import parse_strategy_options
@@ -859,8 +859,9 @@ def predict(
 ) -> None:
     """Segment scans with a trained model; one label map per input, in the input's own geometry."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.model.predict import check_output_folder, check_part, load_model
-    from alseg.model.predict import predict as run_prediction
+    from alseg.predict import check_output_folder, check_part
+    from alseg.predict import predict as run_prediction
+    from alseg.trained import load_model
 
     check_part(num_parts, part_id)  # before loading the model
     check_output_folder(inputs, out_dir, overwrite=overwrite)

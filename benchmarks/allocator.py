@@ -42,7 +42,7 @@ def child(args) -> None:
     import torch
     from scoring import build_context  # benchmarks/scoring.py
 
-    from alseg.model.pool_inference import score_pool
+    from alseg.scoring.pool_inference import score_pool
 
     torch.set_num_threads(args.threads)
     ctx = build_context(args.items, torch.device("cpu"), args.batch_size or None)

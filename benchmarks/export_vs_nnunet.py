@@ -38,11 +38,12 @@ from alseg.active.export import export_nnunet  # noqa: E402
 from alseg.active.loop import LoopDriver  # noqa: E402
 from alseg.active.rundir import RunDir  # noqa: E402
 from alseg.active.settings import LoopSettings  # noqa: E402
-from alseg.data.dataset import read_dataset  # noqa: E402
-from alseg.data.io import read_volume  # noqa: E402
-from alseg.data.synthetic import generate_dataset  # noqa: E402
+from alseg.dataset.io import read_volume  # noqa: E402
+from alseg.dataset.raw import read_dataset  # noqa: E402
+from alseg.dataset.synthetic import generate_dataset  # noqa: E402
+from alseg.model.case_prediction import predict_case  # noqa: E402
 from alseg.model.metrics import dice_per_class, mean_dice  # noqa: E402
-from alseg.model.predict import load_model, predict_case  # noqa: E402
+from alseg.trained import load_model  # noqa: E402
 
 TASK04 = Path("/work/shared/data/Task04_Hippocampus")
 OK, BAD = "✓", "✗"

@@ -220,7 +220,7 @@ def part_scoring(spec: dict[str, Any]) -> dict[str, Any]:
     import scoring
     import torch
 
-    from alseg.model.pool_inference import score_pool
+    from alseg.scoring.pool_inference import score_pool
 
     device = torch.device(spec["device"])
     n_req, T = spec["items"], spec["passes"]

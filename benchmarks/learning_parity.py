@@ -15,7 +15,7 @@ without test-time mirroring, and the Dice of each case is measured in the origin
 against the dataset's label file, with one function (:mod:`alseg.model.metrics`):
 
 * alseg: :func:`alseg.model.train.train` (validation only after the last epoch) and
-  :func:`alseg.model.predict.predict` (``tta=False``), in this interpreter, in a subprocess.
+  :func:`alseg.predict.predict` (``tta=False``), in this interpreter, in a subprocess.
 * nnU-Net v2: its own ``nnUNetTrainer``, subclassed only to set ``num_epochs``,
   ``num_iterations_per_epoch``, the batch size, one validation iteration per epoch and the seeds
   (Python, numpy, torch), ``run_training()``, then ``nnUNetPredictor`` (Gaussian sliding window,
@@ -61,8 +61,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from alseg.data.dataset import read_dataset  # noqa: E402
-from alseg.data.io import read_volume  # noqa: E402
+from alseg.dataset.io import read_volume  # noqa: E402
+from alseg.dataset.raw import read_dataset  # noqa: E402
 from alseg.model.metrics import dice_per_class, mean_dice  # noqa: E402
 
 CONFIG = "2d"
@@ -222,11 +222,11 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, join
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.utils.data import DataLoader, Dataset
-from alseg.data.dataset import read_dataset
-from alseg.data.io import read_volume
+from alseg.dataset.raw import read_dataset
+from alseg.dataset.io import read_volume
 from alseg.model.metrics import dice_per_class, mean_dice
 from alseg.model.module import SegmentationModule
-from alseg.model.predict import predict_case
+from alseg.model.case_prediction import predict_case
 from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import load_plans
 
@@ -466,8 +466,8 @@ def alseg_worker(args: dict) -> None:
     # lazy: a worker process imports the training stack, the benchmark's driver does not
     import torch
 
-    from alseg.model.predict import predict
     from alseg.model.train import train
+    from alseg.predict import predict
 
     torch.set_num_threads(args["threads"])
     plan = Path(args["plan"])

@@ -52,9 +52,9 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from alseg.data.dataset import load_case, read_dataset  # noqa: E402
-from alseg.data.io import read_volume, write_volume  # noqa: E402
-from alseg.data.synthetic import generate_dataset  # noqa: E402
+from alseg.dataset.io import read_volume, write_volume  # noqa: E402
+from alseg.dataset.raw import load_case, read_dataset  # noqa: E402
+from alseg.dataset.synthetic import generate_dataset  # noqa: E402
 from alseg.plans.fingerprint import extract_fingerprint  # noqa: E402
 from alseg.plans.models import Fingerprint, IntensityStats  # noqa: E402
 from alseg.plans.nnunet_export import to_nnunet_plans, write_nnunet_export  # noqa: E402
@@ -275,7 +275,7 @@ def nnunet_plan_from_fingerprint(fp, raw_root: Path, pre_root: Path, dataset_id:
     # lazy: nnunetv2 is optional (installed in a separate venv); only the comparison needs it
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    from alseg.data.io import Geometry
+    from alseg.dataset.io import Geometry
 
     ds = f"Dataset{dataset_id:03d}_Synthetic"
     geom = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

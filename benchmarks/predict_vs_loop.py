@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from alseg.active.rundir import RunDir
-from alseg.data.dataset import read_dataset
-from alseg.data.io import read_volume
+from alseg.dataset.io import read_volume
+from alseg.dataset.raw import read_dataset
 from alseg.model.metrics import dice_per_class, mean_dice, metric_names
 
 

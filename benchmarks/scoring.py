@@ -40,8 +40,8 @@ from alseg.model.network import (  # noqa: E402
     build_network,
     mc_dropout,  # noqa: E402
 )
-from alseg.model.pool_inference import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 from alseg.plans.models import load_plans  # noqa: E402
+from alseg.scoring.pool_inference import eval_mode, inference_batch_size, item_batches, score_pool  # noqa: E402
 from alseg.strategies.base import SelectionContext  # noqa: E402
 
 PLAN = ROOT / "plans" / "demo_hippocampus_like" / "plans.json"

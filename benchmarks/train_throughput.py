@@ -365,7 +365,7 @@ def loader_main(spec: dict[str, Any]) -> None:
         if plans_dir is None:  # --demo-cache
             # lazy: only --demo-cache builds a cache
             from alseg.data.cache import build_cache
-            from alseg.data.synthetic import generate_dataset
+            from alseg.dataset.synthetic import generate_dataset
             from alseg.plans.planner import plan_dataset
 
             tmp = tempfile.TemporaryDirectory(prefix="alseg-train-throughput-")

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alseg.data.io import read_volume  # noqa: E402
+from alseg.dataset.io import read_volume  # noqa: E402
 
 
 def draw(package: Path, out: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alseg.data.cache import CaseCache
-from alseg.data.io import Geometry, write_volume
+from alseg.dataset.io import Geometry, write_volume
 from alseg.plans.models import Plans
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

@@ -33,7 +33,7 @@ def _one_thread():
 def synthetic_plan(tmp_path_factory) -> Path:
     """The plan folder of a 6-case demo dataset (every case labelled, no test images), planned once
     per test module; the dataset is beside it in ``../data``."""
-    from alseg.data.synthetic import generate_dataset  # lazy: heavier imports only for the tests that use it
+    from alseg.dataset.synthetic import generate_dataset  # lazy: heavier imports only for the tests that use it
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("synthetic_plan")
@@ -51,7 +51,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     # lazy: only the predict and export tests need a trained run (and its heavier imports)
     from alseg.active.loop import LoopDriver
     from alseg.active.settings import LoopSettings
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("finished_run")

@@ -17,9 +17,9 @@ from alseg.active.loop import AnnotationIncomplete, LoopDriver
 from alseg.active.oracles import manifest_items
 from alseg.active.settings import LoopSettings
 from alseg.data.cache import CaseCache, build_cache
-from alseg.data.dataset import read_dataset
-from alseg.data.io import Geometry, read_volume, write_volume
 from alseg.data.pipeline import label_to_grid
+from alseg.dataset.io import Geometry, read_volume, write_volume
+from alseg.dataset.raw import read_dataset
 from alseg.plans.models import load_plans
 
 SETTINGS = dict(
@@ -39,7 +39,7 @@ SETTINGS = dict(
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, plan folder): 5 synthetic cases; one of them (synth_004) is resampled in-plane."""
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("annotation")
@@ -124,7 +124,8 @@ def test_package_is_in_the_original_geometry(data, reference: Path):
     assert all(c["presegmentation"] is None for c in first)  # round 0: no model yet
     assert not list((reference / "annotate" / "round_000").rglob("presegmentation*"))
 
-    from alseg.model.predict import load_model, predict_case
+    from alseg.model.case_prediction import predict_case
+    from alseg.trained import load_model
 
     selecting = load_model(reference, round_=0).module  # round 1's batch was selected by round 0's model
     folder = reference / "annotate" / "round_001"
@@ -273,7 +274,7 @@ def test_a_round_already_in_the_patches_layout_is_imported_in_it(data, tmp_path:
 def test_every_channel_file_is_copied_and_an_mhd_pair_becomes_one_file(tmp_path: Path):
     from alseg.active.annotation import copy_images
     from alseg.active.rundir import AnnotationPackage
-    from alseg.data.dataset import CaseFiles
+    from alseg.dataset.raw import CaseFiles
 
     geometry = Geometry((2.0, 1.0, 1.0), (1.0, 2.0, 3.0), tuple(np.eye(3).ravel()))
     files = []

@@ -14,10 +14,10 @@ from torch import nn
 
 from alseg.data.pool import Pool
 from alseg.model.network import MCDropout, build_network, head_gradient_embedding
-from alseg.model.pool_inference import batch_uncertainty, item_batches, score_pool
+from alseg.scoring.pool_inference import batch_uncertainty, item_batches, score_pool
+from alseg.scoring.scores import MCDropoutAccumulator
 from alseg.strategies import diversity, get_strategy, select_batch
 from alseg.strategies.base import SelectionContext, check_selection
-from alseg.strategies.scores import MCDropoutAccumulator
 from alseg.strategies.uncertainty import top_b
 
 STRATEGIES = ["entropy", "meanstd", "bald", "stochastic-batches", "coreset", "badge"]

@@ -49,6 +49,6 @@ def test_train_refuses_a_split_with_an_unlabelled_case(synthetic_plan, tmp_path)
 
 
 def _case_ids(synthetic_plan: Path) -> list[str]:
-    from alseg.data.dataset import read_dataset
+    from alseg.dataset.raw import read_dataset
 
     return [c.case_id for c in read_dataset(load_plans(synthetic_plan / "plans.json").dataset_root).training]

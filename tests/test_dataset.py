@@ -12,9 +12,9 @@ import pytest
 from builders import IDENTITY, run_cli, write_msd, write_nnunet
 
 from alseg.cli import main
-from alseg.data.dataset import load_case, read_dataset
-from alseg.data.io import Geometry, read_volume, write_volume
-from alseg.data.validate import check_dataset
+from alseg.dataset.io import Geometry, read_volume, write_volume
+from alseg.dataset.raw import load_case, read_dataset
+from alseg.dataset.validate import check_dataset
 from alseg.errors import AlsegError
 
 

@@ -60,7 +60,7 @@ def _loop(plan: Path, run: Path, *extra: str, strategy: str = "random", rounds: 
 
 
 def test_loop_on_two_cpu_processes_trains_every_round_on_both(tmp_path: Path):
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     data = generate_dataset(tmp_path / "data", cases=5, test_cases=0, difficulty="easy")
@@ -94,7 +94,7 @@ def test_two_cpu_processes_share_the_pool_scoring_and_select_as_one_process_woul
     with the same weights and seed (same scores, same batch, same batch uncertainty)."""
     from alseg.active.loop import LoopDriver
     from alseg.active.rundir import RunDir
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     data = generate_dataset(tmp_path / "data", cases=5, test_cases=0, difficulty="easy")

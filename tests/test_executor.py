@@ -52,7 +52,7 @@ def _labelled(run: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def plan_dir(tmp_path_factory) -> Path:
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("executor")

@@ -13,8 +13,8 @@ import pytest
 
 from alseg.active.export import export_nnunet
 from alseg.data.cache import CaseCache
-from alseg.data.crop import uncrop
-from alseg.data.io import read_volume
+from alseg.dataset.crop import uncrop
+from alseg.dataset.io import read_volume
 from alseg.errors import AlsegError
 from alseg.plans.models import load_plans
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
-from alseg.data.dataset import read_dataset
-from alseg.data.io import Geometry, write_volume
+from alseg.dataset.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
+from alseg.dataset.io import Geometry, write_volume
+from alseg.dataset.raw import read_dataset
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 

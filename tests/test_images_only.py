@@ -12,8 +12,8 @@ import pytest
 from builders import write_msd, write_nnunet
 
 from alseg.data.cache import build_cache
-from alseg.data.dataset import read_dataset
-from alseg.data.validate import check_dataset
+from alseg.dataset.raw import read_dataset
+from alseg.dataset.validate import check_dataset
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 from alseg.plans.planner import plan_dataset

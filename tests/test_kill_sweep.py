@@ -96,7 +96,7 @@ def test_twenty_kills_over_all_phases_resume_to_the_uninterrupted_result(tmp_pat
     random write (1..8) of the resumed process, until it has gone through all its phases; the
     final resume must then equal an uninterrupted run. Every resume in between also passes the
     run's verification (files present and unchanged) or the chain fails."""
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
 
     dataset = generate_dataset(tmp_path / "data", cases=5, test_cases=0)
     reference = tmp_path / "reference"
@@ -157,7 +157,7 @@ def test_a_kill_at_the_first_write_of_each_rare_phase_resumes_to_the_uninterrupt
     """The random sweep rarely lands on planning, the run's config, its plan copy or a metrics
     row (one write each per round or run); here a fresh run is killed exactly there (the hook's
     ``=PATH`` form: during the first write of that file) and then resumed to the end."""
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
 
     dataset = generate_dataset(tmp_path / "data", cases=5, test_cases=0)
     reference = tmp_path / "reference"

@@ -16,7 +16,7 @@ import pytest
 from alseg.active.loop import LoopDriver
 from alseg.active.oracles import manifest_items
 from alseg.active.settings import LoopSettings
-from alseg.data.io import read_volume, write_volume
+from alseg.dataset.io import read_volume, write_volume
 from alseg.errors import AlsegError
 
 TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_passes=2)
@@ -32,7 +32,7 @@ def _driver(target: Path, run: Path, settings: LoopSettings, **kw) -> LoopDriver
 
 @pytest.fixture(scope="module")
 def plan_dir(tmp_path_factory) -> Path:
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("loop")
@@ -222,8 +222,8 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippoca
 @pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/Task04_Hippocampus is not here")
 def test_real_data_check_plan_and_one_round(tmp_path: Path):
     """Opt-in (pytest -m slow): the real MSD Hippocampus data through check, plan and one round."""
-    from alseg.data.dataset import read_dataset
-    from alseg.data.validate import check_dataset
+    from alseg.dataset.raw import read_dataset
+    from alseg.dataset.validate import check_dataset
 
     assert check_dataset(read_dataset(REAL), show_progress=False).ok
     run = tmp_path / "run"

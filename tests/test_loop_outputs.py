@@ -21,7 +21,7 @@ TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_si
 def plan(tmp_path_factory) -> Path:
     """A plan of a tiny synthetic dataset (5 cases)."""
     # lazy: the fixture builds its own data; importing at the top would slow test collection of other files
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("outputs")
@@ -114,7 +114,7 @@ def test_a_round_checkpoint_loads_into_a_plain_dynunet_with_the_loops_logits(run
     # lazy: torch and the loader are only needed by this test of the fixture's runs
     import torch
 
-    from alseg.model import load_dynunet
+    from alseg.trained import load_dynunet
 
     run = runs / "random"
     net, config = load_dynunet(run / "checkpoints" / "round_002.ckpt")

@@ -10,9 +10,9 @@ from builders import tiny_plans
 from monai.networks.nets import DynUNet, UNet
 
 from alseg.errors import AlsegError
-from alseg.model import load_dynunet
 from alseg.model.module import SegmentationModule
 from alseg.model.network import dropout_modules, mc_dropout
+from alseg.trained import load_dynunet
 
 
 @pytest.mark.parametrize("config", ["2d", "3d_fullres"])

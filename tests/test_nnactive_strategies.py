@@ -15,7 +15,8 @@ import torch
 from test_baselines import make_ctx
 
 from alseg.errors import AlsegError
-from alseg.model.pool_inference import score_pool
+from alseg.scoring.pool_inference import score_pool
+from alseg.scoring.scores import MCDropoutAccumulator
 from alseg.strategies import get_strategy, parse_strategy_options, select_batch
 from alseg.strategies.class_balanced import PLAIN, class_balanced_select, class_quotas, scheduled_beta
 from alseg.strategies.noising import (
@@ -25,7 +26,6 @@ from alseg.strategies.noising import (
     power_keys,
     softrank_keys,
 )
-from alseg.strategies.scores import MCDropoutAccumulator
 from alseg.strategies.uncertainty import top_b
 
 NEW = ["power-bald", "power-pe", "softrank-bald", "cla-pe", "clasp-pe"]

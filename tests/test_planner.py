@@ -219,7 +219,7 @@ def test_nnunet_dataset_name_follows_the_folder_convention():
 
 def test_nnunet_export_writes_nnunets_preprocessed_layout(tmp_path: Path):
     # lazy: generating a dataset is slow to import for the other planner tests
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     data = generate_dataset(tmp_path / "Task07_Synth", cases=4, test_cases=0)

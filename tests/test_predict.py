@@ -14,15 +14,17 @@ import torch
 from builders import write_msd
 
 from alseg.data.cache import CaseCache
-from alseg.data.dataset import load_case, read_dataset
-from alseg.data.io import read_volume
 from alseg.data.pipeline import grid_properties, preprocess_case
 from alseg.data.restore import labels_to_original, logits_to_original
+from alseg.dataset.io import read_volume
+from alseg.dataset.raw import load_case, read_dataset
 from alseg.errors import AlsegError
+from alseg.model.case_prediction import predict_case
 from alseg.model.metrics import dice_per_class, mean_dice
-from alseg.model.predict import collect_inputs, load_model, predict, predict_case
 from alseg.plans.models import load_plans
 from alseg.plans.planner import plan_dataset
+from alseg.predict import collect_inputs, predict
+from alseg.trained import load_model
 
 
 def test_outputs_have_each_inputs_geometry(finished_run, tmp_path: Path):

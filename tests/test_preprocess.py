@@ -9,11 +9,11 @@ import pytest
 from scipy import ndimage as ndi
 
 from alseg.data.cache import MANIFEST, CaseCache, build_cache
-from alseg.data.dataset import read_dataset
-from alseg.data.io import Geometry
 from alseg.data.pipeline import preprocess_case
-from alseg.data.resample import resample, separate_axis
-from alseg.data.synthetic import generate_dataset
+from alseg.dataset.io import Geometry
+from alseg.dataset.raw import read_dataset
+from alseg.dataset.resample import resample, separate_axis
+from alseg.dataset.synthetic import generate_dataset
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 from alseg.plans.models import Normalization, load_plans, save_model

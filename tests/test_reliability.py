@@ -47,7 +47,7 @@ def _loop_cmd(target: Path, run: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, plan folder) of a tiny synthetic dataset."""
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     root = tmp_path_factory.mktemp("rel")

@@ -22,7 +22,7 @@ from alseg.errors import AlsegError
 
 # --- 1. predict never overwrites inputs ------------------------------------------------------------
 def test_predict_refuses_the_input_folder_and_overwrite_allows_a_plain_one(finished_run, tmp_path: Path, capsys):
-    from alseg.model.predict import predict
+    from alseg.predict import predict
 
     data, _, run = finished_run
     folder = tmp_path / "scans"
@@ -60,7 +60,7 @@ def test_round_seeds_are_the_old_ones_where_they_fit_and_32_bit_everywhere():
 
 
 def _tiny_plan(tmp_path: Path) -> Path:
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     data = generate_dataset(tmp_path / "data", cases=5, test_cases=0)
@@ -140,7 +140,7 @@ def test_demo_data_at_a_file_size_limit_is_one_line_and_leaves_no_broken_file(tm
 
 
 def test_predict_at_a_file_size_limit_fails_cleanly_and_continue_repredicts_broken_outputs(finished_run, tmp_path):
-    from alseg.data.io import read_volume
+    from alseg.dataset.io import read_volume
 
     data, _, run = finished_run
     out = tmp_path / "pred"
@@ -344,9 +344,9 @@ def test_predict_refuses_an_input_with_a_nan_voxel(finished_run, tmp_path: Path,
 # --- 6. processes ------------------------------------------------------------------------------------
 POOL_SCRIPT = """
 import os, sys, time
-from alseg.data.workers import make_executor
+from alseg.dataset.workers import make_executor
 from concurrent.futures import ProcessPoolExecutor
-from alseg.data.workers import worker_pool_args
+from alseg.dataset.workers import worker_pool_args
 
 def main():
     spawn = make_executor(2)
@@ -445,11 +445,11 @@ def test_a_compare_cell_stops_when_compare_is_killed():
     ``alseg loop`` is a grandchild (through submitit's job process), so it watches that pid."""
     import os
 
-    from alseg.data.workers import DIE_WITH_ENV
+    from alseg.dataset.workers import DIE_WITH_ENV
 
     starter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     env = {**os.environ, DIE_WITH_ENV: str(starter.pid)}
-    code = "from alseg.data.workers import watch_from_env; import time; watch_from_env(); time.sleep(60)"
+    code = "from alseg.dataset.workers import watch_from_env; import time; watch_from_env(); time.sleep(60)"
     cell = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from builders import tiny_plans
 
-from alseg.model.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
+from alseg.scoring.pool_inference import CPU_ACTIVATION_BYTES, inference_batch_size
 
 # runs the CLI's entry point (the 'strategies' command), then asks what is left to tune
 PROBE = (

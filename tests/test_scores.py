@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alseg.strategies.scores import MCDropoutAccumulator, entropy_map, item_entropy
+from alseg.scoring.scores import MCDropoutAccumulator, entropy_map, item_entropy
 
 
 def _random_passes(t: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:

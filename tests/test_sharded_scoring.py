@@ -14,8 +14,8 @@ from builders import tiny_plans
 
 from alseg.data.pool import Pool
 from alseg.model.network import build_network, head_gradient_embedding
-from alseg.model.pool_inference import pool_chunks, score_pool
-from alseg.model.sharding import FileDoorbell, LeaderGone, RankContext, lead, serve, shard_of
+from alseg.scoring.pool_inference import pool_chunks, score_pool
+from alseg.scoring.sharding import FileDoorbell, LeaderGone, RankContext, lead, serve, shard_of
 from alseg.strategies import diversity, get_strategy, select_batch
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.usim import fisher_information, gradient_embeddings
@@ -161,7 +161,7 @@ def test_sharded_passes_equal_one_process_exactly(tmp_path: Path):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_the_scores_do_not_depend_on_which_chunks_a_process_runs_before(world: int):
     """In one process: each rank's shard scored on its own gives the full pass's rows (the masks are per chunk)."""
-    from alseg.model.pool_inference import _score_chunks
+    from alseg.scoring.pool_inference import _score_chunks
 
     ctx = _ctx()
     chunks = list(enumerate(pool_chunks(ctx, ctx.unlabelled)))

@@ -12,7 +12,7 @@ from torch import nn
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 from alseg.model.dropout import MCDropout
-from alseg.model.pool_inference import measure_batch_uncertainty
+from alseg.scoring.pool_inference import measure_batch_uncertainty
 from alseg.strategies import (
     FeatureNetwork,
     SelectionContext,

@@ -132,6 +132,81 @@ def test_import_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_pa
     assert import_cycles(import_graph(pkg)) == [["pkg.a", "pkg.b", "pkg.c"]]
 
 
+# --------------------------------------------------------------------------- package layers
+
+LAYERS = [
+    # the foundation: plain modules every layer may use
+    "errors",
+    "seeds",
+    "runtime",
+    "progress",
+    "atomic",
+    # the pipeline, bottom-up (docs/layout.md draws it)
+    "dataset",
+    "plans",
+    "data",
+    "model",
+    "scoring",
+    "strategies",
+    "active",
+    "trained",
+    "predict",
+    "report",
+    "cli",
+    "__main__",
+]
+"""alseg's top-level parts, bottom-up: each may import only the parts listed before it."""
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    """Imports from a part to a part listed after it (or to one not listed at all), as
+    ``"importer -> imported"``; the package's own ``__init__`` counts as no part."""
+    rank = {name: i for i, name in enumerate(layers)}
+
+    def part(module: str) -> str | None:
+        bits = module.split(".")
+        return bits[1] if len(bits) > 1 else None
+
+    found = []
+    for src, targets in sorted(graph.items()):
+        for dst in sorted(targets):
+            a, b = part(src), part(dst)
+            if a is None or b is None or a == b:
+                continue
+            if a not in rank or b not in rank or rank[b] > rank[a]:
+                found.append(f"{src} -> {dst}")
+    return found
+
+
+def test_packages_import_only_the_layers_below_them():
+    graph = import_graph(PACKAGE)
+    parts = {m.split(".")[1] for m in graph if m.count(".")}
+    assert parts <= set(LAYERS), f"parts missing from LAYERS: {sorted(parts - set(LAYERS))}"
+    upward = upward_imports(graph, LAYERS)
+    assert not upward, "imports that point up the layers: " + "; ".join(upward)
+
+
+def test_layer_check_finds_an_upward_import_inside_a_function(tmp_path):
+    pkg = _write(
+        tmp_path / "pkg",
+        {
+            "__init__.py": "",
+            "low/__init__.py": "",
+            "low/a.py": "def f():\n    from pkg.high.b import g  # lazy: start-up\n",
+            "high/__init__.py": "",
+            "high/b.py": "from pkg.low.a import f\ndef g():\n    return f\n",
+            "top.py": "import pkg.high.b\n",
+        },
+    )
+    graph = import_graph(pkg)
+    assert upward_imports(graph, ["low", "high", "top"]) == ["pkg.low.a -> pkg.high.b"]
+    assert upward_imports(graph, ["low", "high"]) == [  # an unlisted part is flagged
+        "pkg.low.a -> pkg.high.b",
+        "pkg.top -> pkg.high.b",
+    ]
+    assert upward_imports(graph, ["high", "low", "top"]) == ["pkg.high.b -> pkg.low.a"]
+
+
 # --------------------------------------------------------------------------- imports inside functions
 
 LAZY_REASON = re.compile(r"\blazy\b|\blazily\b|\bstart-up\b|\bimport cycle\b", re.IGNORECASE)

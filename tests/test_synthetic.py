@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from alseg.data.synthetic import DEFAULT_CASES, generate_dataset, synthesize_case
+from alseg.dataset.synthetic import DEFAULT_CASES, generate_dataset, synthesize_case
 from alseg.errors import AlsegError
 
 MSD_KEYS = {

@@ -23,8 +23,8 @@ from alseg.active.loop import AnnotationIncomplete, LoopDriver
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import split_cases
 from alseg.data.cache import CaseCache, build_cache
-from alseg.data.dataset import load_case, read_dataset
 from alseg.data.pipeline import preprocess_case
+from alseg.dataset.raw import load_case, read_dataset
 from alseg.errors import AlsegError
 from alseg.model.train import make_split
 from alseg.plans.models import load_fingerprint, load_plans
@@ -35,7 +35,7 @@ TINY = dict(budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_size=4, mc_p
 
 def _make(root: Path, unlabelled: list[int], cases: int = 6) -> tuple[Path, Path, Path]:
     """(dataset, plan folder, hidden truth folder): cases ``unlabelled`` lose their label."""
-    from alseg.data.synthetic import generate_dataset
+    from alseg.dataset.synthetic import generate_dataset
     from alseg.plans.planner import plan_dataset
 
     data = generate_dataset(root / "data", cases=cases, test_cases=0)

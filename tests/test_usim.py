@@ -19,7 +19,7 @@ from alseg.active.experiments.redundancy import duplicate_case, original_id, red
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 from alseg.model.network import build_network
-from alseg.model.pool_inference import item_batches, score_pool
+from alseg.scoring.pool_inference import item_batches, score_pool
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options
 from alseg.strategies.base import check_selection
 from alseg.strategies.submodular import nonnegative_kernel

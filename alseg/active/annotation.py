@@ -33,14 +33,14 @@ import numpy as np
 
 from alseg.active.rundir import AnnotationPackage
 from alseg.atomic import atomic_copy, atomic_write_json, atomic_write_text
-from alseg.data.dataset import CaseFiles
-from alseg.data.io import IMAGE_SUFFIXES, Geometry, read_volume, write_volume
 from alseg.data.pipeline import label_to_grid
 from alseg.data.pool import Item
-from alseg.data.resample import resize_labels
 from alseg.data.restore import labels_to_original
+from alseg.dataset.io import IMAGE_SUFFIXES, Geometry, read_volume, write_volume
+from alseg.dataset.raw import CaseFiles
+from alseg.dataset.resample import resize_labels
 from alseg.errors import AlsegError
-from alseg.model.predict import predict_case
+from alseg.model.case_prediction import predict_case
 from alseg.plans.models import Plans, Resampling
 
 __all__ = [

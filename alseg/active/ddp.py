@@ -23,7 +23,7 @@ from alseg.active.rundir import RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.errors import AlsegError
-from alseg.model.sharding import FileDoorbell, LeaderGone  # LeaderGone: rank 0 has gone, nothing left to train with
+from alseg.scoring.sharding import FileDoorbell, LeaderGone  # LeaderGone: rank 0 has gone, nothing left to train with
 
 __all__ = ["FollowerDriver", "LeaderGone", "launched_rank"]
 

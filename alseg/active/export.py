@@ -29,10 +29,10 @@ import numpy as np
 from alseg.active.oracles import UNLABELLED
 from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_write_json
-from alseg.data.dataset import CaseFiles, load_case, read_dataset
-from alseg.data.io import read_volume, write_volume
 from alseg.data.pipeline import grid_properties
 from alseg.data.restore import labels_to_original
+from alseg.dataset.io import read_volume, write_volume
+from alseg.dataset.raw import CaseFiles, load_case, read_dataset
 from alseg.errors import AlsegError
 from alseg.plans.models import load_plans
 from alseg.progress import progress_map

@@ -32,18 +32,17 @@ from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
-from alseg.data.dataset import CaseFiles, DatasetInfo, read_dataset
+from alseg.dataset.raw import CaseFiles, DatasetInfo, read_dataset
 from alseg.errors import AlsegError
 from alseg.model.inference import predict_volume
 from alseg.model.metrics import dice_per_class, mean_dice
 from alseg.model.module import SegmentationModule
-from alseg.model.pool_inference import inference_batch_size
-from alseg.model.predict import resolve_device
 from alseg.model.progress_bar import RoundProgressBar
-from alseg.model.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.model.train import load_weights
-from alseg.model.trainer import TrainerSettings, check_batch_memory, make_trainer
+from alseg.model.trainer import TrainerSettings, check_batch_memory, make_trainer, resolve_device
 from alseg.progress import console, results
+from alseg.scoring.pool_inference import inference_batch_size
+from alseg.scoring.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.seeds import seed_for_round
 from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
 

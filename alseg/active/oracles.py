@@ -30,9 +30,9 @@ from alseg.active.annotation import (
 )
 from alseg.active.rundir import AnnotationPackage, RunDir
 from alseg.atomic import atomic_save_npy, atomic_write_json
-from alseg.data.dataset import CaseFiles
-from alseg.data.io import IMAGE_SUFFIXES, Geometry, read_volume, write_volume
 from alseg.data.pool import Pool
+from alseg.dataset.io import IMAGE_SUFFIXES, Geometry, read_volume, write_volume
+from alseg.dataset.raw import CaseFiles
 from alseg.errors import AlsegError
 from alseg.plans.models import Plans
 

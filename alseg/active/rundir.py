@@ -327,7 +327,7 @@ class RunDir:
 
     @property
     def doorbell_path(self) -> Path:
-        """Rank 0's message count for the other DDP ranks (:class:`alseg.model.sharding.FileDoorbell`)."""
+        """Rank 0's message count for the other DDP ranks (:class:`alseg.scoring.sharding.FileDoorbell`)."""
         return self.path / DOORBELL
 
     @property

@@ -81,8 +81,8 @@ def _check_before_planning(target: Path, show_progress: bool) -> None:
     """``alseg check``'s verdict before a dataset is planned on the fly: data that would crash
     training (non-consecutive labels, mixed 2D/3D, ...) is refused with its first problem."""
     # lazy: only a dataset (not a plan folder) is checked, and the check reads every case
-    from alseg.data.dataset import read_dataset
-    from alseg.data.validate import check_dataset
+    from alseg.dataset.raw import read_dataset
+    from alseg.dataset.validate import check_dataset
 
     result = check_dataset(read_dataset(target), show_progress=show_progress)
     if not result.ok:
@@ -173,7 +173,7 @@ class Workspace:
         build the pool. The split is checked before preprocessing, so a bad ``test_cases`` or a
         pool the simulated oracle cannot annotate fails at once."""
         # lazy: read_dataset lists the cases (stat only) to check the split before preprocessing
-        from alseg.data.dataset import read_dataset
+        from alseg.dataset.raw import read_dataset
 
         plans, plan_dir = resolve_plans(Path(target), Path(plan_into), show_progress)
         conf = plans.configuration(config)

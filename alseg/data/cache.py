@@ -35,9 +35,9 @@ from typing import Literal
 import numpy as np
 
 from alseg.atomic import atomic_save_npy, atomic_write_json
-from alseg.data.dataset import CaseFiles, load_case, read_dataset
 from alseg.data.pipeline import PREPROCESS_VERSION, preprocess_case
-from alseg.data.workers import default_workers, make_executor
+from alseg.dataset.raw import CaseFiles, load_case, read_dataset
+from alseg.dataset.workers import default_workers, make_executor
 from alseg.errors import AlsegError
 from alseg.plans.models import Configuration, Plans
 from alseg.progress import progress_map

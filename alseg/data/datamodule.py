@@ -12,7 +12,7 @@ patch size uniformly inside it (centred when the region is smaller, then padded)
 last ``foreground_oversample`` share of each batch a patch centred on a random foreground
 voxel of a random class present in the region (clamped to stay inside it). For the 2D
 configuration a patch is one slice of the region along axis 0. With augmentation the patch
-is read larger (:func:`alseg.transforms.sampling_patch_size`) and cropped back after rotation
+is read larger (:func:`alseg.data.augment.sampling_patch_size`) and cropped back after rotation
 and scaling.
 
 Cases are read through :class:`alseg.data.cache.CaseCache` (images ``(C, z, y, x)``, labels
@@ -48,10 +48,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from alseg.data.augment import get_training_transforms, sampling_patch_size
 from alseg.data.cache import CaseCache
 from alseg.errors import AlsegError
 from alseg.plans.models import Configuration
-from alseg.transforms import get_training_transforms, sampling_patch_size
 
 __all__ = [
     "CaseDataset",
@@ -326,7 +326,7 @@ class SegDataModule(LightningDataModule):
         val_cases, test_cases: case ids for validation / test (test defaults to val).
         label_dir: optional ``<case>.npy`` label volumes replacing the cache's for training.
         num_workers: loader processes (default :func:`default_num_workers`).
-        augment: use :func:`alseg.transforms.get_training_transforms`.
+        augment: use :func:`alseg.data.augment.get_training_transforms`.
         seed: sampling seed.
     """
 

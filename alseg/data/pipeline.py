@@ -5,10 +5,10 @@ In this order:
 1. **transpose** the (C, z, y, x) arrays by the plan's ``transpose_forward`` (lowest-resolution
    axis first);
 2. **crop** to the bounding box of the non-zero region over all channels (holes filled;
-   :mod:`alseg.data.crop`);
+   :mod:`alseg.dataset.crop`);
 3. **normalise** each channel by the plan's scheme *before* resampling, so that the non-zero
    mask still fits the image (:mod:`alseg.data.normalize`);
-4. **resample** to the configuration's spacing (:mod:`alseg.data.resample`).
+4. **resample** to the configuration's spacing (:mod:`alseg.dataset.resample`).
 
 Differences from nnU-Net, on purpose and small:
 
@@ -28,10 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from alseg.data.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
-from alseg.data.io import Geometry
 from alseg.data.normalize import normalize
-from alseg.data.resample import compute_new_shape, resample
+from alseg.dataset.crop import bbox_of_mask, create_nonzero_mask, crop_to_nonzero
+from alseg.dataset.io import Geometry
+from alseg.dataset.resample import compute_new_shape, resample
 from alseg.errors import AlsegError
 from alseg.plans.models import Plans
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alseg.data.crop import uncrop
-from alseg.data.resample import resample
+from alseg.dataset.crop import uncrop
+from alseg.dataset.resample import resample
 from alseg.plans.models import Resampling
 
 __all__ = ["PROBABILITY_ORDER", "PROBABILITY_ORDER_Z", "labels_to_original", "logits_to_original"]

@@ -62,6 +62,7 @@ from alseg.model.norm import replace_instance_norms
 from alseg.plans.models import Configuration
 
 __all__ = [
+    "dynunet_for",
     "IGNORE_INDEX",
     "MCDropout",
     "dropout_modules",
@@ -385,3 +386,25 @@ def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = 
         dw = residual.flatten(2) @ h.flatten(2).transpose(1, 2)
         db = residual.flatten(2).sum(2, keepdim=True)
     return torch.cat([dw, db], dim=2).flatten(1)
+
+
+def dynunet_for(config: Configuration, in_channels: int, n_classes: int) -> DynUNet:
+    """A plain MONAI ``DynUNet`` with the topology alseg builds for ``config`` (no dropout)."""
+    net = config.network
+    n_heads = len(net.strides) - 3 if net.deep_supervision else 0
+    return DynUNet(
+        net.dims,
+        in_channels,
+        n_classes,
+        kernel_size=[list(k) for k in net.kernel_sizes],
+        strides=[list(s) for s in net.strides],
+        upsample_kernel_size=[list(s) for s in net.strides[1:]],
+        filters=list(net.features_per_stage),
+        dropout=None,
+        norm_name=("INSTANCE", {"affine": net.norm_affine, "eps": net.norm_eps}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": net.negative_slope}),
+        deep_supervision=n_heads > 0,
+        deep_supr_num=max(n_heads, 1),
+        res_block=False,
+        trans_bias=net.conv_bias,
+    )

@@ -37,9 +37,10 @@ from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
 from alseg.seeds import global_seed
 
-__all__ = ["fit", "load_weights", "make_split", "train"]
+__all__ = ["TRAIN_CHECKPOINT", "fit", "load_weights", "make_split", "train"]
 
 SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
+TRAIN_CHECKPOINT = "model.ckpt"  # alseg train's final checkpoint (OUT/model.ckpt)
 METRICS_CSV = "metrics.csv"  # alseg train's per-epoch record (OUT/metrics.csv; the run directory has its own)
 
 
@@ -104,7 +105,7 @@ def fit(
             save_last="link",
         ),
         MetricsCSV(out_dir / METRICS_CSV, metrics_columns(module.plans.labels)),
-        FinalCheckpoint(out_dir / "model.ckpt"),
+        FinalCheckpoint(out_dir / TRAIN_CHECKPOINT),
     ]
     if progress:
         callbacks.append(RichProgressBar())
@@ -168,7 +169,7 @@ def train(
             network fields, ``batch_size``, ``patch_size``).
         val_every: validate every this many epochs (and after the last).
         num_workers: data loader processes (default min(2, CPUs), 8 with a GPU).
-        augment: nnU-Net-style augmentation (:mod:`alseg.transforms`).
+        augment: nnU-Net-style augmentation (:mod:`alseg.data.augment`).
         progress: show Rich progress bars.
         split: ``(train_ids, test_ids)`` instead of ``fold``'s split (``alseg compare
             --test-cases``: the reference must hold out the loops' test cases); every case

@@ -40,6 +40,7 @@ __all__ = [
     "check_trainer_settings",
     "make_trainer",
     "one_device",
+    "resolve_device",
     "resolved_trainer_kwargs",
     "uses_cuda",
 ]
@@ -191,3 +192,17 @@ def make_trainer(settings: TrainerSettings, **kwargs: Any) -> pl.Trainer:
     """A Lightning Trainer with alseg's rules (module docstring); ``kwargs`` are those of
     :func:`resolved_trainer_kwargs` (``max_epochs``, ``callbacks``, ``logger``, ...)."""
     return pl.Trainer(**resolved_trainer_kwargs(settings, **kwargs))
+
+
+def resolve_device(devices: str | int = "auto") -> torch.device:
+    """``auto`` (a GPU when present), ``0`` or ``cpu`` (CPU), or a number of GPUs (the first is used)."""
+    value = str(devices)
+    if value in ("0", "cpu"):
+        return torch.device("cpu")
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value.isdigit():
+        if not torch.cuda.is_available():
+            raise AlsegError(f"--devices {value} asks for a GPU but none is available — use --devices auto or 0")
+        return torch.device("cuda:0")
+    raise AlsegError(f"--devices must be 'auto', 'cpu' or a number, got '{value}'")

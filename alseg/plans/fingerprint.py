@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alseg.data.crop import crop_to_nonzero
-from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
-from alseg.data.workers import default_workers, make_executor
+from alseg.dataset.crop import crop_to_nonzero
+from alseg.dataset.raw import CaseFiles, DatasetInfo, load_case
+from alseg.dataset.workers import default_workers, make_executor
 from alseg.errors import AlsegError
 from alseg.plans.models import Fingerprint, IntensitySource, IntensityStats
 from alseg.progress import progress_map

@@ -32,8 +32,8 @@ from typing import Sequence
 import numpy as np
 from rich.table import Table
 
-from alseg.data.dataset import read_dataset
-from alseg.data.resample import compute_new_shape
+from alseg.dataset.raw import read_dataset
+from alseg.dataset.resample import compute_new_shape
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 from alseg.plans.models import (

@@ -1,8 +1,7 @@
 """Selection strategies: one module per family, a registry by name, typed options.
 
-Names are loaded lazily (PEP 562): ``alseg.strategies.scores`` is pure maths that pool
-inference imports, and importing it must not pull in every strategy (which import pool
-inference back).
+Names are loaded lazily (PEP 562): a module that needs one strategy's class (a test, ``alseg
+strategies``) does not import every strategy family and the optimisers behind them.
 """
 
 from __future__ import annotations

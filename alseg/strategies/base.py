@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from alseg.data.pool import Pool
-from alseg.model.sharding import ShardGroup
+from alseg.scoring.sharding import ShardGroup
 
 __all__ = [
     "DISAGREEMENT_SCORES",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from alseg.model.pool_inference import measure_batch_uncertainty
+from alseg.scoring.pool_inference import measure_batch_uncertainty
 from alseg.strategies.base import Selection, SelectionContext, Strategy, check_selection
 
 __all__ = ["select_batch"]
@@ -12,7 +12,7 @@ __all__ = ["select_batch"]
 
 def select_batch(strategy: Strategy, ctx: SelectionContext, uncertainty_seed: int) -> Selection:
     """``strategy.select(ctx)``, checked, with :attr:`Selection.batch_uncertainty` measured by
-    :func:`alseg.model.pool_inference.measure_batch_uncertainty` — the same function and the
+    :func:`alseg.scoring.pool_inference.measure_batch_uncertainty` — the same function and the
     same ``uncertainty_seed`` for every strategy (paper Appendix D, Fig. 5), so equal batches
     get equal numbers. ``--option batch_uncertainty=false`` skips the measurement."""
     was_training = ctx.model.training

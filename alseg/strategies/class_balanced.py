@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from alseg.model.pool_inference import score_pool
+from alseg.scoring.pool_inference import score_pool
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.noising import exponential_schedule, gumbel_top_b, power_keys
 

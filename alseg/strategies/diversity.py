@@ -1,8 +1,8 @@
 """Representation baselines (paper §4.2, Appendix C): Core-Set and BADGE(LL).
 
 Both map items to vectors with one deterministic pass over the pool (through pool inference's
-:func:`alseg.model.pool_inference.chunk_batches`, so padding is masked the same way; sharded
-over the ranks under ``--devices N``, :mod:`alseg.model.sharding`) and then
+:func:`alseg.scoring.pool_inference.chunk_batches`, so padding is masked the same way; sharded
+over the ranks under ``--devices N``, :mod:`alseg.scoring.sharding`) and then
 select with a rule that is its own tested function: k-center greedy
 (:mod:`alseg.strategies.kcenter`) and BADGE's k-means++ seeding (:func:`badge_seeding`).
 
@@ -29,9 +29,9 @@ from pydantic import Field
 from torch import Tensor
 
 from alseg.model.network import head_gradient_embedding, unwrap_network
-from alseg.model.pool_inference import ScoringContext, chunk_batches, eval_mode, pool_chunks
-from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
+from alseg.scoring.pool_inference import ScoringContext, chunk_batches, eval_mode, pool_chunks
+from alseg.scoring.sharding import Numbered, map_chunks
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.kcenter import k_center_greedy
 
@@ -44,7 +44,7 @@ def _bottleneck(net, x: Tensor, valid: Tensor) -> Tensor:
 
 
 def _embed_chunks(ctx: ScoringContext, numbered: Numbered, *, fn, what: str) -> Iterator[tuple[int, Tensor]]:
-    """Chunk function of :func:`embed_items` (see :mod:`alseg.model.sharding`)."""
+    """Chunk function of :func:`embed_items` (see :mod:`alseg.scoring.sharding`)."""
     net = unwrap_network(ctx.model)
     n = sum(len(idx) for _, idx in numbered)
     show = bool(ctx.show_progress and console.is_terminal and n)

@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from alseg.model.pool_inference import PoolScores, score_pool
+from alseg.scoring.pool_inference import PoolScores, score_pool
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.noising import gumbel_top_b, power_keys, softrank_keys
 

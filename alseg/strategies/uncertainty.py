@@ -1,9 +1,9 @@
 """Uncertainty baselines (paper §4.2, Appendix C): Max Entropy, Mean STD, BALD and Stochastic Batches.
 
 Each is a small class in BaaL's manner: one score per item from pool inference
-(:func:`alseg.model.pool_inference.score_pool`), then a reduction to a batch — the B highest
+(:func:`alseg.scoring.pool_inference.score_pool`), then a reduction to a batch — the B highest
 scores, or for Stochastic Batches the best of Q random batches. The per-pixel maths lives in
-:mod:`alseg.strategies.scores`, the pass over the pool in :mod:`alseg.model.pool_inference`.
+:mod:`alseg.scoring.scores`, the pass over the pool in :mod:`alseg.scoring.pool_inference`.
 
 Round records: ``seconds.score`` (the pass over the pool) and ``score`` (which per-item score).
 The batch uncertainty of the paper's Fig. 5 is measured for every strategy alike by
@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from alseg.model.pool_inference import PoolScores, score_pool
+from alseg.scoring.pool_inference import PoolScores, score_pool
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 
 __all__ = [

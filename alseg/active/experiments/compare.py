@@ -40,7 +40,7 @@ from alseg.active.rundir import LOCK, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
-from alseg.data.workers import DIE_WITH_ENV
+from alseg.dataset.workers import DIE_WITH_ENV
 from alseg.errors import AlsegError
 from alseg.model.train import train
 from alseg.model.trainer import check_batch_memory, one_device

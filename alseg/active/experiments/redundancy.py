@@ -31,9 +31,9 @@ from alseg.data.datamodule import Region, SegDataModule
 from alseg.data.pool import Item, Pool
 from alseg.errors import AlsegError
 from alseg.model.module import SegmentationModule
-from alseg.model.pool_inference import inference_batch_size
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.scoring.pool_inference import inference_batch_size
 from alseg.seeds import global_seed
 from alseg.strategies.base import SelectionContext
 from alseg.strategies.registry import get_strategy

@@ -4,7 +4,7 @@ Padding: items smaller than the patch are zero-padded by pool inference's ``chun
 their padded pixels get the target ``IGNORE_INDEX`` so they add nothing to an item's loss (and
 gradient), exactly as the scores ignore them.
 
-Every pass runs chunk by chunk through :func:`alseg.model.sharding.map_chunks`, so under
+Every pass runs chunk by chunk through :func:`alseg.scoring.sharding.map_chunks`, so under
 ``alseg loop --devices N`` the ranks share it and rank 0 gets the single-process result.
 """
 
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from alseg.model.network import IGNORE_INDEX, eval_mode, per_sample_gradients, unwrap_network
-from alseg.model.pool_inference import ScoringContext, chunk_batches, pool_chunks
-from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
+from alseg.scoring.pool_inference import ScoringContext, chunk_batches, pool_chunks
+from alseg.scoring.sharding import Numbered, map_chunks
 
 __all__ = ["GradientEmbedding", "IGNORE_INDEX", "fisher_information", "gradient_embeddings", "pseudo_label_targets"]
 
@@ -85,7 +85,7 @@ def _gradient_chunks(
     square_sum: bool,
     label: str,
 ) -> Iterator[tuple[int, Tensor]]:
-    """Chunk function (see :mod:`alseg.model.sharding`): per chunk its per-sample gradients
+    """Chunk function (see :mod:`alseg.scoring.sharding`): per chunk its per-sample gradients
     ``(n, P)`` float32 (restricted to ``columns``), or with ``square_sum`` their column-wise
     sum of squares ``(P,)`` float64 (the Fisher diagonal's terms)."""
     net = unwrap_network(ctx.model)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from alseg.model.network import unwrap_network
-from alseg.model.pool_inference import score_pool
+from alseg.scoring.pool_inference import score_pool
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy
 from alseg.strategies.submodular import FLQMI, stochastic_greedy, submodlib_select
 from alseg.strategies.usim.embeddings import GradientEmbedding, fisher_information, gradient_embeddings

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alseg.data.dataset import CaseFiles, DatasetInfo, load_case
-from alseg.data.workers import worker_pool_args
+from alseg.dataset.raw import CaseFiles, DatasetInfo, load_case
+from alseg.dataset.workers import worker_pool_args
 from alseg.errors import AlsegError
 from alseg.progress import progress_map
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from alseg.data.io import IMAGE_SUFFIXES, Geometry, read_volume
+from alseg.dataset.io import IMAGE_SUFFIXES, Geometry, read_volume
 from alseg.errors import AlsegError
 
 __all__ = ["CaseFiles", "DatasetInfo", "load_case", "load_dataset_json", "read_dataset"]

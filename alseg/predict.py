@@ -30,102 +30,29 @@ import re
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_save_npz
-from alseg.data.dataset import CaseFiles, load_case, read_dataset
-from alseg.data.io import IMAGE_SUFFIXES, Geometry, readable_volume, write_volume
-from alseg.data.pipeline import preprocess_case
-from alseg.data.restore import logits_to_original
-from alseg.data.validate import intensity_problem
+from alseg.dataset.io import IMAGE_SUFFIXES, readable_volume, write_volume
+from alseg.dataset.raw import CaseFiles, read_dataset
 from alseg.errors import AlsegError
-from alseg.model.inference import predict_volume
-from alseg.model.module import SegmentationModule
-from alseg.model.train import load_weights
-from alseg.plans.models import load_plans
+from alseg.model.case_prediction import predict_case
+from alseg.model.trainer import resolve_device
 from alseg.progress import console, make_progress
+from alseg.trained import LoadedModel, load_model
 
 __all__ = [
-    "CasePrediction",
-    "LoadedModel",
     "check_output_folder",
     "check_part",
     "collect_inputs",
-    "load_model",
     "output_paths",
     "predict",
-    "predict_case",
-    "resolve_device",
 ]
 
-TRAIN_CHECKPOINT = "model.ckpt"  # alseg train's final checkpoint (alseg.model.train writes it)
 OUTPUT_ENDING = ".nii.gz"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
-
-
-@dataclass
-class LoadedModel:
-    """A network ready to predict, with where it came from (for messages)."""
-
-    module: SegmentationModule
-    checkpoint: Path
-    round: int | None = None
-
-
-def load_model(model: str | Path, round_: int | None = None) -> LoadedModel:
-    """The model of a run directory (round ``round_``, default the last finished one), of an
-    ``alseg train`` output folder, or of a ``.ckpt`` written by ``alseg train``."""
-    path = Path(model)
-    run = RunDir(path)
-    if run.exists():
-        config = run.load_config()
-        if not run.plans_path.is_file():
-            raise AlsegError("missing — this run directory is incomplete; predict with another model", run.plans_path)
-        last = run.load_state().round
-        k = last if round_ is None else round_
-        if k < 0:
-            raise AlsegError("no round has finished yet — run 'alseg loop --resume' first", path)
-        if k > last:
-            raise AlsegError(
-                f"round {k} has not finished (last finished round: {last}) — choose --round 0..{last}", path
-            )
-        overrides = {"batch_size": config.batch_size} if config.batch_size is not None else {}
-        module = SegmentationModule(load_plans(run.plans_path), config.config, overrides=overrides)
-        load_weights(module, run.checkpoint_path(k))
-        return LoadedModel(module, run.checkpoint_path(k), k)
-    if round_ is not None:
-        raise AlsegError("--round needs a run directory (written by 'alseg loop')", path)
-    ckpt = path / TRAIN_CHECKPOINT if path.is_dir() else path
-    if not ckpt.is_file():
-        raise AlsegError(
-            "neither a run directory (config.json) nor an 'alseg train' output (model.ckpt) — pass one of them", path
-        )
-    try:
-        module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu")
-    except (KeyError, TypeError, RuntimeError, OSError) as e:
-        raise AlsegError(
-            f"cannot be loaded as an alseg model ({type(e).__name__}) — pass 'alseg train' output", ckpt
-        ) from None
-    return LoadedModel(module, ckpt, None)
-
-
-def resolve_device(devices: str | int = "auto") -> torch.device:
-    """``auto`` (a GPU when present), ``0`` or ``cpu`` (CPU), or a number of GPUs (the first is used)."""
-    value = str(devices)
-    if value in ("0", "cpu"):
-        return torch.device("cpu")
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if value.isdigit():
-        if not torch.cuda.is_available():
-            raise AlsegError(f"--devices {value} asks for a GPU but none is available — use --devices auto or 0")
-        return torch.device("cuda:0")
-    raise AlsegError(f"--devices must be 'auto', 'cpu' or a number, got '{value}'")
 
 
 def _strip_ending(name: str) -> str:
@@ -182,37 +109,6 @@ def collect_inputs(inputs: Sequence[str | Path], n_channels: int) -> list[CaseFi
             )
         seen.add(c.case_id)
     return cases
-
-
-@dataclass
-class CasePrediction:
-    """One case's prediction on the file's grid (``labels``, ``probabilities``) and on the plan's
-    (``grid_labels``, with the ``properties`` that map one to the other)."""
-
-    case_id: str
-    labels: np.ndarray
-    probabilities: np.ndarray
-    geometry: Geometry
-    grid_labels: np.ndarray
-    properties: dict
-
-
-def predict_case(module: SegmentationModule, case: CaseFiles, *, tta: bool = False) -> CasePrediction:
-    """Predict one case with ``module`` (on the device it is on, in eval mode)."""
-    plans, config = module.plans, module.config
-    image, _, geometry = load_case(case, len(plans.channel_names), declared_by="the model takes")
-    for c in range(image.shape[0]):  # one NaN would turn the whole map into background
-        problem = intensity_problem(image[c])
-        if problem:
-            raise AlsegError(
-                f"{problem}; predict refuses it", case.images[c] if len(case.images) > c else case.images[0]
-            )
-    data, _, props = preprocess_case(image, None, geometry, plans, config.name)
-    module.net.eval()
-    with torch.inference_mode():
-        logits = predict_volume(module.net, data, config, output="logits", mirror=tta).cpu().numpy()
-    labels, probabilities = logits_to_original(logits, props, config.resampling)
-    return CasePrediction(case.case_id, labels, probabilities, geometry, logits.argmax(0), props)
 
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ How the pass is organised:
   marks the item's own pixels; every score is a mean (or sum) over those only.
 * **One deterministic pass** (eval mode, dropout off) gives Max Entropy.
 * **T MC dropout passes** (:func:`alseg.model.network.mc_dropout` at ``ctx.dropout_mc``) are
-  streamed through :class:`alseg.strategies.scores.MCDropoutAccumulator`. Several passes run
+  streamed through :class:`alseg.scoring.scores.MCDropoutAccumulator`. Several passes run
   in one forward by repeating the chunk (``passes_per_forward``); the accumulator still sees
   one pass at a time.
 * **Randomness**: the dropout masks come from torch's generator inside a forked RNG state,
@@ -31,12 +31,12 @@ How the pass is organised:
   seeded independently of the strategy, so equal batches give equal numbers.
 
 This module is inference, not a strategy: it needs from its caller only what
-:class:`ScoringContext` lists (a :class:`alseg.strategies.ScoringContext` is one).
+:class:`ScoringContext` lists (a :class:`alseg.strategies.base.SelectionContext` is one).
 
 Multi-GPU: the chunks (:func:`pool_chunks`, fixed by the items and the batch size) are the
 unit of work; with ``ctx.ranks`` set (``alseg loop --devices N``) the ranks of the DDP group
 each score a contiguous run of whole chunks and rank 0 gathers them in order
-(:mod:`alseg.model.sharding`), so the scores equal one process's exactly.
+(:mod:`alseg.scoring.sharding`), so the scores equal one process's exactly.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from torch import Tensor, nn
 
 from alseg.data.pool import Pool
 from alseg.model.network import eval_mode, mc_dropout
-from alseg.model.sharding import Numbered, map_chunks
 from alseg.progress import console, make_progress
-from alseg.strategies.scores import MCDropoutAccumulator, MCScores, item_entropy
+from alseg.scoring.scores import MCDropoutAccumulator, MCScores, item_entropy
+from alseg.scoring.sharding import Numbered, map_chunks
 
 __all__ = [
     "DEFAULT_PASSES_PER_FORWARD",
@@ -106,7 +106,7 @@ def inference_batch_size(config, device: torch.device | str) -> int:
 
 
 class ScoringContext(Protocol):
-    """What pool inference reads from its caller (:class:`alseg.strategies.ScoringContext`
+    """What pool inference reads from its caller (:class:`alseg.strategies.base.SelectionContext`
     has all of it): the network, the pool and how to read it, the device and the MC settings."""
 
     model: nn.Module
@@ -242,7 +242,7 @@ def pool_chunks(ctx: ScoringContext, indices: np.ndarray, batch_size: int | None
     loaded once), then cut every ``batch_size`` items (default ``ctx.batch_size``), so chunks
     may span two cases and every forward but the last is full. It depends on the items and the
     batch size only, never on how many processes share the pass
-    (:mod:`alseg.model.sharding` hands out whole chunks)."""
+    (:mod:`alseg.scoring.sharding` hands out whole chunks)."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     bs = int(batch_size or ctx.batch_size)
     if bs < 1:
@@ -331,7 +331,7 @@ def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int)
 def _score_chunks(
     ctx: ScoringContext, numbered: Numbered, *, mc: bool, deterministic: bool, group: int, seed: int, what: str
 ) -> Iterator[tuple[int, tuple[Tensor | None, MCScores | None]]]:
-    """Chunk function of :func:`score_pool` (see :mod:`alseg.model.sharding`): per chunk
+    """Chunk function of :func:`score_pool` (see :mod:`alseg.scoring.sharding`): per chunk
     ``(entropy, MC aggregates)``, MC masks seeded by :func:`chunk_seed`."""
     net = ctx.model
     n = sum(len(idx) for _, idx in numbered)
@@ -373,7 +373,7 @@ def score_pool(
     Args:
         ctx: the selection context (model, pool, device, ``mc_passes`` T, ``dropout_mc``,
             ``batch_size``, ``rng`` for the dropout masks, ``show_progress``; ``ranks`` to
-            shard the pass over a DDP group, see :mod:`alseg.model.sharding`).
+            shard the pass over a DDP group, see :mod:`alseg.scoring.sharding`).
         indices: pool indices to score; default the unlabelled items.
         mc: run the T MC dropout passes (mean STD, BALD, class-wise STD).
         deterministic: run the dropout-off pass (Max Entropy).

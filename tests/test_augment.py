@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.transforms import CenterSpatialCropd, Compose, RandFlipd, Rotated
 
-from alseg.transforms import RandContrastd, RandGammad, RandSpatiald, get_training_transforms, sampling_patch_size
+from alseg.data.augment import RandContrastd, RandGammad, RandSpatiald, get_training_transforms, sampling_patch_size
 
 
 def _sample(shape):

@@ -1,7 +1,7 @@
 """Pool passes sharded over the ranks of a DDP group, gathered on rank 0 in pool order.
 
 A pass over pool items (scoring, embedding) is cut into *chunks* of items fixed by the item
-list and the batch size alone (:func:`alseg.model.pool_inference.pool_chunks`). Work on a chunk
+list and the batch size alone (:func:`alseg.scoring.pool_inference.pool_chunks`). Work on a chunk
 depends only on the chunk and its number (MC dropout masks are seeded per chunk), so the ranks
 can each take a contiguous run of whole chunks and rank 0 can put the per-chunk results back
 in chunk order: the result is the single-process one, bit for bit.
