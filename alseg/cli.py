@@ -6,6 +6,7 @@ import logging
 import shlex
 import sys
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from alseg import __version__
+from alseg.active.oracles.registry import ORACLES
 from alseg.active.rundir import RunDir
-from alseg.active.settings import Configuration, LoopSettings, OracleKind, load_settings_file
+from alseg.active.settings import Configuration, LoopSettings, load_settings_file
 from alseg.dataset.workers import watch_from_env
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
@@ -340,7 +342,9 @@ CandidatesOpt = Annotated[Optional[int], typer.Option("--candidates", help=_h("c
 ItersOpt = Annotated[int, typer.Option("--iters-per-epoch", help=_h("iters_per_epoch"))]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))]
 McOpt = Annotated[int, typer.Option("--mc-passes", help=_h("mc_passes"))]
-OracleOpt = Annotated[OracleKind, typer.Option("--oracle", help=_h("oracle"))]
+OracleName = Enum("OracleName", {name: name for name in ORACLES}, type=str)
+"""``--oracle``'s choices: the registered oracles' names (Typer shows and checks them)."""
+OracleOpt = Annotated[OracleName, typer.Option("--oracle", help=_h("oracle"))]
 DevicesOpt = Annotated[str, typer.Option("--devices", help=_h("devices"))]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")
@@ -397,7 +401,7 @@ def loop(
     batch_size: BatchOpt = _d("batch_size"),
     mc_passes: McOpt = _d("mc_passes"),
     candidates: CandidatesOpt = _d("candidates"),
-    oracle: OracleOpt = OracleKind(_d("oracle")),
+    oracle: OracleOpt = OracleName(_d("oracle")),
     devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
@@ -432,7 +436,7 @@ def loop(
         batch_size=batch_size,
         mc_passes=mc_passes,
         candidates=candidates,
-        oracle=oracle,
+        oracle=oracle.value,
         devices=devices,
         strategy_options=_parse_strategy_options(option),
     )

@@ -14,7 +14,7 @@ import pytest
 
 from alseg.active.annotation import manifest_cases
 from alseg.active.loop import AnnotationIncomplete, LoopDriver
-from alseg.active.oracles import manifest_items
+from alseg.active.oracles.patches import manifest_items
 from alseg.active.settings import LoopSettings
 from alseg.data.cache import CaseCache, build_cache
 from alseg.data.pipeline import label_to_grid

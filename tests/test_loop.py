@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from alseg.active.loop import LoopDriver
-from alseg.active.oracles import manifest_items
+from alseg.active.oracles.patches import manifest_items
 from alseg.active.settings import LoopSettings
 from alseg.dataset.io import read_volume, write_volume
 from alseg.errors import AlsegError

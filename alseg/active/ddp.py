@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from alseg.active.loop import LoopDriver
-from alseg.active.oracles import LabelStore
+from alseg.active.oracles.labels import LabelStore
 from alseg.active.rundir import RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alseg.active.oracles import UNLABELLED
+from alseg.active.oracles.labels import UNLABELLED
 from alseg.active.rundir import RunDir
 from alseg.atomic import atomic_write_json
 from alseg.data.pipeline import grid_properties

@@ -26,7 +26,9 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from alseg.active.oracles import FilesOracle, LabelStore, PatchOracle, SimulatedOracle, item_geometry
+from alseg.active.oracles.base import OracleContext
+from alseg.active.oracles.labels import LabelStore
+from alseg.active.oracles.registry import oracle_class
 from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
@@ -210,7 +212,7 @@ class LoopDriver:
             settings.fold,
             show_progress,
             test_cases=chosen.test_cases,
-            pool_needs_labels=chosen.oracle == "simulated",
+            pool_needs_labels=oracle_class(chosen.oracle).reveals_ground_truth,
         )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
@@ -234,7 +236,7 @@ class LoopDriver:
         self.strategy = get_strategy(
             self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options)
         )
-        if self.strategy.simulation_only and self.config.oracle != "simulated":
+        if self.strategy.simulation_only and not oracle_class(self.config.oracle).reveals_ground_truth:
             raise AlsegError(
                 f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated"
             )
@@ -246,7 +248,9 @@ class LoopDriver:
             )
             self.run.save_config(self.config)
             self.run.save_state(self.state)
-        self.oracle = self._make_oracle()
+        self.oracle = oracle_class(self.config.oracle).build(
+            OracleContext(self.run, self.pool, self.ws, self.config.config, self._case_files)
+        )
 
     @property
     def pool(self):
@@ -311,7 +315,7 @@ class LoopDriver:
         gone = sorted({self.pool[i].case_id for i in answer.waiting if self.pool[i].id in earlier})
         waiting = [i for i in answer.waiting if self.pool[i].case_id not in gone]
         problems = answer.problems + [  # accepted by an earlier call of this round, then deleted: said, not re-asked
-            f"{getattr(self.oracle, 'folder', lambda k: self.run.path)(round_)}: the label file of case {case} was "
+            f"{self.oracle.folder(round_) or self.run.path}: the label file of case {case} was "
             "accepted earlier in this round but is gone now — put it back, then run the same command with --resume"
             for case in gone
         ]
@@ -445,7 +449,7 @@ class LoopDriver:
             mc_passes=self.config.mc_passes,
             dropout_mc=conf.network.dropout_mc,
             batch_size=inference_batch_size(conf, device),
-            ground_truth=self.ws.ground_truth if self.config.oracle == "simulated" else None,
+            ground_truth=self.ws.ground_truth if self.oracle.reveals_ground_truth else None,
             show_progress=self.show_progress,
             ranks=self.ranks,
             round_index=round_,
@@ -644,23 +648,6 @@ class LoopDriver:
         batch = self.config.batch_size or self.ws.configuration.batch_size
         check_batch_memory(self.ws.configuration, batch, self.config.devices)  # fits in memory?
 
-    def _make_oracle(self):
-        if self.config.oracle == "simulated":
-            return SimulatedOracle(self.pool, self.ws.ground_truth)
-        patches = PatchOracle(
-            self.run,
-            self.pool,
-            self.ws.image,
-            lambda i: item_geometry(self.ws.properties(self.pool[i].case_id), self.pool[i].box),
-            self.ws.plans.transpose_backward,
-            self.ws.plans.labels,
-        )
-        if self.config.oracle == "patches":
-            return patches
-        return FilesOracle(
-            self.run, self.pool, self.ws.properties, self._case_files, self.ws.plans, self.config.config, patches
-        )
-
     def _case_files(self, case_id: str) -> CaseFiles:
         """A training case's files in the dataset the plan was made from (the package copies them)."""
         if self._dataset is None:
@@ -705,9 +692,9 @@ class AnnotationIncomplete(Exception):
         self.n_selected = max(n_selected, len(accepted) + n_waiting)
         self.n_rejected = self.n_selected - len(accepted) - n_waiting
         """Items whose file was rejected (one unit with accepted and waiting: items)."""
-        self.folder = oracle.folder(round_) if hasattr(oracle, "folder") else None
-        self.guide = oracle.guide(round_) if hasattr(oracle, "guide") else None
-        self.waiting_cases: list[str] = list(getattr(oracle, "waiting_cases", []))
+        self.folder = oracle.folder(round_)
+        self.guide = oracle.guide(round_)
+        self.waiting_cases: list[str] = oracle.waiting_cases()
         """The cases whose label file is not there yet (files oracle)."""
         super().__init__(f"round {round_}: {n_waiting} mask(s) missing, {len(problems)} rejected")
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alseg.active.oracles.registry import ORACLES, oracles_help, unknown_oracle
 from alseg.errors import AlsegError
 from alseg.seeds import MAX_SEED
 
-__all__ = ["Configuration", "OracleKind", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
+__all__ = ["Configuration", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
 
 
 class Configuration(str, Enum):
@@ -26,20 +27,6 @@ class Configuration(str, Enum):
 
     two_d = "2d"
     three_d_fullres = "3d_fullres"
-
-
-class OracleKind(str, Enum):
-    """Who annotates: the ground truth (simulation) or a person through files.
-
-    ``files``: a package per case (image in its own geometry, pre-segmentation, region to
-    annotate; one label map per case comes back). ``patches``: one NIfTI patch per item and one
-    mask per item back (what ``files`` meant before the package per case; a round of such a run
-    whose folder is in that layout is still imported in it).
-    """
-
-    simulated = "simulated"
-    files = "files"
-    patches = "patches"
 
 
 class LoopSettings(BaseModel):
@@ -79,11 +66,7 @@ class LoopSettings(BaseModel):
         description="Unlabelled items drawn uniformly each round for the strategy to choose from (every strategy "
         "alike; default: the whole pool).",
     )
-    oracle: OracleKind = Field(
-        OracleKind.simulated,
-        description="simulated (ground truth); files (a person annotates a package per case: image, "
-        "pre-segmentation, region); patches (a person annotates one NIfTI patch per item).",
-    )
+    oracle: str = Field("simulated", description="Who annotates: " + oracles_help())
     devices: str = Field("auto", description="Lightning devices: a number or 'auto'.")
     fine_tune: bool = Field(True, description="Later rounds start from the previous round's weights.")
 
@@ -93,6 +76,13 @@ class LoopSettings(BaseModel):
         v = str(v)
         if v != "auto" and not (v.isdigit() and int(v) >= 1):
             raise ValueError(f"must be a positive number or 'auto', got '{v}'")
+        return v
+
+    @field_validator("oracle")
+    @classmethod
+    def _oracle(cls, v: str) -> str:
+        if v not in ORACLES:
+            raise ValueError(unknown_oracle(v))
         return v
 
     @field_validator("test_cases", mode="before")

@@ -36,6 +36,7 @@ from submitit.helpers import Checkpointable
 
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import check_mc_passes, check_sizes, trainer_settings
+from alseg.active.oracles.registry import oracle_class
 from alseg.active.rundir import LOCK, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
@@ -353,7 +354,7 @@ def _run_compare(
         settings.fold,
         show_progress=show_progress,
         test_cases=settings.test_cases,
-        pool_needs_labels=settings.oracle == "simulated",
+        pool_needs_labels=oracle_class(settings.oracle).reveals_ground_truth,
     )
     plan_dir = ws.plan_dir
     check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
