@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from builders import run_cli
 
-from alseg.active.loop import candidate_items
 from alseg.active.rundir import RunDir, find_run_dirs
+from alseg.active.selection import candidate_items
 from alseg.active.settings import LoopSettings
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

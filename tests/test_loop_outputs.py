@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alseg.active.loop import PICTURE_CASES, LoopDriver, picture_cases
+from alseg.active.evaluation import PICTURE_CASES, picture_cases
+from alseg.active.loop import LoopDriver
 from alseg.active.settings import LoopSettings
 from alseg.report import build_report
 from alseg.report.build import picture_rounds

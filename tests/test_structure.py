@@ -450,3 +450,29 @@ def test_all_check_finds_a_module_without_it(tmp_path):
         {"__init__.py": "", "_private.py": "", "cli.py": "", "ok.py": "__all__ = []\n", "bad.py": "x = 1\n"},
     )
     assert [Path(m).name for m in public_modules_without_all(tmp_path / "pkg")] == ["bad.py"]
+
+
+# --------------------------------------------------------------------------- the loop driver stays small
+
+DRIVER_MAX_LINES = 300
+"""LoopDriver keeps the round sequence; selection, oracles, evaluation and resume checks live
+with their owners (alseg.active.selection, .oracles, .evaluation, .resume)."""
+
+
+def class_lines(source: str, name: str) -> int:
+    """Lines of class ``name`` in ``source`` (decorators excluded), 0 when there is none."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node.end_lineno - node.lineno + 1
+    return 0
+
+
+def test_loop_driver_keeps_only_the_round_sequence():
+    lines = class_lines((PACKAGE / "active" / "loop.py").read_text(), "LoopDriver")
+    assert 0 < lines < DRIVER_MAX_LINES, f"LoopDriver has {lines} lines; move a step to the module that owns it"
+
+
+def test_class_lines_counts_a_class_and_misses_none():
+    source = "x = 1\n\nclass A:\n    def f(self):\n        return 1\n\n    def g(self):\n        pass\n\ny = 2\n"
+    assert class_lines(source, "A") == 6
+    assert class_lines(source, "B") == 0

@@ -10,138 +10,70 @@ seeds derived from ``(seed, round)``, never on what happened earlier in the proc
 
 Read top-down: :meth:`LoopDriver.run_all` → :meth:`~LoopDriver.prepare_batch` (select +
 annotate) → :meth:`~LoopDriver.train_round` → (callback) :meth:`~LoopDriver.finish_round`.
+The steps live with their owners: :mod:`~alseg.active.selection` (the batch),
+:mod:`~alseg.active.oracles` (the masks), :mod:`~alseg.active.evaluation` (Dice, agreement,
+pictures), :mod:`~alseg.active.resume` (what a resume checks), :mod:`~alseg.active.rundir` (files).
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from alseg.active.checks import check_mc_passes, check_sizes
+from alseg.active.evaluation import agreement_cases, log_round, measure_round, save_pictures
 from alseg.active.oracles.base import OracleContext
 from alseg.active.oracles.labels import LabelStore
 from alseg.active.oracles.registry import oracle_class
+from alseg.active.resume import check_same_data, resumed_config, verify_run
 from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
+from alseg.active.selection import RoundSelector
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
 from alseg.data.datamodule import Region, SegDataModule
-from alseg.dataset.raw import CaseFiles, DatasetInfo, read_dataset
 from alseg.errors import AlsegError
-from alseg.model.inference import predict_volume
-from alseg.model.metrics import dice_per_class, mean_dice
 from alseg.model.module import SegmentationModule
 from alseg.model.progress_bar import RoundProgressBar
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, check_batch_memory, make_trainer, resolve_device
 from alseg.progress import console, results
-from alseg.scoring.pool_inference import inference_batch_size
 from alseg.scoring.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.seeds import seed_for_round
-from alseg.strategies import SelectionContext, get_strategy, parse_strategy_options, select_batch
+from alseg.strategies import get_strategy, parse_strategy_options
 
-__all__ = [
-    "AGREEMENT_CASES",
-    "PICTURE_CASES",
-    "LoopDriver",
-    "ActiveLoop",
-    "AnnotationIncomplete",
-    "agreement_cases",
-    "candidate_items",
-    "picture_cases",
-    "trainer_settings",
-]
-
-PICTURE_CASES = 2
-"""Test cases whose prediction is saved each round for the report's segmentation pictures."""
-
-AGREEMENT_CASES = 4
-"""Pool cases whose predictions are compared between rounds when there are no test labels."""
-
-
-def agreement_cases(train_ids: list[str], seed: int) -> list[str]:
-    """The fixed agreement sample of a run without test labels: up to :data:`AGREEMENT_CASES`
-    pool cases drawn once from the run's seed (its own stream, apart from the rounds')."""
-    ids = sorted(train_ids)
-    n = min(AGREEMENT_CASES, len(ids))
-    idx = np.random.default_rng([seed, 0, 1]).choice(len(ids), size=n, replace=False)
-    return sorted(ids[int(i)] for i in idx)
-
-
-def picture_cases(test_ids: list[str]) -> list[str]:
-    """The fixed picture cases: the first test cases by name, the same for every strategy and round."""
-    return sorted(test_ids)[:PICTURE_CASES]
-
-
-CANDIDATE_STREAM = 1
-"""Third word of the candidates' seed (:meth:`LoopDriver.candidate_rng`)."""
-
-
-def candidate_items(labelled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted pool indices a strategy sees with ``--candidates n``: every labelled item and the
-    first ``n`` unlabelled items of a uniform permutation of the whole pool. The permutation
-    depends on the generator only, so two strategies with the same seed see the same order of
-    items; only which of them are labelled already differs."""
-    order = rng.permutation(len(labelled))
-    unlabelled = order[~labelled[order]][:n]
-    return np.sort(np.concatenate([np.flatnonzero(labelled), unlabelled])).astype(np.int64)
-
-
-def check_mc_passes(strategy: str, mc_passes: int) -> None:
-    """A strategy whose scores measure disagreement between MC dropout passes gives every item
-    the score 0 with one pass (and would take the pool's first items): one line before any work.
-    The strategy class says how many it needs (:meth:`Strategy.mc_passes_needed`)."""
-    need = type(get_strategy(strategy)).mc_passes_needed()
-    if mc_passes < need:
-        raise AlsegError(
-            f"--mc-passes {mc_passes} is too few for strategy '{strategy}': its scores compare Monte-Carlo "
-            f"dropout passes, so with fewer than {need} every item scores the same — use --mc-passes {need} or "
-            "more (the default is 10)"
-        )
-
-
-def check_sizes(settings: LoopSettings, n_items: int, plan_batch_size: int) -> None:
-    """The run's sizes against its pool of ``n_items`` items and its devices (one line if they do not fit)."""
-    cfg, n = settings, n_items
-    if cfg.devices.isdigit() and int(cfg.devices) > 1:  # DDP splits the (global) batch over the devices
-        batch = cfg.batch_size or plan_batch_size
-        if batch < int(cfg.devices):
-            raise AlsegError(
-                f"a batch of {batch} cannot be split over {cfg.devices} devices — use --batch-size "
-                f"{cfg.devices} or more, or fewer --devices"
-            )
-    if cfg.initial > n:
-        raise AlsegError(f"--initial {cfg.initial} is larger than the pool ({n} items) — choose at most {n}")
-    if cfg.initial + cfg.budget > n:
-        raise AlsegError(
-            f"--budget {cfg.budget} is larger than the unlabelled pool after the initial set ({n - cfg.initial} "
-            "items) — lower --budget"
-        )
-    if cfg.candidates is not None and cfg.candidates < cfg.budget:
-        raise AlsegError(
-            f"--candidates {cfg.candidates} is smaller than --budget {cfg.budget} — draw at least as many candidates"
-        )
-    if cfg.candidates is not None and cfg.devices.isdigit() and int(cfg.devices) > 1:
-        raise AlsegError("--candidates works on one device for now — use --devices 1, or drop --candidates")
-    if cfg.initial + cfg.rounds * cfg.budget > n:
-        most = (n - cfg.initial) // cfg.budget
-        raise AlsegError(
-            f"{cfg.rounds} rounds of {cfg.budget} items need more than the pool's {n} items — use at most --rounds {most}"
-        )
+__all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
 
 
 def trainer_settings(settings: LoopSettings) -> TrainerSettings:
     """The Trainer settings of a loop's rounds (and of its full-data reference): one rule for both."""
     devices = int(settings.devices) if settings.devices.isdigit() else settings.devices
     return TrainerSettings(devices=devices)
+
+
+def round_trainer(run: RunDir, settings: LoopSettings, round_: int, epochs: int, callbacks: list, bar: bool):
+    """The Trainer of one round: the loop's devices, ``--iters-per-epoch``, and the round's CSV and
+    TensorBoard logs in the run directory."""
+    logs, version = run.logs_dir.name, run.log_version(round_)
+    return make_trainer(
+        trainer_settings(settings),
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(run.path, name=logs, version=version),
+            TensorBoardLogger(run.path, name=logs, version=version, sub_dir="tensorboard", default_hp_metric=False),
+        ],
+        show_progress=bar,
+        iterations_per_epoch=settings.iters_per_epoch,
+        enable_model_summary=False,
+    )
 
 
 class LoopDriver:
@@ -152,7 +84,6 @@ class LoopDriver:
     ``workers`` and ``show_progress`` only affect this process.
     """
 
-    _dataset: DatasetInfo | None = None  # the plan's dataset, read when the files oracle needs a case's files
     ranks: ShardGroup | None = None  # rank 0 of several devices, between fits: the ranks share its pool passes
 
     def __init__(
@@ -192,12 +123,7 @@ class LoopDriver:
         data_hash = dataset_hash(Path(target))
         if resume:  # checked before planning: a dataset changed since is refused at once
             stored = self.run.load_config()
-            if stored.dataset_hash is not None and data_hash is not None and stored.dataset_hash != data_hash:
-                raise AlsegError(
-                    f"was made from other data: {target}'s dataset.json or image files changed since (or it is "
-                    "another dataset) — resume with the data the run was made from, or start a new run with another -o",
-                    self.run.config_path,
-                )
+            check_same_data(self.run, stored, target, data_hash)
         for tmp in self.run.temp_files():  # leftovers of writes killed half-way; nobody else writes (lock)
             tmp.unlink()
         # what decides the pool and the test cases: on resume, the stored choice unless typed again
@@ -216,9 +142,9 @@ class LoopDriver:
         )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
-            self.config = self._resumed_config(settings)
+            self.config = resumed_config(self.run, self.ws, settings, self.given)
             self.state = self.run.load_state()
-            self._verify_run()
+            verify_run(self.run, self.ws, self.state, self.labels)
             if self.config.rounds > self.state.round and self.state.finished:
                 self.state.finished = False
         else:
@@ -249,7 +175,17 @@ class LoopDriver:
             self.run.save_config(self.config)
             self.run.save_state(self.state)
         self.oracle = oracle_class(self.config.oracle).build(
-            OracleContext(self.run, self.pool, self.ws, self.config.config, self._case_files)
+            OracleContext(self.run, self.pool, self.ws, self.config.config)
+        )
+        self.selector = RoundSelector(
+            self.config,
+            self.strategy,
+            self.pool,
+            self.ws,
+            self.labels,
+            self.oracle.reveals_ground_truth,
+            self.run.path,
+            self.show_progress,
         )
 
     @property
@@ -353,24 +289,8 @@ class LoopDriver:
         )
         epochs = self.config.round0_epochs if round_ == 0 else self.config.epochs
         bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
-        trainer = make_trainer(
-            trainer_settings(self.config),
-            max_epochs=epochs,
-            callbacks=[ActiveLoop(self, round_)] + ([RoundProgressBar(round_, epochs)] if bar else []),
-            logger=[
-                CSVLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.log_version(round_)),
-                TensorBoardLogger(
-                    self.run.path,
-                    name=self.run.logs_dir.name,
-                    version=self.run.log_version(round_),
-                    sub_dir="tensorboard",
-                    default_hp_metric=False,
-                ),
-            ],
-            show_progress=bar,
-            iterations_per_epoch=self.config.iters_per_epoch,
-            enable_model_summary=False,
-        )
+        callbacks = [ActiveLoop(self, round_)] + ([RoundProgressBar(round_, epochs)] if bar else [])
+        trainer = round_trainer(self.run, self.config, round_, epochs, callbacks, bar)
         trainer.fit(module, datamodule=dm)
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -379,27 +299,12 @@ class LoopDriver:
         """Between fit stages: checkpoint, evaluate, record; then prepare the next batch."""
         atomic_torch_save(self.run.checkpoint_path(round_), {"state_dict": module.state_dict()})
         self.run.record_checksum(self.state, self.run.checkpoint_path(round_))
-        t0 = time.perf_counter()
-        metrics = self.evaluate(module, round_)
-        seconds_eval = time.perf_counter() - t0
-        record = self.run.load_round(round_) or {}
-        sec = record.get("seconds", {})
         labelled = self.pool.indices(self.state.labelled)
-        row = {"round": round_, "n_labelled_items": len(labelled), "n_labelled_voxels": self.pool.voxels(labelled)}
-        row.update({k: f"{v:.6f}" for k, v in metrics.items()})
-        if self.config.agreement_cases:  # no test labels: how much the predictions still change
-            agreement = self.agreement(round_, module)
-            row[AGREEMENT_COLUMN] = "" if agreement is None else f"{agreement:.6f}"
-        row.update(
-            {
-                "seconds_train": f"{seconds_train:.3f}",
-                "seconds_eval": f"{seconds_eval:.3f}",
-                "seconds_score": f"{sec.get('score', 0.0):.3f}",
-                "seconds_select": f"{sec.get('select', 0.0):.3f}",
-            }
+        metrics, row = measure_round(
+            module, self.ws, self.run, round_, labelled, seconds_train, self.config.agreement_cases
         )
-        self.save_pictures(round_, module)
-        self.record_round_extras(round_, labelled, row)
+        save_pictures(module, self.ws, self.test_ids, self.run, round_)
+        log_round(self.run, self.ws, self.labels, self.labelled_mask, round_, row)
         self.run.write_metrics_row(row)
         self.state.round = round_
         self.state.finished = round_ >= self.config.rounds
@@ -417,70 +322,9 @@ class LoopDriver:
     # ----------------------------------------------------------------------------- the steps
     def select(self, round_: int, module) -> dict:
         """Choose round ``round_``'s batch (round 0: the random initial set); returns the record."""
-        t0 = time.perf_counter()
         if round_ == 0:
-            idx = np.sort(self.rng(0).choice(len(self.pool), size=self.config.initial, replace=False))
-            record = {
-                "round": 0,
-                "strategy": "initial-random",
-                "selected": [self.pool[i].id for i in idx],
-                "scores": [None] * len(idx),
-                "batch_uncertainty": None,
-                "seconds": {"select": time.perf_counter() - t0},
-            }
-            return record
-        pool, labelled = self.pool, self.labelled_mask
-        if self.config.candidates is not None:  # the strategy chooses among the labelled items and the candidates
-            shown = candidate_items(labelled, self.config.candidates, self.candidate_rng(round_))
-            pool, labelled = self.pool.subset(shown), labelled[shown]
-        net = module.net
-        device = module.device
-        conf = module.config
-        ctx = SelectionContext(
-            model=net,
-            pool=pool,
-            labelled=labelled,
-            budget=self.config.budget,
-            rng=self.rng(round_),
-            load_image=self.ws.image,
-            labelled_voxels_per_class=self.labels.voxels_per_class(self.pool, labelled, self.ws.plans.n_classes),
-            n_classes=self.ws.plans.n_classes,
-            device=device,
-            mc_passes=self.config.mc_passes,
-            dropout_mc=conf.network.dropout_mc,
-            batch_size=inference_batch_size(conf, device),
-            ground_truth=self.ws.ground_truth if self.oracle.reveals_ground_truth else None,
-            show_progress=self.show_progress,
-            ranks=self.ranks,
-            round_index=round_,
-            planned_rounds=self.config.rounds,
-        )
-        # the batch uncertainty's MC masks depend on the run's seed and round only, never on the strategy
-        sel = select_batch(self.strategy, ctx, uncertainty_seed=seed_for_round(self.config.seed, round_))
-        seconds = dict(sel.seconds)
-        seconds["select"] = time.perf_counter() - t0 - seconds.get("score", 0.0)
-        given = [s for s in sel.scores if s is not None]
-        if given and not any(math.isfinite(s) for s in given):  # the batch would be the pool's first items
-            raise AlsegError(
-                f"round {round_}: every score of strategy '{self.config.strategy}' is NaN or infinite, so its "
-                f"batch would be arbitrary — check its options ({self.config.strategy_options or 'the defaults'}) "
-                "and that the model of the previous round trained (metrics.csv)",
-                self.run.path,
-            )
-        scores = [None if s is None or not math.isfinite(s) else float(s) for s in sel.scores]  # JSON: no NaN/inf
-        record = {
-            "round": round_,
-            "strategy": self.config.strategy,
-            "selected": [pool[int(i)].id for i in sel.indices],
-            "scores": scores,
-            "batch_uncertainty": sel.batch_uncertainty,
-            "seconds": seconds,
-            **({"n_candidates": int((~labelled).sum())} if self.config.candidates is not None else {}),
-            **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
-        }
-        if sel.embedding_map is not None:
-            record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
-        return record
+            return self.selector.initial()
+        return self.selector.select(round_, module, self.labelled_mask, self.ranks)
 
     def serve_passes(self, module) -> int:
         """A rank > 0 between fits: score and embed its shards of rank 0's pool passes with its
@@ -492,89 +336,6 @@ class LoopDriver:
             )
 
         return serve(context, self.doorbell)
-
-    def evaluate(self, module, round_: int | None = None) -> dict[str, float]:
-        """Mean test Dice per class over the held-out cases, on the preprocessed grid; with
-        ``round_``, each case's Dice, HD95 and surface Dice also go to the round's per-case file."""
-        net = module.net
-        was_training = net.training
-        net.eval()
-        rows = []
-        with torch.inference_mode():
-            for c in self.test_ids:
-                image = torch.from_numpy(np.array(self.ws.image(c))).to(module.device)
-                label = torch.from_numpy(np.array(self.ws.ground_truth(c))).to(module.device)
-                spacing = self.ws.properties(c)["spacing_after_resampling"] if round_ is not None else None
-                rows.append(module.evaluate_case(image, label, spacing=spacing))
-        net.train(was_training)
-        if round_ is not None and rows:
-            self.run.save_case_metrics(round_, [{"case": c, **r} for c, r in zip(self.test_ids, rows)])
-        keys = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]  # metrics.csv: Dice only
-        return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-
-    def agreement(self, round_: int, module) -> float | None:
-        """Mean Dice between this round's and the previous round's predicted labels on the run's
-        agreement cases (Dice as the test metric: a class absent from both counts 1.0); None in
-        round 0, or when the previous round's predictions are missing."""
-        net = module.net
-        was_training = net.training
-        net.eval()
-        predictions = {}
-        with torch.inference_mode():
-            for c in self.config.agreement_cases:
-                image = np.array(self.ws.image(c))  # a copy: torch refuses read-only memory maps
-                pred = predict_volume(net, image, module.config, output="labels")
-                predictions[c] = pred.cpu().numpy().astype(np.uint8)
-        net.train(was_training)
-        self.run.save_agreement_predictions(round_, predictions)
-        previous = self.run.load_agreement_predictions(round_ - 1) if round_ > 0 else None
-        if not previous or set(previous) != set(predictions):
-            return None
-        n = self.ws.plans.n_classes
-        return float(np.mean([mean_dice(dice_per_class(predictions[c], previous[c], n)) for c in sorted(predictions)]))
-
-    def save_pictures(self, round_: int, module) -> None:
-        """Save one slice of each picture case (image, truth, prediction) for the report."""
-        if not picture_cases(self.test_ids):  # no test labels: nothing to draw the truth from
-            return
-        net = module.net
-        was_training = net.training
-        net.eval()
-        cases, slices, arrays = [], [], {}
-        with torch.inference_mode():
-            for j, c in enumerate(picture_cases(self.test_ids)):
-                image = np.array(self.ws.image(c))  # a copy: torch refuses read-only memory maps
-                label = np.asarray(self.ws.ground_truth(c))
-                label = label[0] if label.ndim == image.ndim else label
-                z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
-                if len(module.config.patch_size) == 2:  # a 2-D network needs only the slice
-                    pred = predict_volume(net, image[:, z : z + 1], module.config, output="labels")[0]
-                else:
-                    pred = predict_volume(net, image, module.config, output="labels")[z]
-                cases.append(c)
-                slices.append(z)
-                arrays[f"image_{j}"] = image[0, z].astype(np.float32)
-                arrays[f"label_{j}"] = label[z].astype(np.uint8)
-                arrays[f"pred_{j}"] = pred.cpu().numpy().astype(np.uint8)
-        net.train(was_training)
-        self.run.save_pictures(round_, cases, slices, arrays)
-
-    def record_round_extras(self, round_: int, labelled: np.ndarray, row: dict) -> None:
-        """Annotated voxels per class into the round file; the round's numbers into TensorBoard."""
-        counts = self.labels.voxels_per_class(self.pool, self.labelled_mask, self.ws.plans.n_classes)
-        names = {0: "background", **self.ws.foreground_labels}
-        record = self.run.load_round(round_) or {"round": round_}
-        record["labelled_voxels_per_class"] = {names.get(c, str(c)): int(n) for c, n in enumerate(counts)}
-        self.run.save_round(round_, record)
-        board = TensorBoardLogger(self.run.path, name=self.run.logs_dir.name, version=self.run.rounds_log_dir.name)
-        scalars = {f"test/{k}": float(v) for k, v in row.items() if k.startswith("dice_")}
-        if row.get(AGREEMENT_COLUMN):
-            scalars["agreement/between_rounds"] = float(row[AGREEMENT_COLUMN])
-        scalars.update({f"seconds/{k.removeprefix('seconds_')}": float(v) for k, v in row.items() if "seconds" in k})
-        scalars["labelled/items"] = float(len(labelled))
-        scalars.update({f"labelled/voxels_{k}": float(v) for k, v in record["labelled_voxels_per_class"].items()})
-        board.log_metrics(scalars, step=round_)
-        board.finalize("success")
 
     def new_module(self):
         overrides = {
@@ -600,74 +361,10 @@ class LoopDriver:
         return module
 
     # ----------------------------------------------------------------------------- helpers
-    def _resumed_config(self, settings: LoopSettings) -> RunConfig:
-        """The stored config, checked against the data and the options given now."""
-        config = self.run.load_config()
-        if config.plans_hash != self.ws.plans_hash:
-            raise AlsegError(
-                "was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR",
-                self.run.config_path,
-            )
-        if config.pool_hash != self.pool.fingerprint():
-            raise AlsegError(
-                "was made with another pool (cases, configuration or fold) — resume with the same options",
-                self.run.config_path,
-            )
-        changed = config.settings().differences(settings, self.given)
-        if changed:
-            raise AlsegError(
-                f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
-                "started with (only --rounds may grow)",
-                self.run.config_path,
-            )
-        if (self.given is None or "rounds" in self.given) and settings.rounds > config.rounds:  # extending a run
-            config = config.model_copy(update={"rounds": settings.rounds})
-            self.run.save_config(config)
-        if (self.given is None or "devices" in self.given) and settings.devices != config.devices:
-            config = config.model_copy(update={"devices": settings.devices})
-        return config
-
-    def _verify_run(self) -> None:
-        """Every file the resumed run relies on is there and as written (one line if not)."""
-        split = self.run.load_split()
-        if sorted(split["train"]) != sorted(self.ws.train_ids) or sorted(split["test"]) != sorted(self.ws.test_ids):
-            raise AlsegError(
-                "names other pool or test cases than the run's data and options give — resume with the data and "
-                "--test-cases the run was started with, or restore the file from a backup",
-                self.run.split_path,
-            )
-        per_case: dict[str, int] = {}
-        for i in self.pool.indices(self.state.labelled):
-            per_case[self.pool[i].case_id] = per_case.get(self.pool[i].case_id, 0) + 1
-        pending = self.state.pending.selected if self.state.pending else []
-        rewritten = {self.labels.path(self.pool[i].case_id) for i in self.pool.indices(pending)}
-        self.run.verify(self.state, {self.labels.path(c): n for c, n in per_case.items()}, rewritten)
-
     def _validate_sizes(self) -> None:
         check_sizes(self.config, len(self.pool), self.ws.configuration.batch_size)
         batch = self.config.batch_size or self.ws.configuration.batch_size
         check_batch_memory(self.ws.configuration, batch, self.config.devices)  # fits in memory?
-
-    def _case_files(self, case_id: str) -> CaseFiles:
-        """A training case's files in the dataset the plan was made from (the package copies them)."""
-        if self._dataset is None:
-            self._dataset = read_dataset(self.ws.plans.dataset_root)
-        try:
-            return self._dataset.case(case_id)
-        except KeyError:
-            raise AlsegError(
-                f"has no training case '{case_id}' any more — resume with the dataset the run was made from",
-                Path(self.ws.plans.dataset_root) / "dataset.json",
-            ) from None
-
-    def rng(self, round_: int) -> np.random.Generator:
-        """The generator of one round: the same on a resumed run as on an uninterrupted one."""
-        return np.random.default_rng([self.config.seed, round_])
-
-    def candidate_rng(self, round_: int) -> np.random.Generator:
-        """The generator of a round's candidates (``--candidates``): its own stream, apart from the
-        strategy's, so that the same seed draws the same order of items for every strategy."""
-        return np.random.default_rng([self.config.seed, round_, CANDIDATE_STREAM])
 
     @property
     def labelled_mask(self) -> np.ndarray:

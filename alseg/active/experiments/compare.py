@@ -34,8 +34,9 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable
 
+from alseg.active.checks import check_mc_passes, check_sizes
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
-from alseg.active.loop import check_mc_passes, check_sizes, trainer_settings
+from alseg.active.loop import trainer_settings
 from alseg.active.oracles.registry import oracle_class
 from alseg.active.rundir import LOCK, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file

@@ -17,7 +17,6 @@ import numpy as np
 
 from alseg.active.rundir import RunDir
 from alseg.data.pool import Pool
-from alseg.dataset.raw import CaseFiles
 
 if TYPE_CHECKING:  # typing only: the workspace opens plan and cache, an oracle only reads them
     from alseg.active.workspace import Workspace
@@ -39,14 +38,13 @@ class Annotation:
 
 @dataclass
 class OracleContext:
-    """What an oracle may use: the run directory, the pool, the opened plan and cache, the
-    configuration's name, and a training case's files in the dataset the plan was made from."""
+    """What an oracle may use: the run directory, the pool, the opened plan and cache (which
+    names the dataset the plan was made from), and the configuration's name."""
 
     run: RunDir
     pool: Pool
     workspace: "Workspace"
     config_name: str
-    case_files: Callable[[str], CaseFiles]
 
 
 class Oracle(Protocol):

@@ -14,11 +14,31 @@ from alseg.active.oracles.patches import PatchOracle
 from alseg.active.rundir import RunDir
 from alseg.data.pool import Pool
 from alseg.dataset.io import IMAGE_SUFFIXES
-from alseg.dataset.raw import CaseFiles
+from alseg.dataset.raw import CaseFiles, DatasetInfo, read_dataset
 from alseg.errors import AlsegError
 from alseg.plans.models import Plans
 
-__all__ = ["FilesOracle"]
+__all__ = ["DatasetCases", "FilesOracle"]
+
+
+class DatasetCases:
+    """A training case's files in the dataset the plan was made from (the package copies them);
+    the dataset is read on the first call."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._dataset: DatasetInfo | None = None
+
+    def __call__(self, case_id: str) -> CaseFiles:
+        if self._dataset is None:
+            self._dataset = read_dataset(self.root)
+        try:
+            return self._dataset.case(case_id)
+        except KeyError:
+            raise AlsegError(
+                f"has no training case '{case_id}' any more — resume with the dataset the run was made from",
+                self.root / "dataset.json",
+            ) from None
 
 
 class FilesOracle:
@@ -38,7 +58,8 @@ class FilesOracle:
     @classmethod
     def build(cls, ctx: OracleContext) -> "FilesOracle":
         ws = ctx.workspace
-        return cls(ctx.run, ctx.pool, ws.properties, ctx.case_files, ws.plans, ctx.config_name, PatchOracle.build(ctx))
+        case_files = DatasetCases(ws.plans.dataset_root)
+        return cls(ctx.run, ctx.pool, ws.properties, case_files, ws.plans, ctx.config_name, PatchOracle.build(ctx))
 
     def __init__(
         self,

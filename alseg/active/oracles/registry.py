@@ -17,8 +17,8 @@ __all__ = ["ORACLES", "OracleEntry", "oracle_class", "oracles_help"]
 
 @dataclass(frozen=True)
 class OracleEntry:
-    target: str
-    """``module:Class`` of the oracle."""
+    target: str | type
+    """``module:Class`` of the oracle (or the class itself, for one registered at run time)."""
     summary: str
     """One line for ``--oracle``'s help."""
 
@@ -43,7 +43,10 @@ def oracle_class(name: str) -> Any:
     unknown name is one line listing the known ones."""
     if name not in ORACLES:
         raise AlsegError(f"--oracle: {unknown_oracle(name)}")
-    module, _, cls = ORACLES[name].target.partition(":")
+    target = ORACLES[name].target
+    if not isinstance(target, str):
+        return target
+    module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
