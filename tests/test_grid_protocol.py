@@ -150,3 +150,38 @@ def test_shared_round_zero_forks_equal_the_one_command_rerun(synthetic_plan, pro
     assert (out / "cells" / "bald" / "seed_0" / "rounds" / "round_001.json").is_file()
     assert LoopSettings(epochs=2, initial_epochs=5, rounds=3).total_epochs == 11
     assert LoopSettings(epochs=2, rounds=3).total_epochs == 8
+
+
+def test_with_candidates_a_strategy_sees_the_annotated_voxels_of_the_whole_labelled_set(synthetic_plan, tmp_path):
+    """The candidate subset holds every labelled item, so the class-balance counts a strategy
+    reads (USIM's class weights) are those of the labelled set, not of other items."""
+    from alseg.active.loop import LoopDriver
+    from alseg.active.oracles.labels import LabelStore
+    from alseg.strategies.base import Selection, Strategy
+    from alseg.strategies.registry import STRATEGIES
+
+    seen = {}
+
+    class Recording(Strategy):
+        name = "recording"
+        source = "test"
+
+        def select(self, ctx):
+            seen["counts"] = np.asarray(ctx.labelled_voxels_per_class).copy()
+            seen["n_pool"] = len(ctx.pool)
+            pick = ctx.unlabelled[: ctx.budget]
+            return Selection(pick, [None] * len(pick))
+
+    STRATEGIES["recording"] = Recording
+    try:
+        settings = LoopSettings(**{**PROTOCOL, "strategy": "recording", "devices": "1"})
+        driver = LoopDriver(synthetic_plan, tmp_path / "run", settings, workers=0, show_progress=False)
+        driver.run_all()
+    finally:
+        del STRATEGIES["recording"]
+    assert seen["n_pool"] == PROTOCOL["initial"] + PROTOCOL["candidates"] < len(driver.pool)
+    round0 = json.loads((tmp_path / "run" / "rounds" / "round_000.json").read_text())["selected"]
+    labels = LabelStore(tmp_path / "run" / "labels", driver.ws.train_shapes())
+    expected = labels.voxels_per_class(driver.pool, driver.pool.mask(round0), driver.ws.plans.n_classes)
+    assert expected[1:].sum() > 0
+    np.testing.assert_array_equal(seen["counts"], expected)
