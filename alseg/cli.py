@@ -17,7 +17,7 @@ from rich.table import Table
 from alseg import __version__
 from alseg.active.oracles.registry import ORACLES
 from alseg.active.rundir import RunDir
-from alseg.active.settings import Configuration, LoopSettings, load_settings_file
+from alseg.active.settings import ConfigName, LoopSettings, load_settings_file
 from alseg.dataset.workers import watch_from_env
 from alseg.errors import AlsegError
 from alseg.runtime import tune_process
@@ -334,7 +334,7 @@ def _d(name: str):
 RoundsOpt = Annotated[int, typer.Option("--rounds", help=_h("rounds"))]
 BudgetOpt = Annotated[int, typer.Option("--budget", help=_h("budget"))]
 InitialOpt = Annotated[int, typer.Option("--initial", help=_h("initial"))]
-ConfigOpt = Annotated[Configuration, typer.Option("--config", "-c", help=_h("config"))]
+ConfigOpt = Annotated[ConfigName, typer.Option("--config", "-c", help=_h("config"))]
 FoldOpt = Annotated[int, typer.Option("--fold", help=_h("fold"))]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help=_h("epochs"))]
 InitialEpochsOpt = Annotated[Optional[int], typer.Option("--initial-epochs", help=_h("initial_epochs"))]
@@ -392,7 +392,7 @@ def loop(
     budget: BudgetOpt = _d("budget"),
     initial: InitialOpt = _d("initial"),
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
-    config: ConfigOpt = Configuration(_d("config")),
+    config: ConfigOpt = ConfigName(_d("config")),
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
@@ -492,7 +492,7 @@ def compare(
     rounds: RoundsOpt = _d("rounds"),
     budget: BudgetOpt = _d("budget"),
     initial: InitialOpt = _d("initial"),
-    config: ConfigOpt = Configuration(_d("config")),
+    config: ConfigOpt = ConfigName(_d("config")),
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),

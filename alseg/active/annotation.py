@@ -41,6 +41,7 @@ from alseg.dataset.raw import CaseFiles
 from alseg.dataset.resample import resize_labels
 from alseg.errors import AlsegError
 from alseg.model.case_prediction import predict_case
+from alseg.model.network import eval_mode
 from alseg.plans.models import Plans, Resampling
 
 __all__ = [
@@ -188,11 +189,8 @@ def copy_images(package: AnnotationPackage, case: CaseFiles) -> list[Path]:
 def presegment(module, case: CaseFiles) -> np.ndarray:
     """The model's label map of a case on its file's grid (``alseg predict``'s path), leaving
     the network in the mode it was in."""
-    was_training = module.net.training
-    try:
+    with eval_mode(module.net):
         return predict_case(module, case).labels
-    finally:
-        module.net.train(was_training)
 
 
 @dataclass

@@ -19,11 +19,12 @@ from alseg.active.oracles.registry import ORACLES, oracles_help, unknown_oracle
 from alseg.errors import AlsegError
 from alseg.seeds import MAX_SEED
 
-__all__ = ["Configuration", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
+__all__ = ["ConfigName", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
 
 
-class Configuration(str, Enum):
-    """The plan configuration a run trains (nnU-Net's names)."""
+class ConfigName(str, Enum):
+    """The name of the plan configuration a run trains (nnU-Net's names); the configuration itself
+    is :class:`alseg.plans.models.Configuration`."""
 
     two_d = "2d"
     three_d_fullres = "3d_fullres"
@@ -46,7 +47,7 @@ class LoopSettings(BaseModel):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of every random choice (the same seed gives the same run)."
     )
-    config: Configuration = Field(Configuration.two_d, description="Plan configuration: 2d or 3d_fullres.")
+    config: ConfigName = Field(ConfigName.two_d, description="Plan configuration: 2d or 3d_fullres.")
     fold: int = Field(0, ge=0, le=4, description="Fold of nnU-Net's 5-fold split held out as the test set.")
     test_cases: list[str] | None = Field(
         None,

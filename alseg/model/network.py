@@ -62,6 +62,7 @@ from alseg.model.norm import replace_instance_norms
 from alseg.plans.models import Configuration
 
 __all__ = [
+    "dynunet_arguments",
     "dynunet_for",
     "IGNORE_INDEX",
     "MCDropout",
@@ -115,22 +116,20 @@ class SegNetwork(DynUNet):
     ):
         if len(strides) < 3:
             raise AlsegError(f"the network needs at least 3 stages (DynUNet), the plan has {len(strides)}")
-        n_heads = len(strides) - 3 if deep_supervision else 0
         super().__init__(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            kernel_size=[list(k) for k in kernel_size],
-            strides=[list(s) for s in strides],
-            upsample_kernel_size=[list(s) for s in strides[1:]],
-            filters=list(filters),
-            dropout=None,
-            norm_name=("INSTANCE", {"affine": norm_affine, "eps": norm_eps}),
-            act_name=("leakyrelu", {"inplace": True, "negative_slope": negative_slope}),
-            deep_supervision=n_heads > 0,
-            deep_supr_num=max(n_heads, 1),
-            res_block=False,
-            trans_bias=trans_bias,
+            **dynunet_arguments(
+                spatial_dims,
+                in_channels,
+                out_channels,
+                kernel_size,
+                strides,
+                filters,
+                norm_eps,
+                norm_affine,
+                negative_slope,
+                trans_bias,
+                deep_supervision,
+            )
         )
         self.dropout_train = float(dropout_train)
         self.dropout_mc = float(dropout_mc)
@@ -388,23 +387,55 @@ def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = 
     return torch.cat([dw, db], dim=2).flatten(1)
 
 
-def dynunet_for(config: Configuration, in_channels: int, n_classes: int) -> DynUNet:
-    """A plain MONAI ``DynUNet`` with the topology alseg builds for ``config`` (no dropout)."""
-    net = config.network
-    n_heads = len(net.strides) - 3 if net.deep_supervision else 0
-    return DynUNet(
-        net.dims,
-        in_channels,
-        n_classes,
-        kernel_size=[list(k) for k in net.kernel_sizes],
-        strides=[list(s) for s in net.strides],
-        upsample_kernel_size=[list(s) for s in net.strides[1:]],
-        filters=list(net.features_per_stage),
+def dynunet_arguments(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Sequence[Sequence[int]],
+    strides: Sequence[Sequence[int]],
+    filters: Sequence[int],
+    norm_eps: float,
+    norm_affine: bool,
+    negative_slope: float,
+    trans_bias: bool,
+    deep_supervision: bool,
+) -> dict:
+    """MONAI ``DynUNet``'s arguments for nnU-Net's U-Net: written once, for :class:`SegNetwork`
+    and for the plain ``DynUNet`` of :func:`dynunet_for`, so both have the same parameters."""
+    n_heads = len(strides) - 3 if deep_supervision else 0
+    return dict(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=[list(k) for k in kernel_size],
+        strides=[list(s) for s in strides],
+        upsample_kernel_size=[list(s) for s in strides[1:]],
+        filters=list(filters),
         dropout=None,
-        norm_name=("INSTANCE", {"affine": net.norm_affine, "eps": net.norm_eps}),
-        act_name=("leakyrelu", {"inplace": True, "negative_slope": net.negative_slope}),
+        norm_name=("INSTANCE", {"affine": norm_affine, "eps": norm_eps}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": negative_slope}),
         deep_supervision=n_heads > 0,
         deep_supr_num=max(n_heads, 1),
         res_block=False,
-        trans_bias=net.conv_bias,
+        trans_bias=trans_bias,
+    )
+
+
+def dynunet_for(config: Configuration, in_channels: int, n_classes: int) -> DynUNet:
+    """A plain MONAI ``DynUNet`` with the topology alseg builds for ``config`` (no dropout)."""
+    net = config.network
+    return DynUNet(
+        **dynunet_arguments(
+            net.dims,
+            in_channels,
+            n_classes,
+            net.kernel_sizes,
+            net.strides,
+            net.features_per_stage,
+            net.norm_eps,
+            net.norm_affine,
+            net.negative_slope,
+            net.conv_bias,
+            net.deep_supervision,
+        )
     )
