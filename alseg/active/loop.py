@@ -203,7 +203,7 @@ class LoopDriver:
         # what decides the pool and the test cases: on resume, the stored choice unless typed again
         chosen = settings
         if resume and self.given is not None:
-            kept = {k: getattr(stored, k) for k in ("test_cases", "oracle") if k not in self.given}
+            kept = {k: getattr(stored, k) for k in ("test_cases", "oracle", "item_size") if k not in self.given}
             chosen = settings.model_copy(update=kept)
         self.ws = Workspace.open(
             Path(target),
@@ -213,6 +213,7 @@ class LoopDriver:
             show_progress,
             test_cases=chosen.test_cases,
             pool_needs_labels=oracle_class(chosen.oracle).reveals_ground_truth,
+            item_size=chosen.item_size,
         )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
