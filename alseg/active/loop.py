@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from alseg.active.oracles.base import OracleContext
-from alseg.active.oracles.labels import LabelStore
+from alseg.active.oracles.labels import UNLABELLED, LabelStore
 from alseg.active.oracles.registry import oracle_class
 from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
 from alseg.active.settings import LoopSettings
@@ -351,6 +351,7 @@ class LoopDriver:
             label_dir=self.run.labels_dir,
             num_workers=self.workers,
             seed=seed,
+            ignore_label=self.ignore_label,
         )
         epochs = self.config.round0_epochs if round_ == 0 else self.config.epochs
         bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
@@ -577,6 +578,12 @@ class LoopDriver:
         board.log_metrics(scalars, step=round_)
         board.finalize("success")
 
+    @property
+    def ignore_label(self) -> int | None:
+        """Items smaller than the patch are partial labels: training reads the image around them
+        and the loss skips the label store's unlabelled voxels (None: items of the patch size)."""
+        return UNLABELLED if self.pool.small_items else None
+
     def new_module(self):
         overrides = {
             "epochs": self.config.epochs,
@@ -584,7 +591,10 @@ class LoopDriver:
             "batch_size": self.config.batch_size,
         }
         return SegmentationModule(
-            self.ws.plans, self.config.config, overrides={k: v for k, v in overrides.items() if v is not None}
+            self.ws.plans,
+            self.config.config,
+            overrides={k: v for k, v in overrides.items() if v is not None},
+            ignore_label=self.ignore_label,
         )
 
     def load_module(self, round_: int):

@@ -25,7 +25,7 @@ import numpy as np
 
 from alseg.data.cache import CaseCache
 
-__all__ = ["Item", "Pool", "normalise_item_size", "tile_starts", "window_starts"]
+__all__ = ["Item", "Pool", "normalise_item_size", "read_window", "tile_starts", "window_starts"]
 
 
 def window_starts(size: int, patch: int) -> list[int]:
@@ -194,6 +194,22 @@ class Pool:
         cache = cache if isinstance(cache, CaseCache) else CaseCache(cache)
         return cls.build({c: cache.shape(c) for c in case_ids}, config_name, patch_size, item_size)
 
+    def context_window(self, i: int, case_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """The patch-sized ``(z, y, x)`` box (one slice thick in 2D) around item ``i``, for reading
+        a small item with the image around it: centred on the item and moved inside the case
+        (as training clamps its patches); where the case is smaller than the patch the box is
+        centred on the case and passes its border (read as zeros there)."""
+        box = self.items[i].box
+        size = (1, *self.patch_size) if self.config_name == "2d" else self.patch_size
+        out = []
+        for (a, b), p, n in zip(box, size, case_shape):
+            if n < p:
+                lo = -((p - n) // 2)
+            else:
+                lo = int(np.clip((a + b) // 2 - p // 2, 0, n - p))
+            out.append((lo, lo + p))
+        return tuple(out)
+
     def patch(self, volume: np.ndarray, i: int) -> np.ndarray:
         """The item's voxels of a (C, z, y, x) or (z, y, x) array, as (C?, *patch) for 2D/3D."""
         box = self.items[i].box
@@ -234,3 +250,19 @@ def _tiles(case_shapes: dict[str, tuple[int, ...]], config_name: str, item_size:
                     box = tuple((a, min(a + p, s)) for a, p, s in zip((z0, y0, x0), size, shape))
                     items.append(Item(f"{case_id}:{tag}:{z0}:{y0}:{x0}", case_id, box))
     return items
+
+
+def read_window(volume: np.ndarray, box: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """``volume[..., box]`` over the last 3 axes as a new array, zeros where ``box`` passes the
+    volume's border."""
+    lead = volume.shape[: volume.ndim - 3]
+    out = np.zeros(lead + tuple(b - a for a, b in box), dtype=volume.dtype)
+    src, dst = [], []
+    for (a, b), n in zip(box, volume.shape[-3:]):
+        lo, hi = max(a, 0), min(b, n)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - a, hi - a))
+    out[(..., *dst)] = volume[(..., *src)]
+    return out
