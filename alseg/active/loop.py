@@ -619,16 +619,16 @@ class LoopDriver:
                 "was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR",
                 self.run.config_path,
             )
-        if config.pool_hash != self.pool.fingerprint():
-            raise AlsegError(
-                "was made with another pool (cases, configuration or fold) — resume with the same options",
-                self.run.config_path,
-            )
-        changed = config.settings().differences(settings, self.given)
+        changed = config.settings().differences(settings, self.given)  # first: it names the option
         if changed:
             raise AlsegError(
                 f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
                 "started with (only --rounds may grow)",
+                self.run.config_path,
+            )
+        if config.pool_hash != self.pool.fingerprint():
+            raise AlsegError(
+                "was made with another pool (cases, configuration, fold or item size) — resume with the same options",
                 self.run.config_path,
             )
         if (self.given is None or "rounds" in self.given) and settings.rounds > config.rounds:  # extending a run
