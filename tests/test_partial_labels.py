@@ -164,7 +164,7 @@ def test_default_items_train_exactly_as_before(tmp_path: Path):
         opt.zero_grad()
         value.backward()
         opt.step()
-        losses.append(float(value))
+        losses.append(float(value.detach()))
     assert losses == pytest.approx([2.0626526, 2.0311687, 1.9891322], abs=2e-7)
 
 

@@ -13,7 +13,8 @@ import pytest
 from alseg.active.annotation import manifest_cases
 from alseg.active.export import export_nnunet
 from alseg.active.loop import AnnotationIncomplete, LoopDriver
-from alseg.active.oracles import UNLABELLED, manifest_items
+from alseg.active.oracles.labels import UNLABELLED
+from alseg.active.oracles.patches import manifest_items
 from alseg.active.settings import LoopSettings
 from alseg.dataset.io import read_volume, write_volume
 from alseg.dataset.raw import read_dataset
