@@ -335,6 +335,7 @@ RoundsOpt = Annotated[int, typer.Option("--rounds", help=_h("rounds"))]
 BudgetOpt = Annotated[int, typer.Option("--budget", help=_h("budget"))]
 InitialOpt = Annotated[int, typer.Option("--initial", help=_h("initial"))]
 ConfigOpt = Annotated[ConfigName, typer.Option("--config", "-c", help=_h("config"))]
+ItemSizeOpt = Annotated[Optional[str], typer.Option("--item-size", metavar="Z,Y,X", help=_h("item_size"))]
 FoldOpt = Annotated[int, typer.Option("--fold", help=_h("fold"))]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help=_h("epochs"))]
 InitialEpochsOpt = Annotated[Optional[int], typer.Option("--initial-epochs", help=_h("initial_epochs"))]
@@ -393,6 +394,7 @@ def loop(
     initial: InitialOpt = _d("initial"),
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
     config: ConfigOpt = ConfigName(_d("config")),
+    item_size: ItemSizeOpt = None,
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
@@ -428,6 +430,7 @@ def loop(
         initial=initial,
         seed=seed,
         config=config,
+        item_size=item_size,
         fold=fold,
         test_cases=test_cases,
         epochs=epochs,
@@ -493,6 +496,7 @@ def compare(
     budget: BudgetOpt = _d("budget"),
     initial: InitialOpt = _d("initial"),
     config: ConfigOpt = ConfigName(_d("config")),
+    item_size: ItemSizeOpt = None,
     fold: FoldOpt = _d("fold"),
     test_cases: TestCasesOpt = None,
     epochs: EpochsOpt = _d("epochs"),
@@ -564,6 +568,7 @@ def compare(
         budget=budget,
         initial=initial,
         config=config,
+        item_size=item_size,
         fold=fold,
         test_cases=test_cases,
         epochs=epochs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alseg.data.pool import Pool, window_starts
+from alseg.data.pool import Pool, tile_starts, window_starts
 
 
 def test_window_starts_cover_with_half_overlap():
@@ -57,3 +57,42 @@ def test_2d_patch_of_multichannel_volume():
     pool = Pool.build({"a": (4, 6, 5)}, "2d", (8, 8))
     vol = np.random.default_rng(0).normal(size=(2, 4, 6, 5))
     np.testing.assert_array_equal(pool.patch(vol, 3), vol[:, 3])
+
+
+def test_tile_starts_cover_with_the_fewest_full_tiles():
+    assert tile_starts(20, 20) == [0] and tile_starts(12, 20) == [0]
+    assert tile_starts(40, 20) == [0, 20]
+    assert tile_starts(50, 20) == [0, 15, 30]  # 3 tiles of 20 cover 50, overlapping where 20 does not divide it
+    for size in (21, 37, 56, 101):
+        starts = tile_starts(size, 20)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s : s + 20] = True
+        assert covered.all() and len(starts) == -(-size // 20) and starts[-1] == size - 20
+
+
+def test_small_items_tile_3d_cases_and_change_the_fingerprint():
+    shapes = {"a": (36, 50, 35), "b": (30, 48, 40)}
+    default = Pool.build(shapes, "3d_fullres", (40, 56, 40))
+    same = Pool.build(shapes, "3d_fullres", (40, 56, 40), item_size=(40, 56, 40))  # the patch size: the default
+    assert same.ids == default.ids and same.fingerprint() == default.fingerprint() and not same.small_items
+    small = Pool.build(shapes, "3d_fullres", (40, 56, 40), item_size=(20, 20, 20))
+    assert small.small_items and small.item_size == (20, 20, 20)
+    assert small.items_per_case() == {"a": 2 * 3 * 2, "b": 2 * 3 * 2}
+    assert all(it.n_voxels == 20**3 for it in small.items)
+    assert "a:3d:16:15:15" in small.index  # the last tiles end at the border (36, 50, 35)
+    assert small.fingerprint() != Pool.build(shapes, "3d_fullres", (40, 56, 40), item_size=(20, 20, 10)).fingerprint()
+    sub = small.subset([0, 3])
+    assert sub.item_size == (20, 20, 20) and len(sub) == 2
+
+
+def test_small_items_are_windows_of_one_slice_in_2d():
+    pool = Pool.build({"a": (3, 50, 35)}, "2d", (56, 40), item_size=(20, 20))
+    assert len(pool) == 3 * 3 * 2
+    it = pool[pool.index["a:2d:1:30:15"]]
+    assert it.box == ((1, 2), (30, 50), (15, 35)) and it.n_voxels == 400
+
+
+def test_item_size_larger_than_the_patch_is_refused():
+    with pytest.raises(ValueError, match="does not fit the patch size"):
+        Pool.build({"a": (36, 50, 35)}, "3d_fullres", (40, 56, 40), item_size=(41, 20, 20))

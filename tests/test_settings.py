@@ -94,3 +94,38 @@ def test_resume_differences_name_each_changed_option_but_rounds_may_grow():
     given = LoopSettings(budget=5, seed=3, rounds=9, strategy_options={"query_size": 6})
     assert stored.differences(given) == ['--option {"query_size": 5} → {"query_size": 6}', "--budget 4 → 5"]
     assert stored.differences(given, names={"seed", "rounds"}) == []  # only what the user typed is compared
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"item_size": "20,0,20", "config": "3d_fullres"}, "--item-size: every size must be at least 1"),
+        ({"item_size": "20,20,20"}, "--item-size: 2d items have 2 sizes"),
+        ({"item_size": "20,20", "config": "3d_fullres"}, "--item-size: 3d_fullres items have 3 sizes"),
+        ({"item_size": "20x20"}, "--item-size: expects sizes separated by commas"),
+    ],
+)
+def test_bad_item_sizes_are_one_line(values, message):
+    with pytest.raises(AlsegError) as info:
+        LoopSettings.checked(**values)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_item_size_is_stored_and_defaults_to_the_patch():
+    assert LoopSettings().item_size is None
+    s = LoopSettings.checked(item_size="20,20,20", config="3d_fullres")
+    assert s.item_size == [20, 20, 20]
+    config = RunConfig(**s.model_dump(), dataset="D", dataset_root="/d", plans_hash="p", pool_hash="q", labels={})
+    assert json.loads(config.model_dump_json())["item_size"] == [20, 20, 20]
+    assert s.differences(LoopSettings(config="3d_fullres")) == ["--item-size 20,20,20 → None"]
+
+
+def test_item_size_larger_than_the_patch_exits_2_before_preprocessing(synthetic_plan: Path, tmp_path: Path):
+    proc = _cli(
+        "loop", str(synthetic_plan), "-o", str(tmp_path / "run"), "-c", "3d_fullres", "--item-size", "20,20,999"
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--item-size 20,20,999 is larger than the 3d_fullres patch size" in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert not [p for p in synthetic_plan.iterdir() if p.is_dir()]  # nothing preprocessed

@@ -64,6 +64,7 @@ class FollowerDriver(LoopDriver):
             self.config.fold,
             show_progress=False,
             test_cases=self.config.test_cases,
+            item_size=self.config.item_size,
         )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if settings.devices != self.config.devices:

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from alseg.active.checks import check_mc_passes, check_sizes
 from alseg.active.evaluation import agreement_cases, log_round, measure_round, save_pictures
 from alseg.active.oracles.base import OracleContext
-from alseg.active.oracles.labels import LabelStore
+from alseg.active.oracles.labels import UNLABELLED, LabelStore
 from alseg.active.oracles.registry import oracle_class
 from alseg.active.resume import check_same_data, resumed_config, verify_run
 from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
@@ -74,6 +74,34 @@ def round_trainer(run: RunDir, settings: LoopSettings, round_: int, epochs: int,
         iterations_per_epoch=settings.iters_per_epoch,
         enable_model_summary=False,
     )
+
+
+def round_module(ws: Workspace, settings: LoopSettings, ignore_label: int | None) -> SegmentationModule:
+    """A fresh model of the run's configuration, with the loop's training budget and batch size."""
+    overrides = {
+        "epochs": settings.epochs,
+        "iterations_per_epoch": settings.iters_per_epoch,
+        "batch_size": settings.batch_size,
+    }
+    return SegmentationModule(
+        ws.plans,
+        settings.config,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        ignore_label=ignore_label,
+    )
+
+
+def load_run_checkpoint(module: SegmentationModule, path: Path) -> SegmentationModule:
+    """``module`` with the weights of a run's own checkpoint (one line naming it if that fails)."""
+    try:
+        load_weights(module, path)
+    except Exception:  # truncated or foreign: for a run's own checkpoint the fix is the run's, not a new file
+        raise AlsegError(
+            "cannot be loaded (truncated or not this run's model) — restore it from a backup, or start a new "
+            "run with another -o",
+            path,
+        ) from None
+    return module
 
 
 class LoopDriver:
@@ -129,7 +157,7 @@ class LoopDriver:
         # what decides the pool and the test cases: on resume, the stored choice unless typed again
         chosen = settings
         if resume and self.given is not None:
-            kept = {k: getattr(stored, k) for k in ("test_cases", "oracle") if k not in self.given}
+            kept = {k: getattr(stored, k) for k in ("test_cases", "oracle", "item_size") if k not in self.given}
             chosen = settings.model_copy(update=kept)
         self.ws = Workspace.open(
             Path(target),
@@ -139,6 +167,7 @@ class LoopDriver:
             show_progress,
             test_cases=chosen.test_cases,
             pool_needs_labels=oracle_class(chosen.oracle).reveals_ground_truth,
+            item_size=chosen.item_size,
         )
         self.labels = LabelStore(self.run.labels_dir, self.ws.train_shapes())
         if resume:
@@ -286,6 +315,7 @@ class LoopDriver:
             label_dir=self.run.labels_dir,
             num_workers=self.workers,
             seed=seed,
+            ignore_label=self.ignore_label,
         )
         epochs = self.config.round0_epochs if round_ == 0 else self.config.epochs
         bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
@@ -337,28 +367,17 @@ class LoopDriver:
 
         return serve(context, self.doorbell)
 
+    @property
+    def ignore_label(self) -> int | None:
+        """Items smaller than the patch are partial labels: training reads the image around them
+        and the loss skips the label store's unlabelled voxels (None: items of the patch size)."""
+        return UNLABELLED if self.pool.small_items else None
+
     def new_module(self):
-        overrides = {
-            "epochs": self.config.epochs,
-            "iterations_per_epoch": self.config.iters_per_epoch,
-            "batch_size": self.config.batch_size,
-        }
-        return SegmentationModule(
-            self.ws.plans, self.config.config, overrides={k: v for k, v in overrides.items() if v is not None}
-        )
+        return round_module(self.ws, self.config, self.ignore_label)
 
     def load_module(self, round_: int):
-        module = self.new_module()
-        path = self.run.checkpoint_path(round_)
-        try:
-            load_weights(module, path)
-        except Exception:  # truncated or foreign: for a run's own checkpoint the fix is the run's, not a new file
-            raise AlsegError(
-                "cannot be loaded (truncated or not this run's model) — restore it from a backup, or start a new "
-                "run with another -o",
-                path,
-            ) from None
-        return module
+        return load_run_checkpoint(self.new_module(), self.run.checkpoint_path(round_))
 
     # ----------------------------------------------------------------------------- helpers
     def _validate_sizes(self) -> None:

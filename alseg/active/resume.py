@@ -32,16 +32,16 @@ def resumed_config(run: RunDir, ws: Workspace, settings: LoopSettings, given: se
         raise AlsegError(
             "was made with another dataset or plan — resume it with the same DATASET_OR_PLANDIR", run.config_path
         )
-    if config.pool_hash != ws.pool.fingerprint():
-        raise AlsegError(
-            "was made with another pool (cases, configuration or fold) — resume with the same options",
-            run.config_path,
-        )
-    changed = config.settings().differences(settings, given)
+    changed = config.settings().differences(settings, given)  # first: it names the option
     if changed:
         raise AlsegError(
             f"was started with other options ({'; '.join(changed)}) — resume with the options it was "
             "started with (only --rounds may grow)",
+            run.config_path,
+        )
+    if config.pool_hash != ws.pool.fingerprint():
+        raise AlsegError(
+            "was made with another pool (cases, configuration, fold or item size) — resume with the same options",
             run.config_path,
         )
     if (given is None or "rounds" in given) and settings.rounds > config.rounds:  # extending a run

@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from alseg.active.oracles.registry import ORACLES, oracles_help, unknown_oracle
 from alseg.errors import AlsegError
@@ -48,6 +48,12 @@ class LoopSettings(BaseModel):
         0, ge=0, le=MAX_SEED, description="Seed of every random choice (the same seed gives the same run)."
     )
     config: ConfigName = Field(ConfigName.two_d, description="Plan configuration: 2d or 3d_fullres.")
+    item_size: list[int] | None = Field(
+        None,
+        description="Size of an annotation item Z,Y,X (3d_fullres) or Y,X (2d: a window of one slice), at most the "
+        "plan's patch size; smaller items are trained with the image around them and unlabelled voxels ignored "
+        "(default: the patch size).",
+    )
     fold: int = Field(0, ge=0, le=4, description="Fold of nnU-Net's 5-fold split held out as the test set.")
     test_cases: list[str] | None = Field(
         None,
@@ -84,6 +90,35 @@ class LoopSettings(BaseModel):
     def _oracle(cls, v: str) -> str:
         if v not in ORACLES:
             raise ValueError(unknown_oracle(v))
+        return v
+
+    @field_validator("item_size", mode="before")
+    @classmethod
+    def _item_size_text(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line's Z,Y,X
+            try:
+                v = [int(p) for p in v.split(",")]
+            except ValueError:
+                raise ValueError(
+                    "expects sizes separated by commas, e.g. 20,20,20 (3d_fullres) or 20,20 (2d)"
+                ) from None
+        return v
+
+    @field_validator("item_size")
+    @classmethod
+    def _item_size(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None:
+            return v
+        if any(s <= 0 for s in v):
+            raise ValueError("every size must be at least 1")
+        config = info.data.get("config")
+        if config is None:  # the configuration itself was invalid: its own error is reported
+            return v
+        config = ConfigName(config).value
+        dims = 2 if config == "2d" else 3
+        if len(v) != dims:
+            shape = "Y,X (a window of one slice)" if dims == 2 else "Z,Y,X"
+            raise ValueError(f"{config} items have {dims} sizes, {shape}; got {len(v)}")
         return v
 
     @field_validator("test_cases", mode="before")

@@ -21,7 +21,7 @@ from alseg.errors import AlsegError
 from alseg.model.train import make_split
 from alseg.plans.models import Configuration, Plans, load_plans
 
-__all__ = ["Workspace", "resolve_plans", "hash_json", "dataset_hash", "split_cases"]
+__all__ = ["Workspace", "check_item_size", "resolve_plans", "hash_json", "dataset_hash", "split_cases"]
 
 
 def hash_json(data: Any) -> str:
@@ -88,6 +88,27 @@ def _check_before_planning(target: Path, show_progress: bool) -> None:
     if not result.ok:
         more = f" (and {len(result.problems) - 1} more problem(s): run 'alseg check {target}')"
         raise AlsegError(result.problems[0] + (more if len(result.problems) > 1 else ""))
+
+
+def check_item_size(item_size: list[int] | None, config: str, patch_size: list[int]) -> None:
+    """``--item-size`` against the plan's patch (one line naming the fix): an item is at most a
+    patch, so that every training patch can hold a whole item."""
+    if item_size is None:
+        return
+    patch = [int(p) for p in patch_size]
+    shown = ",".join(map(str, patch))
+    if len(item_size) != len(patch):
+        raise AlsegError(
+            f"--item-size {','.join(map(str, item_size))} has {len(item_size)} sizes, the {config} patch "
+            f"{len(patch)} — give {len(patch)} sizes, at most {shown}"
+        )
+    if any(s < 1 for s in item_size):
+        raise AlsegError(f"--item-size {','.join(map(str, item_size))}: every size must be at least 1")
+    if any(s > p for s, p in zip(item_size, patch)):
+        raise AlsegError(
+            f"--item-size {','.join(map(str, item_size))} is larger than the {config} patch size {shown} — "
+            f"choose at most {shown} per axis"
+        )
 
 
 def split_cases(
@@ -168,15 +189,18 @@ class Workspace:
         *,
         test_cases: list[str] | None = None,
         pool_needs_labels: bool = False,
+        item_size: list[int] | None = None,
     ) -> "Workspace":
         """Plan (when ``target`` is a dataset), split (see :func:`split_cases`), preprocess and
-        build the pool. The split is checked before preprocessing, so a bad ``test_cases`` or a
-        pool the simulated oracle cannot annotate fails at once."""
+        build the pool. The split and ``item_size`` (:func:`check_item_size`, needs the plan's
+        patch) are checked before preprocessing, so a bad ``test_cases``, an item larger than the
+        patch or a pool the simulated oracle cannot annotate fails at once."""
         # lazy: read_dataset lists the cases (stat only) to check the split before preprocessing
         from alseg.dataset.raw import read_dataset
 
         plans, plan_dir = resolve_plans(Path(target), Path(plan_into), show_progress)
         conf = plans.configuration(config)
+        check_item_size(item_size, config, conf.patch_size)
         info = read_dataset(plans.dataset_root)
         split_cases(
             [c.case_id for c in info.training],
@@ -189,7 +213,9 @@ class Workspace:
         train_ids, test_ids = split_cases(
             cache.case_ids(), cache.unlabelled_case_ids(), fold, test_cases, pool_needs_labels
         )
-        pool = Pool.from_cache(cache.folder, train_ids, config, tuple(conf.patch_size))
+        pool = Pool.from_cache(
+            cache.folder, train_ids, config, tuple(conf.patch_size), tuple(item_size) if item_size else None
+        )
         if test_cases:
             rule = "--test-cases"
         elif cache.unlabelled_case_ids():

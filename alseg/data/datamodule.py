@@ -3,9 +3,10 @@
 Active learning trains on what is labelled: whole cases for the full-data reference, or pool
 items (patch-sized boxes, one slice thick for 2D items; :class:`alseg.data.pool.Item` has
 the same ``case_id`` / ``box`` fields and can be passed as is). A :class:`Region` is a box in
-preprocessed array coordinates ``(z, y, x)`` of one case; training patches never read image
-or label outside it (outside is zero padding), so unlabelled voxels around an annotated item
-never count as background.
+preprocessed array coordinates ``(z, y, x)`` of one case; by default training patches never
+read image or label outside it (outside is zero padding), so unlabelled voxels around an
+annotated item never count as background. With partial labels (below) the image around the
+region is read and the unlabelled voxels are ignored by the loss instead.
 
 Sampling follows nnU-Net v2's data loader: a region uniformly at random, a patch of the plan's
 patch size uniformly inside it (centred when the region is smaller, then padded), and for the
@@ -14,6 +15,16 @@ voxel of a random class present in the region (clamped to stay inside it). For t
 configuration a patch is one slice of the region along axis 0. With augmentation the patch
 is read larger (:func:`alseg.data.augment.sampling_patch_size`) and cropped back after rotation
 and scaling.
+
+**Partial labels** (``ignore_label`` set: items smaller than the patch, ``alseg loop
+--item-size``; docs/design.md) follow nnU-Net v2's data loader with an ignore label instead: a
+region (a labelled item) uniformly at random, then a patch of the plan's size centred on a
+voxel of it — a random voxel of the region, or for the oversampled share a random *labelled*
+foreground voxel of it (a random voxel of the region when it has none) — and clamped to the
+case. Image and label are read over the whole case around the patch (real context, no zero
+padding inside the case); every label voxel outside all the regions of that case (outside the
+case too) becomes ``ignore_label``, which the loss skips
+(:class:`alseg.model.loss.SegLoss`). Without ``ignore_label`` the sampling above is unchanged.
 
 Cases are read through :class:`alseg.data.cache.CaseCache` (images ``(C, z, y, x)``, labels
 ``(z, y, x)``, ``class_locations`` ``{label: [[z, y, x], ...]}`` in the properties), memory-mapped
@@ -147,6 +158,18 @@ def _axis_start(rng: np.random.Generator, r0: int, r1: int, p: int, centre: int 
     return int(np.clip(centre - p // 2, r0, r1 - p))
 
 
+def _inside_mask(boxes: np.ndarray, lo: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """``(*size)`` bool: the voxels of the box ``[lo, lo + size)`` inside any of ``boxes`` ``(M, 3, 2)``."""
+    out = np.zeros(tuple(size), dtype=bool)
+    lo_ = np.asarray(lo)
+    for box in boxes:
+        a = np.maximum(box[:, 0] - lo_, 0)
+        b = np.minimum(box[:, 1] - lo_, np.asarray(size))
+        if np.all(b > a):
+            out[tuple(slice(int(x), int(y)) for x, y in zip(a, b))] = True
+    return out
+
+
 def _read_box(
     array: np.ndarray, lo: Sequence[int], size: Sequence[int], region: Sequence[tuple[int, int]]
 ) -> np.ndarray:
@@ -170,7 +193,8 @@ class PatchDataset(Dataset):
     Item ``i`` is forced to contain foreground when ``i % batch_size`` falls in the last
     ``foreground_oversample`` share of a batch (nnU-Net's ``get_do_oversample``). Items are
     ``{"image": (C, *patch) float32, "label": (1, *patch) uint8}``, 2D patches for a 2D
-    configuration.
+    configuration. With ``ignore_label`` the regions are partial labels of their cases: patches
+    hold the image around them and ``ignore_label`` outside them (see the module docstring).
     """
 
     def __init__(
@@ -185,6 +209,7 @@ class PatchDataset(Dataset):
         sample_size: Sequence[int] | None = None,
         label_dir: str | Path | None = None,
         seed: int = 0,
+        ignore_label: int | None = None,
     ):
         if not regions:
             raise AlsegError("no training regions: label some items or cases first")
@@ -204,6 +229,14 @@ class PatchDataset(Dataset):
         self.rank = 0
         self.rng: np.random.Generator | None = None
         self._fg: dict[int, dict[int, np.ndarray]] = {}
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.case_boxes: dict[str, np.ndarray] = {}
+        """Partial labels: each case's regions ``(M, 3, 2)``, the voxels whose labels count."""
+        if self.ignore_label is not None:
+            by_case: dict[str, list] = {}
+            for r in self.regions:
+                by_case.setdefault(r.case_id, []).append(r.box)
+            self.case_boxes = {c: np.asarray(b, dtype=np.int64).reshape(-1, 3, 2) for c, b in by_case.items()}
 
     def __len__(self) -> int:
         return self.length
@@ -231,7 +264,7 @@ class PatchDataset(Dataset):
                 pick = np.random.default_rng(k)
                 locs = {}
                 for c in np.unique(sub):
-                    if c == 0:
+                    if c == 0 or c == self.ignore_label:
                         continue
                     coords = np.argwhere(sub == c)
                     if len(coords) > MAX_LOCATIONS:
@@ -253,11 +286,26 @@ class PatchDataset(Dataset):
         """Start ``(z, y, x)`` of the patch (plan patch size; 1 slice thick in 2D) in region ``k``."""
         region = self.regions[k]
         size = (1, *self.patch_size) if self.dims == 2 else self.patch_size
+        if self.ignore_label is not None:
+            return self._partial_patch_box(k, forced, rng, size)
         centre: tuple[int | None, ...] | None = self._foreground_voxel(k, rng) if forced else None
         if centre is None:
             # 2D: a random slice of the region, then a random window in it
             centre = (int(rng.integers(*region.box[0])), None, None) if self.dims == 2 else (None, None, None)
         return tuple(_axis_start(rng, r0, r1, p, c) for (r0, r1), p, c in zip(region.box, size, centre))
+
+    def _partial_patch_box(
+        self, k: int, forced: bool, rng: np.random.Generator, size: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """Partial labels (nnU-Net v2 with an ignore label): the patch centred on a voxel of
+        region ``k`` (a labelled foreground voxel when ``forced`` and there is one), clamped to
+        the case, so it always holds labelled voxels and the image around them."""
+        region = self.regions[k]
+        centre = self._foreground_voxel(k, rng) if forced else None
+        if centre is None:
+            centre = tuple(int(rng.integers(a, b)) for a, b in region.box)
+        shape = self.reader.arrays(region.case_id)[1].shape
+        return tuple(_axis_start(rng, 0, n, p, c) for n, p, c in zip(shape, size, centre))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self.rng is None:  # main process (num_workers=0): seeded from (seed, rank)
@@ -270,8 +318,15 @@ class PatchDataset(Dataset):
         patch3 = (1, *self.patch_size) if self.dims == 2 else self.patch_size
         lo = [s - (q - p) // 2 for s, q, p in zip(start, size3, patch3)]
         image, label = self.reader.arrays(region.case_id)
-        img = _read_box(image, lo, size3, region.box).astype(np.float32, copy=False)
-        lab = _read_box(label, lo, size3, region.box)[None].astype(np.uint8, copy=False)
+        if self.ignore_label is None:
+            img = _read_box(image, lo, size3, region.box).astype(np.float32, copy=False)
+            lab = _read_box(label, lo, size3, region.box)[None].astype(np.uint8, copy=False)
+        else:  # partial labels: the whole case around the patch, labels only inside the case's regions
+            case = tuple((0, n) for n in label.shape)
+            img = _read_box(image, lo, size3, case).astype(np.float32, copy=False)
+            lab = _read_box(label, lo, size3, case).astype(np.uint8)
+            lab[~_inside_mask(self.case_boxes[region.case_id], lo, size3)] = self.ignore_label
+            lab = lab[None]
         if self.dims == 2:
             img, lab = img[:, 0], lab[:, 0]
         sample = {"image": img, "label": lab}
@@ -328,6 +383,8 @@ class SegDataModule(LightningDataModule):
         num_workers: loader processes (default :func:`default_num_workers`).
         augment: use :func:`alseg.data.augment.get_training_transforms`.
         seed: sampling seed.
+        ignore_label: the regions are partial labels (items smaller than the patch): patches
+            hold the image around them and this value outside them (see the module docstring).
     """
 
     def __init__(
@@ -341,6 +398,7 @@ class SegDataModule(LightningDataModule):
         num_workers: int | None = None,
         augment: bool = True,
         seed: int = 0,
+        ignore_label: int | None = None,
     ):
         super().__init__()
         self.cache = _as_cache(cache)
@@ -352,6 +410,7 @@ class SegDataModule(LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment = augment
         self.seed = seed
+        self.ignore_label = ignore_label
         self.train_dataset: PatchDataset | None = None
 
     def build_train_dataset(self) -> PatchDataset:
@@ -369,6 +428,7 @@ class SegDataModule(LightningDataModule):
             sample_size=sampling_patch_size(cfg.patch_size) if self.augment else None,
             label_dir=self.label_dir,
             seed=self.seed,
+            ignore_label=self.ignore_label,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -7,6 +7,12 @@ plan's patch size and overlap by half a patch where a case is larger than the pa
 it is smaller the item is the whole extent (training pads it). Ids are stable strings:
 ``case:2d:slice:y0:x0`` / ``case:3d:z0:y0:x0``, so a run directory stays readable and
 resumable whatever order items are enumerated in.
+
+With an ``item_size`` smaller than the patch (``alseg loop --item-size``; docs/design.md,
+"Annotation items smaller than the patch") the items are boxes of that size that *tile* each
+case (:func:`tile_starts`: stride = the item size, the last tile of an axis moved back to end at
+the case's border, so tiles overlap only there); training then reads the image around them and
+ignores unlabelled voxels (:mod:`alseg.data.datamodule`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from alseg.data.cache import CaseCache
 
-__all__ = ["Item", "Pool", "window_starts"]
+__all__ = ["Item", "Pool", "normalise_item_size", "read_window", "tile_starts", "window_starts"]
 
 
 def window_starts(size: int, patch: int) -> list[int]:
@@ -32,6 +38,17 @@ def window_starts(size: int, patch: int) -> list[int]:
     stride = max(patch // 2, 1)
     n = -(-(size - patch) // stride) + 1
     step = (size - patch) / (n - 1)
+    return [int(round(i * step)) for i in range(n)]
+
+
+def tile_starts(size: int, item: int) -> list[int]:
+    """Starts of the fewest windows of length ``item`` covering ``size`` (stride at most ``item``),
+    spread evenly between 0 and size - item: tiles that overlap only where ``item`` does not divide
+    ``size``."""
+    if size <= item:
+        return [0]
+    n = -(-size // item)
+    step = (size - item) / (n - 1)
     return [int(round(i * step)) for i in range(n)]
 
 
@@ -49,12 +66,23 @@ class Item:
 
 
 class Pool:
-    """All items of the training cases, in a fixed order (case, then position)."""
+    """All items of the training cases, in a fixed order (case, then position).
 
-    def __init__(self, items: list[Item], config_name: str, patch_size: tuple[int, ...]):
+    ``item_size``: None for items of the patch size (the default), else the size of the
+    smaller items (:attr:`small_items`).
+    """
+
+    def __init__(
+        self,
+        items: list[Item],
+        config_name: str,
+        patch_size: tuple[int, ...],
+        item_size: tuple[int, ...] | None = None,
+    ):
         self.items = items
         self.config_name = config_name
         self.patch_size = tuple(patch_size)
+        self.item_size = normalise_item_size(item_size, self.patch_size)
         self.index = {it.id: i for i, it in enumerate(items)}
         if len(self.index) != len(items):
             raise ValueError("pool item ids must be unique")
@@ -96,16 +124,37 @@ class Pool:
     def subset(self, indices: np.ndarray | list[int]) -> "Pool":
         """A pool of the items at ``indices`` (in that order): what a strategy sees when it may
         choose among some items only; index ``j`` of the subset is ``indices[j]`` here."""
-        return Pool([self.items[int(i)] for i in indices], self.config_name, self.patch_size)
+        return Pool([self.items[int(i)] for i in indices], self.config_name, self.patch_size, self.item_size)
+
+    @property
+    def small_items(self) -> bool:
+        """Whether items are smaller than the patch (``--item-size``): training reads the image
+        around them and ignores unlabelled voxels, scoring reads a patch around each item."""
+        return self.item_size is not None
 
     def fingerprint(self) -> str:
-        """A short hash of the item ids: a run directory refuses a pool that differs."""
-        h = hashlib.sha256("\n".join(self.ids).encode())
-        return h.hexdigest()[:16]
+        """A short hash of the item ids (and of a smaller item size, which the ids do not show):
+        a run directory refuses a pool that differs."""
+        text = "\n".join(self.ids)
+        if self.item_size is not None:
+            text += "\nitem_size=" + ",".join(map(str, self.item_size))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
-    def build(cls, case_shapes: dict[str, tuple[int, ...]], config_name: str, patch_size: tuple[int, ...]) -> "Pool":
-        """Items for the given cases; ``case_shapes`` are preprocessed (z, y, x) shapes, transposed."""
+    def build(
+        cls,
+        case_shapes: dict[str, tuple[int, ...]],
+        config_name: str,
+        patch_size: tuple[int, ...],
+        item_size: tuple[int, ...] | None = None,
+    ) -> "Pool":
+        """Items for the given cases; ``case_shapes`` are preprocessed (z, y, x) shapes, transposed.
+
+        ``item_size`` (None: the patch size) smaller than the patch tiles the cases with items
+        of that size (:func:`tile_starts`) instead of half-overlapping patch-sized windows."""
+        item_size = normalise_item_size(item_size, patch_size)
+        if item_size is not None:
+            return cls(_tiles(case_shapes, config_name, item_size), config_name, patch_size, item_size)
         items: list[Item] = []
         for case_id in sorted(case_shapes):
             shape = tuple(int(s) for s in case_shapes[case_id])
@@ -134,11 +183,32 @@ class Pool:
 
     @classmethod
     def from_cache(
-        cls, cache: CaseCache | str | Path, case_ids: list[str], config_name: str, patch_size: tuple[int, ...]
+        cls,
+        cache: CaseCache | str | Path,
+        case_ids: list[str],
+        config_name: str,
+        patch_size: tuple[int, ...],
+        item_size: tuple[int, ...] | None = None,
     ) -> "Pool":
         """Items of ``case_ids`` from their preprocessed shapes (a cache folder is accepted too)."""
         cache = cache if isinstance(cache, CaseCache) else CaseCache(cache)
-        return cls.build({c: cache.shape(c) for c in case_ids}, config_name, patch_size)
+        return cls.build({c: cache.shape(c) for c in case_ids}, config_name, patch_size, item_size)
+
+    def context_window(self, i: int, case_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """The patch-sized ``(z, y, x)`` box (one slice thick in 2D) around item ``i``, for reading
+        a small item with the image around it: centred on the item and moved inside the case
+        (as training clamps its patches); where the case is smaller than the patch the box is
+        centred on the case and passes its border (read as zeros there)."""
+        box = self.items[i].box
+        size = (1, *self.patch_size) if self.config_name == "2d" else self.patch_size
+        out = []
+        for (a, b), p, n in zip(box, size, case_shape):
+            if n < p:
+                lo = -((p - n) // 2)
+            else:
+                lo = int(np.clip((a + b) // 2 - p // 2, 0, n - p))
+            out.append((lo, lo + p))
+        return tuple(out)
 
     def patch(self, volume: np.ndarray, i: int) -> np.ndarray:
         """The item's voxels of a (C, z, y, x) or (z, y, x) array, as (C?, *patch) for 2D/3D."""
@@ -150,3 +220,49 @@ class Pool:
         if self.config_name == "2d":
             out = out[:, 0] if volume.ndim == 4 else out[0]
         return out
+
+
+def normalise_item_size(item_size, patch_size) -> tuple[int, ...] | None:
+    """``item_size`` as a tuple, or None when it is the patch size (the default items).
+
+    Raises ValueError when it does not fit the patch (the CLI checks it earlier, with the fix:
+    :func:`alseg.active.workspace.check_item_size`)."""
+    if item_size is None:
+        return None
+    size, patch = tuple(int(s) for s in item_size), tuple(int(p) for p in patch_size)
+    if len(size) != len(patch) or any(s < 1 or s > p for s, p in zip(size, patch)):
+        raise ValueError(f"item size {list(size)} does not fit the patch size {list(patch)}")
+    return None if size == patch else size
+
+
+def _tiles(case_shapes: dict[str, tuple[int, ...]], config_name: str, item_size: tuple[int, ...]) -> list[Item]:
+    """Items of ``item_size`` tiling each case (2D: a window of each slice), ids as the default pool's."""
+    items: list[Item] = []
+    for case_id in sorted(case_shapes):
+        shape = tuple(int(s) for s in case_shapes[case_id])
+        size = (1, *item_size) if config_name == "2d" else item_size
+        starts = [list(range(shape[0]))] if config_name == "2d" else [tile_starts(shape[0], size[0])]
+        starts += [tile_starts(s, p) for s, p in zip(shape[1:], size[1:])]
+        tag = "2d" if config_name == "2d" else "3d"
+        for z0 in starts[0]:
+            for y0 in starts[1]:
+                for x0 in starts[2]:
+                    box = tuple((a, min(a + p, s)) for a, p, s in zip((z0, y0, x0), size, shape))
+                    items.append(Item(f"{case_id}:{tag}:{z0}:{y0}:{x0}", case_id, box))
+    return items
+
+
+def read_window(volume: np.ndarray, box: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """``volume[..., box]`` over the last 3 axes as a new array, zeros where ``box`` passes the
+    volume's border."""
+    lead = volume.shape[: volume.ndim - 3]
+    out = np.zeros(lead + tuple(b - a for a, b in box), dtype=volume.dtype)
+    src, dst = [], []
+    for (a, b), n in zip(box, volume.shape[-3:]):
+        lo, hi = max(a, 0), min(b, n)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - a, hi - a))
+    out[(..., *dst)] = volume[(..., *src)]
+    return out

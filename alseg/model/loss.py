@@ -14,14 +14,25 @@ nearest-neighbour interpolation (MONAI's :class:`~monai.losses.DeepSupervisionLo
 the coarsest set to 0 and normalises them to sum 1; the network does not build that
 zero-weight head, so the weights here are ``2^-i`` over the outputs that exist, normalised
 — the same numbers nnU-Net uses.
+
+**Ignore label** (partial labels: items smaller than the patch, docs/design.md): with
+``ignore_label`` set, voxels whose target is that value count in neither term, as nnU-Net v2's
+``DC_and_CE_loss(ignore_label=...)`` (:class:`MaskedDiceCELoss`): cross-entropy is the mean over
+the annotated voxels only (``ignore_index``; 0 when a batch has none), and the soft Dice sums
+intersection, prediction and target over annotated voxels only (a loss mask). Without
+``ignore_label`` the loss is MONAI's :class:`~monai.losses.DiceCELoss` as before, untouched; on a
+target without ignored voxels both give the same value up to float rounding. Deep supervision
+resizes the target with nearest-neighbour interpolation, which keeps the ignore value.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import Tensor, nn
 
-__all__ = ["SMOOTH", "SegLoss", "deep_supervision_weights"]
+__all__ = ["SMOOTH", "MaskedDiceCELoss", "SegLoss", "deep_supervision_weights"]
 
 SMOOTH = 1e-5  # nnU-Net's soft Dice smoothing
 
@@ -38,25 +49,62 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [v / sum(w) for v in w]
 
 
+class MaskedDiceCELoss(nn.Module):
+    """Soft Dice (background excluded, ``1 - dice`` as MONAI) + cross-entropy, both over the
+    voxels whose target is not ``ignore_label`` (nnU-Net v2's loss with an ignore label).
+
+    ``input``: logits ``(N, K, *S)``; ``target``: labels ``(N, 1, *S)`` (any dtype). With
+    ``batch`` the Dice sums run over the batch too (nnU-Net's batch Dice)."""
+
+    def __init__(self, ignore_label: int, batch: bool = True, smooth: float = SMOOTH):
+        super().__init__()
+        self.ignore_label = int(ignore_label)
+        self.batch = batch
+        self.smooth = smooth
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        labels = target[:, 0].long()
+        annotated = labels != self.ignore_label  # (N, *S)
+        k = input.shape[1]
+        probs = input.softmax(1)
+        onehot = F.one_hot(torch.where(annotated, labels, 0), k).movedim(-1, 1).to(probs.dtype)
+        mask = annotated.unsqueeze(1).to(probs.dtype)
+        axes = [0, *range(2, input.ndim)] if self.batch else list(range(2, input.ndim))
+        intersection = (probs * onehot * mask).sum(axes)
+        denominator = (probs * mask).sum(axes) + (onehot * mask).sum(axes)
+        dice = 1.0 - (2.0 * intersection + self.smooth) / (denominator + self.smooth)
+        dice = dice[1:] if self.batch else dice[:, 1:]  # background excluded, as nnU-Net (do_bg=False)
+        if annotated.any():
+            ce = F.cross_entropy(input, labels, ignore_index=self.ignore_label)
+        else:  # nothing annotated in the batch: no CE term (nnU-Net skips it), the graph kept
+            ce = input.sum() * 0.0
+        return dice.mean() + ce
+
+
 class SegLoss(nn.Module):
     """Dice + CE over one output ``(N, K, *S)`` or a deep-supervision list of them.
 
     ``target``: integer labels ``(N, 1, *S)`` (or ``(N, *S)``) at full resolution, any
-    integer or float dtype.
+    integer or float dtype. ``ignore_label``: voxels with this target value count in neither
+    term (:class:`MaskedDiceCELoss`); None (the default) for fully labelled patches.
     """
 
-    def __init__(self, n_outputs: int = 1, batch_dice: bool = True):
+    def __init__(self, n_outputs: int = 1, batch_dice: bool = True, ignore_label: int | None = None):
         super().__init__()
-        dice_ce = DiceCELoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            batch=batch_dice,
-            smooth_nr=SMOOTH,
-            smooth_dr=SMOOTH,
-            lambda_dice=1.0,
-            lambda_ce=1.0,
-        )
+        self.ignore_label = ignore_label
+        if ignore_label is not None:
+            dice_ce: nn.Module = MaskedDiceCELoss(ignore_label, batch=batch_dice)
+        else:
+            dice_ce = DiceCELoss(
+                include_background=False,
+                to_onehot_y=True,
+                softmax=True,
+                batch=batch_dice,
+                smooth_nr=SMOOTH,
+                smooth_dr=SMOOTH,
+                lambda_dice=1.0,
+                lambda_ce=1.0,
+            )
         self.weights = deep_supervision_weights(n_outputs)
         self.loss = DeepSupervisionLoss(dice_ce, weights=self.weights)
 

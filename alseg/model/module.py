@@ -74,18 +74,30 @@ class SegmentationModule(LightningModule):
         config_name: ``"2d"`` or ``"3d_fullres"``.
         overrides: settings replacing the plan's (see :func:`apply_overrides`); keyword
             arguments are merged into them, e.g. ``SegmentationModule(plans, "2d", lr=1e-3)``.
+        ignore_label: a label value that counts in neither loss term (partial labels: items
+            smaller than the patch, :class:`~alseg.model.loss.SegLoss`); None: every voxel counts.
     """
 
-    def __init__(self, plans: Plans | dict, config_name: str, overrides: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        plans: Plans | dict,
+        config_name: str,
+        overrides: dict[str, Any] | None = None,
+        ignore_label: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__()
         plans_dict = plans.model_dump(mode="json") if isinstance(plans, Plans) else dict(plans)
         merged = {**(overrides or {}), **kwargs}
-        self.save_hyperparameters({"plans": plans_dict, "config_name": config_name, "overrides": merged})
+        hparams = {"plans": plans_dict, "config_name": config_name, "overrides": merged}
+        if ignore_label is not None:  # only then: checkpoints of fully labelled training are as before
+            hparams["ignore_label"] = int(ignore_label)
+        self.save_hyperparameters(hparams)
         self.plans = Plans.model_validate(plans_dict)
         self.config = apply_overrides(self.plans.configuration(config_name), merged)
         self.net: SegNetwork = build_network(self.config, len(self.plans.channel_names), self.plans.n_classes)
         n_outputs = 1 + (len(self.net.deep_supervision_heads) if self.net.deep_supervision else 0)
-        self.loss = SegLoss(n_outputs=n_outputs)
+        self.loss = SegLoss(n_outputs=n_outputs, ignore_label=ignore_label)
         self.metric_names = metric_names(self.plans.labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

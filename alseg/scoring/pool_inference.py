@@ -16,7 +16,11 @@ How the pass is organised:
 * **Padding**: an item smaller than the plan's patch (a slice smaller than the patch) is
   zero-padded to the patch, centred as training pads it (``datamodule._axis_start``), so the
   network always sees patch-sized inputs whose sizes the strides divide. A ``valid`` mask
-  marks the item's own pixels; every score is a mean (or sum) over those only.
+  marks the item's own pixels; every score is a mean (or sum) over those only. Items smaller
+  than the patch (``--item-size``) are read instead with the image around them: the patch-sized
+  window :meth:`Pool.context_window` centred on the item (moved inside the case), one forward
+  per item, ``valid`` marking the item's voxels in it — so the scores and the embeddings
+  (weighted by ``valid``) are the item's, seen with the context training sees.
 * **One deterministic pass** (eval mode, dropout off) gives Max Entropy.
 * **T MC dropout passes** (:func:`alseg.model.network.mc_dropout` at ``ctx.dropout_mc``) are
   streamed through :class:`alseg.scoring.scores.MCDropoutAccumulator`. Several passes run
@@ -53,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from alseg.data.pool import Pool
+from alseg.data.pool import Pool, read_window
 from alseg.model.network import eval_mode, mc_dropout
 from alseg.progress import console, make_progress
 from alseg.scoring.scores import MCDropoutAccumulator, MCScores, item_entropy
@@ -178,11 +182,19 @@ def _host_chunks(ctx: ScoringContext, chunks: list[np.ndarray]) -> Iterator[tupl
             item = pool[int(i)]
             if item.case_id != case_id:
                 case_id, volume = item.case_id, ctx.load_image(item.case_id)
-            x = np.asarray(pool.patch(volume, int(i)))
+            if pool.small_items:  # the patch around the item: its image context, its own voxels valid
+                window = pool.context_window(int(i), tuple(volume.shape[1:]))
+                x = read_window(volume, window)
+                x = x[:, 0] if len(patch) == 2 else x
+                sl = tuple(slice(a - lo, b - lo) for (a, b), (lo, _) in list(zip(item.box, window))[-len(patch) :])
+                where: tuple = (j,)  # the whole window
+            else:
+                x = np.asarray(pool.patch(volume, int(i)))
+                sl = _place(tuple(x.shape[1:]), patch)
+                where = (j, slice(None), *sl)
             if images is None:
                 images = np.zeros((len(idx), x.shape[0], *patch), dtype=np.float32)
-            sl = _place(tuple(x.shape[1:]), patch)
-            images[(j, slice(None), *sl)] = x
+            images[where] = x
             valid[(j, *sl)] = True
         assert images is not None
         yield idx, images, valid

@@ -151,6 +151,7 @@ def run_full_reference(
             settings.fold,
             show_progress=False,
             test_cases=settings.test_cases,
+            item_size=settings.item_size,
         )
     epochs = settings.total_epochs  # as many iterations as a whole loop
     ts = one_device(trainer_settings(settings))  # trains inside 'alseg compare': never re-launched for DDP
@@ -356,6 +357,7 @@ def _run_compare(
         show_progress=show_progress,
         test_cases=settings.test_cases,
         pool_needs_labels=oracle_class(settings.oracle).reveals_ground_truth,
+        item_size=settings.item_size,
     )
     plan_dir = ws.plan_dir
     check_sizes(settings, len(ws.pool), ws.configuration.batch_size)  # before any cell or the reference trains
