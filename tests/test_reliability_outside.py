@@ -243,6 +243,7 @@ def test_training_that_diverges_stops_with_one_line_and_no_checkpoint(finished_r
 
 def test_a_round_whose_scores_are_all_nan_stops_naming_the_strategy(tiny_plan: Path, tmp_path: Path, monkeypatch):
     import alseg.active.loop as loop
+    import alseg.active.selection as selection
     from alseg.active.settings import LoopSettings
     from alseg.strategies import Selection
 
@@ -250,7 +251,7 @@ def test_a_round_whose_scores_are_all_nan_stops_naming_the_strategy(tiny_plan: P
         idx = ctx.unlabelled[: ctx.budget]
         return Selection(idx, [float("nan")] * len(idx))
 
-    monkeypatch.setattr(loop, "select_batch", nan_batch)
+    monkeypatch.setattr(selection, "select_batch", nan_batch)
     settings = LoopSettings(
         strategy="bald", rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=1, batch_size=4, mc_passes=2
     )
