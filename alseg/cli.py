@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import shlex
 import sys
@@ -330,28 +332,63 @@ def _d(name: str):
     return LoopSettings.model_fields[name].get_default(call_default_factory=True)
 
 
-# Options shared by `loop` and `compare`; help and defaults come from LoopSettings.
-RoundsOpt = Annotated[int, typer.Option("--rounds", help=_h("rounds"))]
-BudgetOpt = Annotated[int, typer.Option("--budget", help=_h("budget"))]
-InitialOpt = Annotated[int, typer.Option("--initial", help=_h("initial"))]
-ConfigOpt = Annotated[ConfigName, typer.Option("--config", "-c", help=_h("config"))]
-ItemSizeOpt = Annotated[Optional[str], typer.Option("--item-size", metavar="Z,Y,X", help=_h("item_size"))]
-FoldOpt = Annotated[int, typer.Option("--fold", help=_h("fold"))]
-EpochsOpt = Annotated[int, typer.Option("--epochs", help=_h("epochs"))]
-InitialEpochsOpt = Annotated[Optional[int], typer.Option("--initial-epochs", help=_h("initial_epochs"))]
-CandidatesOpt = Annotated[Optional[int], typer.Option("--candidates", help=_h("candidates"))]
-ItersOpt = Annotated[int, typer.Option("--iters-per-epoch", help=_h("iters_per_epoch"))]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help=_h("batch_size"))]
-McOpt = Annotated[int, typer.Option("--mc-passes", help=_h("mc_passes"))]
+def _opt(name: str, *decls: str, kind=None, **kw) -> tuple[object, object]:
+    """A loop setting as a command-line option: the flag (``--name``), the settings model's help
+    and default; ``kind`` when the command line reads it as another type (a string ``ID,ID,...``)."""
+    field = LoopSettings.model_fields[name]
+    flags = decls or ("--" + name.replace("_", "-"),)
+    return Annotated[kind or field.annotation, typer.Option(*flags, help=_h(name), **kw)], _d(name)
+
+
 OracleName = Enum("OracleName", {name: name for name in ORACLES}, type=str)
 """``--oracle``'s choices: the registered oracles' names (Typer shows and checks them)."""
+
+LOOP_OPTIONS: dict[str, tuple[object, object]] = {
+    "rounds": _opt("rounds"),
+    "budget": _opt("budget"),
+    "initial": _opt("initial"),
+    "config": (_opt("config", "--config", "-c")[0], ConfigName(_d("config"))),
+    "item_size": _opt("item_size", kind=Optional[str], metavar="Z,Y,X"),
+    "fold": _opt("fold"),
+    "test_cases": _opt("test_cases", kind=Optional[str], metavar="ID,ID,..."),
+    "epochs": _opt("epochs"),
+    "initial_epochs": _opt("initial_epochs"),
+    "iters_per_epoch": _opt("iters_per_epoch"),
+    "batch_size": _opt("batch_size"),
+    "mc_passes": _opt("mc_passes"),
+    "candidates": _opt("candidates"),
+    "devices": _opt("devices"),
+}
+"""The loop settings ``loop`` and ``compare`` both take, declared once: flag, type, help and
+default come from :class:`LoopSettings` (:func:`with_loop_options` adds them to a command)."""
+
+
+def with_loop_options(fn):
+    """Give a command the :data:`LOOP_OPTIONS` in place of its ``loop_values`` parameter, and pass
+    their values to it as that one dict (Typer reads the parameters from the signature)."""
+    signature = inspect.signature(fn, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if param.name != "loop_values":
+            params.append(param)
+            continue
+        for name, (annotation, default) in LOOP_OPTIONS.items():
+            params.append(inspect.Parameter(name, param.kind, default=default, annotation=annotation))
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        loop_values = {name: kwargs.pop(name) for name in LOOP_OPTIONS}
+        return fn(*args, loop_values=loop_values, **kwargs)
+
+    command.__signature__ = signature.replace(parameters=params)
+    return command
+
+
 OracleOpt = Annotated[OracleName, typer.Option("--oracle", help=_h("oracle"))]
-DevicesOpt = Annotated[str, typer.Option("--devices", help=_h("devices"))]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")
 ]
 OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
-TestCasesOpt = Annotated[Optional[str], typer.Option("--test-cases", metavar="ID,ID,...", help=_h("test_cases"))]
 
 
 def _over_settings_file(ctx: typer.Context, values: dict, settings_file: Path | None) -> tuple[dict, set[str]]:
@@ -382,6 +419,7 @@ LOOP_EXIT_CODES_HELP = (
 
 
 @app.command(epilog=LOOP_EXIT_CODES_HELP)
+@with_loop_options
 def loop(
     ctx: typer.Context,
     target: Annotated[
@@ -389,22 +427,9 @@ def loop(
     ],
     run_dir: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
     strategy: Annotated[str, typer.Option("--strategy", "-s", help=_h("strategy"))] = _d("strategy"),
-    rounds: RoundsOpt = _d("rounds"),
-    budget: BudgetOpt = _d("budget"),
-    initial: InitialOpt = _d("initial"),
     seed: Annotated[int, typer.Option("--seed", help=_h("seed"))] = _d("seed"),
-    config: ConfigOpt = ConfigName(_d("config")),
-    item_size: ItemSizeOpt = None,
-    fold: FoldOpt = _d("fold"),
-    test_cases: TestCasesOpt = None,
-    epochs: EpochsOpt = _d("epochs"),
-    initial_epochs: InitialEpochsOpt = _d("initial_epochs"),
-    iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
-    batch_size: BatchOpt = _d("batch_size"),
-    mc_passes: McOpt = _d("mc_passes"),
-    candidates: CandidatesOpt = _d("candidates"),
+    loop_values: dict = None,  # the LOOP_OPTIONS (with_loop_options)
     oracle: OracleOpt = OracleName(_d("oracle")),
-    devices: DevicesOpt = _d("devices"),
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
     settings_file: Annotated[
@@ -424,23 +449,10 @@ def loop(
     from alseg.active.loop import AnnotationIncomplete, LoopDriver
 
     values = dict(
+        loop_values,
         strategy=strategy,
-        rounds=rounds,
-        budget=budget,
-        initial=initial,
         seed=seed,
-        config=config,
-        item_size=item_size,
-        fold=fold,
-        test_cases=test_cases,
-        epochs=epochs,
-        initial_epochs=initial_epochs,
-        iters_per_epoch=iters_per_epoch,
-        batch_size=batch_size,
-        mc_passes=mc_passes,
-        candidates=candidates,
         oracle=oracle.value,
-        devices=devices,
         strategy_options=_parse_strategy_options(option),
     )
     values, given = _over_settings_file(ctx, values, settings_file)
@@ -482,6 +494,7 @@ def _case_list(cases: list[str], most: int = 10) -> str:
 
 
 @app.command()
+@with_loop_options
 def compare(
     ctx: typer.Context,
     target: Annotated[
@@ -492,20 +505,7 @@ def compare(
     ],
     strategies_: Annotated[str, typer.Option("--strategies", help="'all' or a comma-separated list.")] = "all",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per strategy (0..N-1).")] = 3,
-    rounds: RoundsOpt = _d("rounds"),
-    budget: BudgetOpt = _d("budget"),
-    initial: InitialOpt = _d("initial"),
-    config: ConfigOpt = ConfigName(_d("config")),
-    item_size: ItemSizeOpt = None,
-    fold: FoldOpt = _d("fold"),
-    test_cases: TestCasesOpt = None,
-    epochs: EpochsOpt = _d("epochs"),
-    initial_epochs: InitialEpochsOpt = _d("initial_epochs"),
-    iters_per_epoch: ItersOpt = _d("iters_per_epoch"),
-    batch_size: BatchOpt = _d("batch_size"),
-    mc_passes: McOpt = _d("mc_passes"),
-    candidates: CandidatesOpt = _d("candidates"),
-    devices: DevicesOpt = _d("devices"),
+    loop_values: dict = None,  # the LOOP_OPTIONS (with_loop_options)
     workers: WorkersOpt = None,
     option: OptionOpt = [],  # noqa: B006 (Typer reads the default)
     settings_file: Annotated[
@@ -563,23 +563,7 @@ def compare(
     )
     executor_options.check()  # before any work
     names = parse_strategies(strategies_)
-    values = dict(
-        rounds=rounds,
-        budget=budget,
-        initial=initial,
-        config=config,
-        item_size=item_size,
-        fold=fold,
-        test_cases=test_cases,
-        epochs=epochs,
-        initial_epochs=initial_epochs,
-        iters_per_epoch=iters_per_epoch,
-        batch_size=batch_size,
-        mc_passes=mc_passes,
-        candidates=candidates,
-        devices=devices,
-        strategy_options=_parse_strategy_options(option, names),
-    )
+    values = dict(loop_values, strategy_options=_parse_strategy_options(option, names))
     values, _ = _over_settings_file(ctx, values, settings_file)  # a protocol file: typed options override it
     if settings_file is not None:  # the file's strategy options, checked against the grid's strategies
         from alseg.strategies import options_for  # lazy, as the CLI's other imports: start-up time
