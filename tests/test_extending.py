@@ -17,18 +17,20 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_the_page_has_the_three_blocks():
-    assert len(python_blocks(DOC.read_text())) == 3
+def test_the_page_has_the_four_blocks():
+    assert len(python_blocks(DOC.read_text())) == 4
 
 
 @pytest.fixture
 def registries():
     """Leave the registries as they were (the example adds to them)."""
     from alseg.active.oracles.registry import ORACLES
+    from alseg.report.build import SETTING_FIGURES
     from alseg.strategies.registry import STRATEGIES
 
-    strategies, oracles = dict(STRATEGIES), dict(ORACLES)
+    strategies, oracles, figures = dict(STRATEGIES), dict(ORACLES), list(SETTING_FIGURES)
     yield
+    SETTING_FIGURES[:] = figures
     STRATEGIES.clear()
     STRATEGIES.update(strategies)
     ORACLES.clear()
@@ -62,6 +64,10 @@ def test_the_worked_example_runs_and_each_extension_does_its_part(synthetic_plan
         assert not stored[truth == 0].any()  # and nothing outside the truth
         missed += int(((truth > 0) & (stored == 0)).sum())
     assert missed > 0  # each structure's rim is missed
+
+    drawn = [name for name in namespace["summary"]["figures"] if name.startswith("dice_per_voxel_")]
+    assert len(drawn) == 1 and (out / "report" / drawn[0]).stat().st_size > 0
+    assert f'alt="{Path(drawn[0]).stem}"' in (out / "report" / "report.html").read_text()  # shown in the report
 
 
 def test_block_extraction_finds_only_python_blocks():

@@ -7,7 +7,9 @@ import csv
 import html
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel
@@ -27,7 +29,9 @@ __all__ = [
     "AgreementRun",
     "PenaltySummary",
     "ReportSummary",
+    "SETTING_FIGURES",
     "SettingSummary",
+    "SettingView",
     "StrategySummary",
     "build_report",
 ]
@@ -611,6 +615,81 @@ def _segmentation_figures(runs: list[RunRecord], setting: str, out: Path) -> lis
     return paths
 
 
+@dataclass(frozen=True)
+class SettingView:
+    """What a figure of one setting (dataset/configuration) can draw from."""
+
+    key: str
+    """The setting, e.g. ``Hippocampus/2d``."""
+    summary: SettingSummary
+    curves: dict[str, Curve]
+    """Strategy → its curve over seeds, on the rounds every strategy reached."""
+    runs: list[RunRecord]
+    """This setting's runs (every seed, the full-data reference included)."""
+    out: Path
+    """The report folder: write figures here."""
+    colours: dict[str, tuple[float, ...]]
+    """Strategy → its colour, the same in every figure."""
+
+    @property
+    def slug(self) -> str:
+        """The setting as a file-name part."""
+        return _slug(self.key)
+
+
+def _learning_curves_figure(view: SettingView) -> list[Path]:
+    return [
+        figures.plot_learning_curves(
+            view.curves,
+            view.out / f"learning_curve_{view.slug}.png",
+            f"{view.key}: learning curves",
+            full_dice=view.summary.full_dice,
+            x_unit=figures.X_UNITS[view.summary.config],
+            colours=view.colours,
+        )
+    ]
+
+
+def _penalty_figure(view: SettingView) -> list[Path]:
+    penalty = view.summary.penalty
+    if not view.summary.penalty_shown:
+        return []
+    return [
+        figures.plot_penalty_matrix(
+            np.array(penalty.matrix),
+            np.array(penalty.phi),
+            penalty.strategies,
+            view.out / f"penalty_{view.slug}.png",
+            f"{view.key}: pairwise penalty matrix",
+        )
+    ]
+
+
+def _batch_uncertainty_figure(view: SettingView) -> list[Path]:
+    if not any(np.isfinite(c.batch_uncertainty).any() for c in view.curves.values()):
+        return []
+    return [
+        figures.plot_batch_uncertainty(
+            view.curves,
+            view.out / f"batch_uncertainty_{view.slug}.png",
+            f"{view.key}: batch uncertainty per round",
+            colours=view.colours,
+        )
+    ]
+
+
+SETTING_FIGURES: list[tuple[str, Callable[[SettingView], list[Path]]]] = [
+    ("curves", _learning_curves_figure),
+    ("pictures", lambda view: _segmentation_figures(view.runs, view.key, view.out)),
+    ("penalty", _penalty_figure),
+    ("more", _batch_uncertainty_figure),
+    ("more", lambda view: _tsne_figures(view.runs, view.key, view.out)),
+]
+"""The figures of each setting, in order, with the report section each goes to (``curves``,
+``pictures``, ``penalty``, ``more``). A new figure is a function of a :class:`SettingView` that
+returns the files it wrote, and one line here (or ``SETTING_FIGURES.append`` at run time)."""
+
+
 def _setting_figures(
     key: str,
     setting: SettingSummary,
@@ -620,43 +699,10 @@ def _setting_figures(
     colours: dict[str, tuple[float, ...]],
 ) -> dict[str, list[Path]]:
     """The setting's figures by section: ``curves``, ``pictures``, ``penalty``, ``more``."""
-    slug = _slug(key)
-    penalty = setting.penalty
-    found: dict[str, list[Path]] = {
-        "curves": [
-            figures.plot_learning_curves(
-                by_strategy,
-                out / f"learning_curve_{slug}.png",
-                f"{key}: learning curves",
-                full_dice=setting.full_dice,
-                x_unit=figures.X_UNITS[setting.config],
-                colours=colours,
-            )
-        ],
-        "pictures": _segmentation_figures(runs, key, out),
-        "penalty": [],
-    }
-    if setting.penalty_shown:
-        found["penalty"].append(
-            figures.plot_penalty_matrix(
-                np.array(penalty.matrix),
-                np.array(penalty.phi),
-                penalty.strategies,
-                out / f"penalty_{slug}.png",
-                f"{key}: pairwise penalty matrix",
-            )
-        )
-    paths: list[Path] = []
-    if any(np.isfinite(c.batch_uncertainty).any() for c in by_strategy.values()):
-        paths.append(
-            figures.plot_batch_uncertainty(
-                by_strategy,
-                out / f"batch_uncertainty_{slug}.png",
-                f"{key}: batch uncertainty per round",
-                colours=colours,
-            )
-        )
-    found["more"] = paths + _tsne_figures(runs, key, out)
+    view = SettingView(key, setting, by_strategy, [r for r in runs if r.setting == key], out, colours)
+    found: dict[str, list[Path]] = {"curves": [], "pictures": [], "penalty": [], "more": []}
+    for section, figure in SETTING_FIGURES:
+        found.setdefault(section, []).extend(figure(view))
     return found
 
 
