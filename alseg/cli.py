@@ -189,13 +189,14 @@ def plan(
 ) -> None:
     """Fingerprint a dataset and configure it as nnU-Net v2 would; write the plan files."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
+    from alseg.plans.models import FINGERPRINT_FILE, PLANS_FILE
     from alseg.plans.planner import plan_dataset, summarize_plans
 
     _usable_folder(out_dir)
     _check(dataset, quiet=True)
     plans = plan_dataset(dataset, out_dir, export_nnunet=export_nnunet, workers=workers, nnunet_id=nnunet_id)
     out.print(summarize_plans(plans))
-    written = [str(out_dir / w) for w in ("fingerprint.json", "plans.json")]
+    written = [str(out_dir / w) for w in (FINGERPRINT_FILE, PLANS_FILE)]
     if export_nnunet:
         written.append(f"{out_dir / 'nnUNet_preprocessed'}/ (nnU-Net v2's plans, fingerprint and dataset.json)")
     out.print(f"wrote {', '.join(written)}")
@@ -210,9 +211,9 @@ def preprocess(
     """Crop, resample and normalise every case into the plan folder's cache (idempotent, resumable)."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.data.cache import build_cache
-    from alseg.plans.models import load_plans
+    from alseg.plans.models import load_plans, plans_file
 
-    plans = load_plans(plan_dir / "plans.json")
+    plans = load_plans(plans_file(plan_dir))
     for name in config:
         cache = build_cache(plans, name, plan_dir, workers=workers)
         n_unlabelled = len(cache.unlabelled_case_ids())
@@ -256,7 +257,7 @@ def train(
     from alseg.data.cache import build_cache
     from alseg.model.train import train as run_training
     from alseg.model.trainer import TrainerSettings, check_batch_memory, check_trainer_settings
-    from alseg.plans.models import load_plans
+    from alseg.plans.models import load_plans, plans_file
 
     if lr is not None and not 0 < lr < float("inf"):
         raise AlsegError(f"--lr must be a positive, finite learning rate, got {lr}")
@@ -272,7 +273,7 @@ def train(
     check_trainer_settings(  # Lightning's own checks, before any preprocessing or training
         TrainerSettings(devices=_int_or_auto(devices, "--devices"), strategy=strategy, precision=precision)
     )
-    plans = load_plans(plan_dir / "plans.json")
+    plans = load_plans(plans_file(plan_dir))
     if batch_size is not None and config in plans.configurations:  # a batch that cannot fit: before preprocessing
         check_batch_memory(plans.configurations[config], batch_size, devices)
     cache = build_cache(plans, config, plan_dir)

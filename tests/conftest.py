@@ -29,17 +29,28 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def synthetic_plan(tmp_path_factory) -> Path:
-    """The plan folder of a 6-case demo dataset (every case labelled, no test images), planned once
-    per test module; the dataset is beside it in ``../data``."""
+@pytest.fixture(scope="session")
+def make_synthetic_plan(tmp_path_factory):
+    """A factory: ``make(cases=5, test_cases=0, **generate_options)`` writes a synthetic demo
+    dataset and plans it, in a folder of its own per call (tests may damage their copy); returns
+    (dataset, plan folder), the dataset beside the plan in ``../data``."""
     from alseg.dataset.synthetic import generate_dataset  # lazy: heavier imports only for the tests that use it
     from alseg.plans.planner import plan_dataset
 
-    root = tmp_path_factory.mktemp("synthetic_plan")
-    data = generate_dataset(root / "data", cases=6, test_cases=0)
-    plan_dataset(data, root / "plan", show_progress=False)
-    return root / "plan"
+    def make(cases: int = 5, test_cases: int = 0, **options) -> tuple[Path, Path]:
+        root = tmp_path_factory.mktemp("synthetic")
+        data = generate_dataset(root / "data", cases=cases, test_cases=test_cases, **options)
+        plan_dataset(data, root / "plan", show_progress=False)
+        return data, root / "plan"
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def synthetic_plan(make_synthetic_plan) -> Path:
+    """The plan folder of a 6-case demo dataset (every case labelled, no test images), planned once
+    per test module; the dataset is beside it in ``../data``."""
+    return make_synthetic_plan(cases=6)[1]
 
 
 FINISHED_RUN = dict(rounds=1, budget=4, initial=8, epochs=1, iters_per_epoch=3, batch_size=4, mc_passes=2, seed=0)

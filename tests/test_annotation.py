@@ -37,16 +37,13 @@ SETTINGS = dict(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
+def data(make_synthetic_plan) -> tuple[Path, Path]:
     """(dataset, plan folder): 5 synthetic cases; one of them (synth_004) is resampled in-plane."""
-    from alseg.dataset.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
+    from alseg.plans.models import load_plans
 
-    root = tmp_path_factory.mktemp("annotation")
-    dataset = generate_dataset(root / "data", cases=5, test_cases=0)
-    plans = plan_dataset(dataset, root / "plan", show_progress=False)
-    build_cache(plans, "2d", root / "plan", show_progress=False)
-    return dataset, root / "plan"
+    dataset, plan_dir = make_synthetic_plan(cases=5)
+    build_cache(load_plans(plan_dir / "plans.json"), "2d", plan_dir, show_progress=False)
+    return dataset, plan_dir
 
 
 def _cache(plan_dir: Path) -> CaseCache:

@@ -51,14 +51,8 @@ def _labelled(run: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def plan_dir(tmp_path_factory) -> Path:
-    from alseg.dataset.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("executor")
-    data = generate_dataset(root / "data", cases=5, test_cases=0)
-    plan_dataset(data, root / "plan", show_progress=False)
-    return root / "plan"
+def plan_dir(make_synthetic_plan) -> Path:
+    return make_synthetic_plan(cases=5)[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ TINY = dict(rounds=2, budget=4, initial=8, epochs=1, iters_per_epoch=2, batch_si
 
 
 @pytest.fixture(scope="module")
-def plan(tmp_path_factory) -> Path:
+def plan(make_synthetic_plan) -> Path:
     """A plan of a tiny synthetic dataset (5 cases)."""
-    # lazy: the fixture builds its own data; importing at the top would slow test collection of other files
-    from alseg.dataset.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("outputs")
-    data = generate_dataset(root / "data", cases=5, test_cases=0)
-    plan_dataset(data, root / "plan", show_progress=False)
-    return root / "plan"
+    return make_synthetic_plan(cases=5)[1]
 
 
 @pytest.fixture(scope="module")

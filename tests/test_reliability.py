@@ -45,15 +45,9 @@ def _loop_cmd(target: Path, run: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
+def data(make_synthetic_plan) -> tuple[Path, Path]:
     """(dataset, plan folder) of a tiny synthetic dataset."""
-    from alseg.dataset.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("rel")
-    dataset = generate_dataset(root / "data", cases=5, test_cases=0)
-    plan_dataset(dataset, root / "plan", show_progress=False)
-    return dataset, root / "plan"
+    return make_synthetic_plan(cases=5)
 
 
 @pytest.fixture(scope="module")

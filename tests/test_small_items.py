@@ -36,15 +36,9 @@ SMALL = dict(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
+def data(make_synthetic_plan) -> tuple[Path, Path]:
     """(dataset, plan folder) of 5 synthetic 3D cases (4 in the pool, 1 test case)."""
-    from alseg.dataset.synthetic import generate_dataset
-    from alseg.plans.planner import plan_dataset
-
-    root = tmp_path_factory.mktemp("small_items")
-    dataset = generate_dataset(root / "data", cases=5, test_cases=0)
-    plan_dataset(dataset, root / "plan", show_progress=False)
-    return dataset, root / "plan"
+    return make_synthetic_plan(cases=5)
 
 
 def _driver(plan_dir: Path, run: Path, resume: bool = False, **changes) -> LoopDriver:

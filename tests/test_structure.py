@@ -301,6 +301,18 @@ FORMAT_OWNERS = {
     re.compile(r"\bstate\.json\b"): {"alseg/active/rundir.py"},
     re.compile(r"\bconfig\.json\b"): {"alseg/active/rundir.py"},
     re.compile(r"\bround_"): {"alseg/active/rundir.py"},
+    # the plan folder
+    re.compile(r"\bplans\.json\b"): {
+        "alseg/plans/models.py",
+        "alseg/active/rundir.py",  # the run directory's own copy of the plan (RUN/plans.json)
+    },
+    re.compile(r"\bfingerprint\.json\b"): {"alseg/plans/models.py"},
+    # alseg train's output folder
+    re.compile(r"\b(model|last)\.ckpt\b"): {"alseg/model/train.py"},
+    re.compile(r"^checkpoints$"): {
+        "alseg/model/train.py",
+        "alseg/active/rundir.py",  # the run directory's RUN/checkpoints/round_XXX.ckpt
+    },
     re.compile(r"\bmetrics\.csv\b"): {
         "alseg/active/rundir.py",
         "alseg/model/train.py",  # alseg train's output folder (OUT/metrics.csv), not the run directory's

@@ -19,7 +19,7 @@ from alseg.data.cache import CaseCache, build_cache
 from alseg.data.pool import Pool
 from alseg.errors import AlsegError
 from alseg.model.train import make_split
-from alseg.plans.models import Configuration, Plans, load_plans
+from alseg.plans.models import Configuration, Plans, load_plans, plans_file
 
 __all__ = ["Workspace", "check_item_size", "resolve_plans", "hash_json", "dataset_hash", "split_cases"]
 
@@ -39,7 +39,7 @@ def dataset_hash(target: Path) -> str | None:
     plan's own hash identifies."""
     target = Path(target)
     js = target / "dataset.json"
-    if (target / "plans.json").is_file() or not js.is_file():
+    if plans_file(target).is_file() or not js.is_file():
         return None
     files = sorted(
         (p.relative_to(target).as_posix(), p.stat().st_size)
@@ -57,19 +57,19 @@ def resolve_plans(target: Path, plan_into: Path, show_progress: bool = True) -> 
     A plan made earlier into ``plan_into/plan`` is reused only for the dataset it was made from.
     """
     target = Path(target)
-    if (target / "plans.json").is_file():
-        return load_plans(target / "plans.json"), target
+    if plans_file(target).is_file():
+        return load_plans(plans_file(target)), target
     if (target / "dataset.json").is_file():
         # lazy: the planner is needed only when a dataset (not a plan folder) is given
         from alseg.plans.planner import plan_dataset
 
         plan_dir = Path(plan_into) / "plan"
-        if (plan_dir / "plans.json").is_file():
-            plans = load_plans(plan_dir / "plans.json")
+        if plans_file(plan_dir).is_file():
+            plans = load_plans(plans_file(plan_dir))
             if Path(plans.dataset_root).resolve() != target.resolve():
                 raise AlsegError(
                     f"was planned from another dataset ({plans.dataset_root}) — pass that dataset, or choose another -o",
-                    plan_dir / "plans.json",
+                    plans_file(plan_dir),
                 )
             return plans, plan_dir
         _check_before_planning(target, show_progress)

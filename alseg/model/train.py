@@ -37,11 +37,17 @@ from alseg.model.trainer import TrainerSettings, make_trainer
 from alseg.plans.models import Plans, load_plans
 from alseg.seeds import global_seed
 
-__all__ = ["TRAIN_CHECKPOINT", "fit", "load_weights", "make_split", "train"]
+__all__ = ["TRAIN_CHECKPOINT", "fit", "last_checkpoint", "load_weights", "make_split", "train"]
 
 SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state
 TRAIN_CHECKPOINT = "model.ckpt"  # alseg train's final checkpoint (OUT/model.ckpt)
+CHECKPOINTS = "checkpoints"  # OUT/checkpoints/last.ckpt, written every epoch
 METRICS_CSV = "metrics.csv"  # alseg train's per-epoch record (OUT/metrics.csv; the run directory has its own)
+
+
+def last_checkpoint(out_dir: Path) -> Path:
+    """The checkpoint ``alseg train`` writes every epoch in ``out_dir`` (``resume`` continues from it)."""
+    return Path(out_dir) / CHECKPOINTS / "last.ckpt"
 
 
 def make_split(
@@ -83,7 +89,7 @@ def fit(
     (:class:`~alseg.model.trainer.TrainerSettings`).
     """
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(out_dir)
     if resume and not last.is_file():
         raise AlsegError("no checkpoint to resume from — train without --resume first", last)
     if not resume and last.exists():
@@ -97,7 +103,7 @@ def fit(
     iters = module.config.trainer.iterations_per_epoch
     callbacks = [
         ModelCheckpoint(
-            dirpath=out_dir / "checkpoints",
+            dirpath=out_dir / CHECKPOINTS,
             filename="epoch{epoch:04d}",
             auto_insert_metric_name=False,
             save_top_k=1,

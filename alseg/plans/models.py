@@ -21,6 +21,9 @@ from alseg.atomic import atomic_write_text
 from alseg.errors import AlsegError
 
 __all__ = [
+    "FINGERPRINT_FILE",
+    "PLANS_FILE",
+    "plans_file",
     "SCHEMA_VERSION",
     "Configuration",
     "Fingerprint",
@@ -275,6 +278,17 @@ def load_model(cls: type[_Model], path: str | Path):
         return cls.model_validate(data)
     except ValidationError as e:
         raise AlsegError(f"does not validate: {_first_error(e)} — fix it or re-run 'alseg plan'", path) from None
+
+
+PLANS_FILE = "plans.json"
+"""A plan folder's plan (``alseg plan -o PLAN``); the preprocessed cache lies beside it."""
+FINGERPRINT_FILE = "fingerprint.json"
+"""A plan folder's dataset fingerprint."""
+
+
+def plans_file(plan_dir: str | Path) -> Path:
+    """The plan file of a plan folder."""
+    return Path(plan_dir) / PLANS_FILE
 
 
 def load_plans(path: str | Path) -> Plans:

@@ -37,12 +37,14 @@ from alseg.dataset.resample import compute_new_shape
 from alseg.errors import AlsegError
 from alseg.plans.fingerprint import extract_fingerprint
 from alseg.plans.models import (
+    FINGERPRINT_FILE,
     Configuration,
     Fingerprint,
     Network,
     Normalization,
     Plans,
     Resampling,
+    plans_file,
     save_model,
 )
 from alseg.plans.nnunet_export import nnunet_dataset_name, write_nnunet_export
@@ -310,8 +312,8 @@ def plan_dataset(
     plans = plan_experiment(fingerprint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(fingerprint, out_dir / "fingerprint.json")
-    save_model(plans, out_dir / "plans.json")
+    save_model(fingerprint, out_dir / FINGERPRINT_FILE)
+    save_model(plans, plans_file(out_dir))
     if export_nnunet:
         name = nnunet_dataset_name(info.root, info.name, nnunet_id)
         write_nnunet_export(out_dir, plans, fingerprint, name, info.file_ending)

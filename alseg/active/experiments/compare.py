@@ -44,7 +44,7 @@ from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
 from alseg.dataset.workers import DIE_WITH_ENV
 from alseg.errors import AlsegError
-from alseg.model.train import train
+from alseg.model.train import last_checkpoint, train
 from alseg.model.trainer import check_batch_memory, one_device
 from alseg.progress import console
 from alseg.strategies import available, options_for
@@ -165,7 +165,7 @@ def run_full_reference(
         iters_per_epoch=settings.iters_per_epoch,
         devices=ts.devices,
         precision=ts.precision,
-        resume=(full.path / "train" / "checkpoints" / "last.ckpt").is_file(),
+        resume=last_checkpoint(full.path / "train").is_file(),
         seed=0,
         overrides={"batch_size": settings.batch_size},
         num_workers=workers,

@@ -33,6 +33,7 @@ from alseg.errors import AlsegError
 from alseg.model.module import SegmentationModule
 from alseg.model.train import load_weights
 from alseg.model.trainer import TrainerSettings, make_trainer
+from alseg.plans.models import plans_file
 from alseg.scoring.pool_inference import inference_batch_size
 from alseg.seeds import global_seed
 from alseg.strategies.base import SelectionContext
@@ -398,7 +399,7 @@ def run_redundancy_check(
     options = {**({"query_size": query_size} if query_size is not None else {}), **(options or {})}
     get_strategy(strategy, options)  # a bad option fails before any training
     plan_dir = Path(plan_dir)
-    if not (plan_dir / "plans.json").is_file():
+    if not plans_file(plan_dir).is_file():
         raise AlsegError("holds no plans.json — run 'alseg plan DATASET -o PLAN_DIR' first", plan_dir)
     ws = Workspace.open(plan_dir, plan_dir, config, fold, show_progress=show_progress)
     plans, conf, pool = ws.plans, ws.configuration, ws.pool
