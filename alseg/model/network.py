@@ -116,20 +116,10 @@ class SegNetwork(DynUNet):
     ):
         if len(strides) < 3:
             raise AlsegError(f"the network needs at least 3 stages (DynUNet), the plan has {len(strides)}")
+        topology = dict(kernel_size=kernel_size, strides=strides, filters=filters, norm_eps=norm_eps)
+        topology.update(norm_affine=norm_affine, negative_slope=negative_slope, trans_bias=trans_bias)
         super().__init__(
-            **dynunet_arguments(
-                spatial_dims,
-                in_channels,
-                out_channels,
-                kernel_size,
-                strides,
-                filters,
-                norm_eps,
-                norm_affine,
-                negative_slope,
-                trans_bias,
-                deep_supervision,
-            )
+            **dynunet_arguments(spatial_dims, in_channels, out_channels, deep_supervision=deep_supervision, **topology)
         )
         self.dropout_train = float(dropout_train)
         self.dropout_mc = float(dropout_mc)
@@ -211,10 +201,10 @@ class SegNetwork(DynUNet):
         return (h * w).flatten(2).sum(2) / w.flatten(2).sum(2).clamp(min=1e-12)
 
 
-def build_network(config: Configuration, in_channels: int, n_classes: int) -> SegNetwork:
-    """The network of a plan configuration (nnU-Net's U-Net as MONAI's DynUNet; module docstring)."""
+def _topology(config: Configuration, in_channels: int, n_classes: int) -> dict:
+    """The plan's network topology as :func:`dynunet_arguments` takes it (one mapping for both networks)."""
     net = config.network
-    return SegNetwork(
+    return dict(
         spatial_dims=net.dims,
         in_channels=in_channels,
         out_channels=n_classes,
@@ -226,8 +216,14 @@ def build_network(config: Configuration, in_channels: int, n_classes: int) -> Se
         negative_slope=net.negative_slope,
         trans_bias=net.conv_bias,
         deep_supervision=net.deep_supervision,
-        dropout_train=net.dropout_train,
-        dropout_mc=net.dropout_mc,
+    )
+
+
+def build_network(config: Configuration, in_channels: int, n_classes: int) -> SegNetwork:
+    """The network of a plan configuration (nnU-Net's U-Net as MONAI's DynUNet; module docstring)."""
+    net = config.network
+    return SegNetwork(
+        **_topology(config, in_channels, n_classes), dropout_train=net.dropout_train, dropout_mc=net.dropout_mc
     )
 
 
@@ -423,19 +419,4 @@ def dynunet_arguments(
 
 def dynunet_for(config: Configuration, in_channels: int, n_classes: int) -> DynUNet:
     """A plain MONAI ``DynUNet`` with the topology alseg builds for ``config`` (no dropout)."""
-    net = config.network
-    return DynUNet(
-        **dynunet_arguments(
-            net.dims,
-            in_channels,
-            n_classes,
-            net.kernel_sizes,
-            net.strides,
-            net.features_per_stage,
-            net.norm_eps,
-            net.norm_affine,
-            net.negative_slope,
-            net.conv_bias,
-            net.deep_supervision,
-        )
-    )
+    return DynUNet(**dynunet_arguments(**_topology(config, in_channels, n_classes)))
