@@ -192,3 +192,23 @@ def test_small_items_are_scored_in_a_patch_of_their_context(config: str):
             np.testing.assert_array_equal(np.sort(values[valid[j].numpy()]), np.sort(own.ravel()))
             n += 1
     assert n == len(pool) == (12 * 5 * 5 if config == "2d" else 3 * 5 * 5)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_masked_loss_is_nnunets_formula_over_the_annotated_voxels(batch: bool):
+    """Soft Dice over annotated voxels only (background excluded, smooth 1e-5) + CE with
+    ``ignore_index``, written out here as the known answer."""
+    from alseg.model.loss import SMOOTH, MaskedDiceCELoss
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 1, 6, 7))
+    t[torch.rand(t.shape) < 0.4] = IGNORE
+    labels, keep = t[:, 0], (t[:, 0] != IGNORE)
+    p = x.softmax(1) * keep.unsqueeze(1)
+    y = torch.nn.functional.one_hot(torch.where(keep, labels, 0), 3).movedim(-1, 1).double() * keep.unsqueeze(1)
+    axes = [0, 2, 3] if batch else [2, 3]
+    dice = 1 - (2 * (p * y).sum(axes) + SMOOTH) / (p.sum(axes) + y.sum(axes) + SMOOTH)
+    dice = dice[1:] if batch else dice[:, 1:]
+    expected = dice.mean() + torch.nn.functional.cross_entropy(x, labels, ignore_index=IGNORE)
+    assert float(MaskedDiceCELoss(IGNORE, batch=batch)(x, t)) == pytest.approx(float(expected), rel=1e-12)

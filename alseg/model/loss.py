@@ -19,7 +19,8 @@ zero-weight head, so the weights here are ``2^-i`` over the outputs that exist, 
 ``ignore_label`` set, voxels whose target is that value count in neither term, as nnU-Net v2's
 ``DC_and_CE_loss(ignore_label=...)`` (:class:`MaskedDiceCELoss`): cross-entropy is the mean over
 the annotated voxels only (``ignore_index``; 0 when a batch has none), and the soft Dice sums
-intersection, prediction and target over annotated voxels only (a loss mask). Without
+intersection, prediction and target over annotated voxels only (MONAI's ``MaskedDiceLoss``, the
+softmax taken before the mask). Without
 ``ignore_label`` the loss is MONAI's :class:`~monai.losses.DiceCELoss` as before, untouched; on a
 target without ignored voxels both give the same value up to float rounding. Deep supervision
 resizes the target with nearest-neighbour interpolation, which keeps the ignore value.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, MaskedDiceLoss
 from torch import Tensor, nn
 
 __all__ = ["SMOOTH", "MaskedDiceCELoss", "SegLoss", "deep_supervision_weights"]
@@ -59,26 +60,20 @@ class MaskedDiceCELoss(nn.Module):
     def __init__(self, ignore_label: int, batch: bool = True, smooth: float = SMOOTH):
         super().__init__()
         self.ignore_label = int(ignore_label)
-        self.batch = batch
-        self.smooth = smooth
+        self.dice = MaskedDiceLoss(
+            include_background=False, softmax=True, batch=batch, smooth_nr=smooth, smooth_dr=smooth
+        )
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         labels = target[:, 0].long()
         annotated = labels != self.ignore_label  # (N, *S)
-        k = input.shape[1]
-        probs = input.softmax(1)
-        onehot = F.one_hot(torch.where(annotated, labels, 0), k).movedim(-1, 1).to(probs.dtype)
-        mask = annotated.unsqueeze(1).to(probs.dtype)
-        axes = [0, *range(2, input.ndim)] if self.batch else list(range(2, input.ndim))
-        intersection = (probs * onehot * mask).sum(axes)
-        denominator = (probs * mask).sum(axes) + (onehot * mask).sum(axes)
-        dice = 1.0 - (2.0 * intersection + self.smooth) / (denominator + self.smooth)
-        dice = dice[1:] if self.batch else dice[:, 1:]  # background excluded, as nnU-Net (do_bg=False)
+        onehot = F.one_hot(torch.where(annotated, labels, 0), input.shape[1]).movedim(-1, 1).to(input.dtype)
+        dice = self.dice(input, onehot, mask=annotated.unsqueeze(1))
         if annotated.any():
             ce = F.cross_entropy(input, labels, ignore_index=self.ignore_label)
         else:  # nothing annotated in the batch: no CE term (nnU-Net skips it), the graph kept
             ce = input.sum() * 0.0
-        return dice.mean() + ce
+        return dice + ce
 
 
 class SegLoss(nn.Module):
