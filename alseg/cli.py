@@ -96,12 +96,9 @@ def demo_data(
     if cases < 2:
         raise AlsegError(f"--cases must be at least 2, got {cases}")
     if old_test_cases is not None:  # the old name: one meaning per option name across commands
-        err.print(
+        _warn_renamed(
             "warning: 'alseg demo-data --test-cases N' is now '--test-images N' (a count of scans in imagesTs/); "
-            "'--test-cases ID,ID,...' of 'alseg loop' and 'compare' names the test cases",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            "'--test-cases ID,ID,...' of 'alseg loop' and 'compare' names the test cases"
         )
         test_images = old_test_cases
     root = generate_dataset(
@@ -262,12 +259,9 @@ def train(
     if lr is not None and not 0 < lr < float("inf"):
         raise AlsegError(f"--lr must be a positive, finite learning rate, got {lr}")
     if old_strategy is not None:  # the old name: one meaning per option name across commands
-        err.print(
+        _warn_renamed(
             "warning: 'alseg train --strategy' is now '--ddp-strategy' (Lightning's distributed strategy); "
-            "'--strategy' of 'alseg loop', 'compare' and 'demo' names the selection strategy",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            "'--strategy' of 'alseg loop', 'compare' and 'demo' names the selection strategy"
         )
         strategy = old_strategy
     check_trainer_settings(  # Lightning's own checks, before any preprocessing or training
@@ -321,6 +315,11 @@ def _parse_strategy_options(items: list[str], strategy: str | list[str] | None =
         else:
             options_for(list(strategy), opts)
     return opts
+
+
+def _warn_renamed(message: str) -> None:
+    """One line on stderr for an option used under its old name (the command still runs)."""
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _h(name: str) -> str:
