@@ -19,6 +19,7 @@ set it outside tests.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -47,6 +48,8 @@ __all__ = [
     "atomic_write_text",
     "default_file_mode",
     "is_temp_file",
+    "kill_hook",
+    "remove_temp_files_of",
     "verify_archive",
     "write_error",
 ]
@@ -57,9 +60,23 @@ _TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$|^\.tmp-[a-z0-9_
 
 
 def is_temp_file(path: Path) -> bool:
-    """A temp file left by a killed atomic write: ``.<name>.<8 random chars>.tmp`` (here) or
-    ``.tmp-<8 random chars><suffix>`` (:func:`alseg.dataset.io.write_volume`)."""
+    """A temp file left by a killed atomic write: ``.<name>.<8 random chars>.tmp[<suffix>]``
+    (here and :func:`alseg.dataset.io.write_image`), or ``.tmp-<8 random chars><suffix>`` (the
+    image writes of alseg before 2026-12-07)."""
     return bool(_TEMP.match(Path(path).name))
+
+
+def remove_temp_files_of(path: Path) -> list[Path]:
+    """Delete the temp files a killed write of ``path`` left beside it (``.<name>.<random>.tmp*``);
+    returns them. Safe while nobody else writes ``path`` (e.g. the cases of one predict part)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    mine = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?")
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if mine.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def default_file_mode() -> int:
@@ -89,7 +106,9 @@ def write_error(err: OSError, path: Path) -> AlsegError:
     return AlsegError(f"cannot write ({reason}) — {hint}", path)
 
 
-def _test_kill_hook(path: Path) -> None:
+def kill_hook(path: Path) -> None:
+    """The test-only kill point of every verified write, between the temp file and the rename
+    (module docstring); does nothing unless the test variable is set."""
     global _writes
     n = os.environ.get(KILL_AT_WRITE)
     if n:
@@ -164,7 +183,7 @@ def _atomic(
         if verify is not None:
             verify(tmp)
         os.chmod(tmp, default_file_mode())
-        _test_kill_hook(path)
+        kill_hook(path)
         os.replace(tmp, path)
     except OSError as err:
         raise write_error(err, Path(err.filename) if err.filename and tmp != err.filename else path) from None

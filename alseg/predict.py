@@ -18,6 +18,9 @@ tasks) can share the cases: part ``part_id`` takes every ``num_parts``-th case i
 ``skip_existing`` (nnU-Net's ``--continue_prediction``) leaves cases whose outputs are already
 written alone: they are written atomically and verified, and an existing output that does not
 read back whole (an older version's, truncated at a full disk, or damaged since) is predicted again.
+A predict killed half-way (``kill -9``) leaves no output file half-written, only the hidden temp
+file of the write it was in (``.<case>.nii.gz.<random>.tmp.nii.gz``); the next predict into
+the folder deletes those of its own cases before it starts.
 
 The model is an ``alseg loop`` run directory (the checkpoint of its last finished round, or
 ``round_``) or an ``alseg train`` output folder (``model.ckpt``), or a checkpoint file of the latter.
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alseg.atomic import atomic_save_npz
+from alseg.atomic import atomic_save_npz, remove_temp_files_of
 from alseg.dataset.io import IMAGE_SUFFIXES, readable_volume, write_volume
 from alseg.dataset.raw import CaseFiles, read_dataset
 from alseg.errors import AlsegError
@@ -210,6 +213,9 @@ def predict(
                 out_dir,
             )
     out_dir.mkdir(parents=True, exist_ok=True)
+    for case in cases:  # debris of a killed earlier run: only this part writes these cases' files
+        for path in output_paths(out_dir, case.case_id):
+            remove_temp_files_of(path)
     if skip_existing:
         cases = [c for c in cases if not _written(out_dir, c.case_id, save_probabilities)]
     written = []

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from alseg.atomic import INCOMPLETE, default_file_mode, write_error
+from alseg.atomic import INCOMPLETE, default_file_mode, kill_hook, write_error
 from alseg.errors import AlsegError
 
 __all__ = ["IMAGE_SUFFIXES", "Geometry", "read_volume", "readable_volume", "to_sitk", "write_image", "write_volume"]
@@ -216,7 +216,8 @@ def write_image(img: sitk.Image, path: Path) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+        # named after its target, so the debris of a killed write can be told apart per file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
         os.close(fd)
         try:
             with _stderr_discarded():  # the NIfTI library prints its own lines on a failed write
@@ -228,6 +229,7 @@ def write_image(img: sitk.Image, path: Path) -> None:
         if not _read_back(tmp, sitk.GetArrayViewFromImage(img)):
             raise OSError(errno.EIO, INCOMPLETE)
         os.chmod(tmp, default_file_mode())  # readable by others, as any new file (mkstemp gives 0600)
+        kill_hook(path)
         os.replace(tmp, path)
     except OSError as err:
         raise write_error(err, Path(err.filename) if err.filename and err.filename != tmp else path) from None
