@@ -292,11 +292,10 @@ def train(
     out.print(f"test Dice (fold {fold}): {dice}; written to {out_dir}")
 
 
-def _parse_strategy_options(items: list[str], strategy: str | list[str] | None = None) -> dict:
-    """``--option key=value`` pairs as strings; with ``strategy`` (a name, or several sharing the
-    options) validated against the typed options (unknown key or bad value: a one-line error
-    before any work starts)."""
-    opts: dict = {}
+def _option_pairs(items: list[str]) -> dict[str, str]:
+    """``--option key=value`` pairs as strings; :class:`~alseg.active.settings.LoopSettings` (or
+    :func:`~alseg.strategies.typed_options`) types and checks them against the strategy."""
+    opts: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise AlsegError(f"--option expects key=value, got '{item}'")
@@ -304,16 +303,6 @@ def _parse_strategy_options(items: list[str], strategy: str | list[str] | None =
         if not key.strip():
             raise AlsegError(f"--option expects key=value, got '{item}' (no key)")
         opts[key.strip()] = value.strip()
-    if strategy is not None:
-        from alseg.strategies import (  # lazy, as the CLI's other imports: start-up time
-            options_for,
-            parse_strategy_options,
-        )
-
-        if isinstance(strategy, str):
-            parse_strategy_options(strategy, opts)
-        else:
-            options_for(list(strategy), opts)
     return opts
 
 
@@ -391,14 +380,17 @@ WorkersOpt = Annotated[
 OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
 
 
-def _over_settings_file(ctx: typer.Context, values: dict, settings_file: Path | None) -> tuple[dict, set[str]]:
+def _over_settings_file(
+    ctx: typer.Context, values: dict, settings_file: Path | None, strategies: list[str] | None = None
+) -> tuple[dict, set[str]]:
     """``values`` (``loop``'s or ``compare``'s options) over a settings file's: what the user typed
-    wins, the file fills the rest. Also the names that count as given (typed, or all with a file)."""
+    wins, the file fills the rest. Also the names that count as given (typed, or all with a file).
+    ``strategies``: a grid's, whose options the file may hold."""
     typed = _given(ctx, [k if k != "strategy_options" else "option" for k in values])
     given = {("strategy_options" if k == "option" else k) for k in typed}
     if settings_file is None:
         return values, given
-    base = load_settings_file(settings_file).model_dump()
+    base = load_settings_file(settings_file, strategies).model_dump()
     merged = {**base, **{k: v for k, v in values.items() if k in given}}
     return merged, set(merged)
 
@@ -453,7 +445,7 @@ def loop(
         strategy=strategy,
         seed=seed,
         oracle=oracle.value,
-        strategy_options=_parse_strategy_options(option),
+        strategy_options=_option_pairs(option),
     )
     values, given = _over_settings_file(ctx, values, settings_file)
     settings = LoopSettings.checked(**values)
@@ -563,13 +555,9 @@ def compare(
     )
     executor_options.check()  # before any work
     names = parse_strategies(strategies_)
-    values = dict(loop_values, strategy_options=_parse_strategy_options(option, names))
-    values, _ = _over_settings_file(ctx, values, settings_file)  # a protocol file: typed options override it
-    if settings_file is not None:  # the file's strategy options, checked against the grid's strategies
-        from alseg.strategies import options_for  # lazy, as the CLI's other imports: start-up time
-
-        options_for(names, values["strategy_options"])
-    settings = LoopSettings.checked(**values)
+    values = dict(loop_values, strategy_options=_option_pairs(option))
+    values, _ = _over_settings_file(ctx, values, settings_file, names)  # a protocol file: typed options override it
+    settings = LoopSettings.checked(strategies=names, **values)  # the options typed for the grid's strategies
     cells = run_compare(
         target,
         exp_dir,
@@ -656,7 +644,9 @@ def redundancy_check(
 
     if strategy not in ("usimf", "usimc"):
         raise AlsegError(f"--strategy '{strategy}': the redundancy check is for usimf or usimc — choose one of them")
-    options = _parse_strategy_options(option, strategy)
+    from alseg.strategies import typed_options  # lazy, as the CLI's other imports: start-up time
+
+    options = typed_options([strategy], _option_pairs(option))
     names = [k.strip() for k in kernels.split(",") if k.strip()]
     case_list = [c.strip() for c in cases.split(",") if c.strip()]
     study: list[str] | int | None = None
@@ -667,7 +657,7 @@ def redundancy_check(
     if names and strategy != "usimf":
         raise AlsegError(f"--kernels compares USIMF's Fisher kernels — use it with --strategy usimf, not '{strategy}'")
     for name in names:  # each kernel is a value of usimf's fisher_kernel option: checked as one
-        _parse_strategy_options([f"fisher_kernel={name}"], "usimf")
+        typed_options(["usimf"], {"fisher_kernel": name})
     if names:
         options["fisher_kernel"] = names[0]
     result = run_redundancy_check(

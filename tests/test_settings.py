@@ -54,7 +54,9 @@ def test_cli_usage_errors_are_one_line_exit_2_and_come_before_any_work(tmp_path:
 
 
 def test_settings_file_round_trip_and_command_line_overrides(tmp_path: Path):
-    base = LoopSettings(strategy="bald", budget=7, strategy_options={"query_size": 40})
+    base = LoopSettings(strategy="usimf", budget=7, strategy_options={"query_size": "40", "eta": "0.5"})
+    assert base.strategy_options == {"query_size": 40, "eta": 0.5}  # typed once, here
+    assert base.strategy_settings().query_size == 40 and base.strategy_settings().eta == 0.5
     path = tmp_path / "s.json"
     path.write_text(base.model_dump_json())
     assert load_settings_file(path) == base
@@ -67,8 +69,15 @@ def test_settings_file_round_trip_and_command_line_overrides(tmp_path: Path):
 
 
 def test_compare_starts_each_cell_from_a_settings_file(tmp_path: Path):
-    settings = LoopSettings(
-        rounds=2, budget=5, initial=6, epochs=1, iters_per_epoch=3, mc_passes=2, strategy_options={"query_size": 30}
+    settings = LoopSettings.checked(
+        strategies=["usimf", "random"],
+        rounds=2,
+        budget=5,
+        initial=6,
+        epochs=1,
+        iters_per_epoch=3,
+        mc_passes=2,
+        strategy_options={"query_size": "30"},
     )
     cell = Cell("usimf", 2, tmp_path / "usimf" / "seed_2")
     cmd = loop_command(tmp_path / "plan", cell, settings, workers=0)
@@ -89,9 +98,24 @@ def test_run_config_is_the_settings_plus_the_identity_of_the_data():
     assert again == config
 
 
+def test_strategy_options_are_typed_once_for_the_strategy_or_the_grid():
+    """Strings from the command line, typed values from a stored run: the same settings."""
+    typed = LoopSettings(strategy="usimf", strategy_options={"query_size": "auto", "eta": "1e-3"})
+    stored = LoopSettings.model_validate_json(typed.model_dump_json())
+    assert stored == typed and stored.strategy_options == {"query_size": None, "eta": 0.001}  # auto: None
+    with pytest.raises(AlsegError, match=r"^unknown option query_size for strategy 'bald' — valid keys: "):
+        LoopSettings.checked(strategy="bald", strategy_options={"query_size": "5"})
+    with pytest.raises(AlsegError, match=r"^invalid option eta='x' for strategy 'usimf'"):
+        LoopSettings.checked(strategy="usimf", strategy_options={"eta": "x"})
+    grid = LoopSettings.checked(strategies=["bald", "usimf"], strategy_options={"query_size": "5"})
+    assert grid.strategy_options == {"query_size": 5}  # a grid's key needs one strategy that takes it
+    with pytest.raises(AlsegError, match="unknown option quer_size for strategies bald, usimf"):
+        LoopSettings.checked(strategies=["bald", "usimf"], strategy_options={"quer_size": "5"})
+
+
 def test_resume_differences_name_each_changed_option_but_rounds_may_grow():
-    stored = LoopSettings(budget=4, seed=3, strategy_options={"query_size": 5})
-    given = LoopSettings(budget=5, seed=3, rounds=9, strategy_options={"query_size": 6})
+    stored = LoopSettings(strategy="usimf", budget=4, seed=3, strategy_options={"query_size": 5})
+    given = LoopSettings(strategy="usimf", budget=5, seed=3, rounds=9, strategy_options={"query_size": "6"})
     assert stored.differences(given) == ['--option {"query_size": 5} → {"query_size": 6}', "--budget 4 → 5"]
     assert stored.differences(given, names={"seed", "rounds"}) == []  # only what the user typed is compared
 

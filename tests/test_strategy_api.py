@@ -76,8 +76,8 @@ def test_loop_refuses_a_misspelled_option_before_any_work(tmp_path):
     from alseg.active.loop import LoopDriver
     from alseg.active.settings import LoopSettings
 
-    opts = LoopSettings(strategy="usimf", strategy_options={"quer_size": "5"})
     with pytest.raises(AlsegError, match="quer_size"):
+        opts = LoopSettings.checked(strategy="usimf", strategy_options={"quer_size": "5"})
         LoopDriver(tmp_path / "no-such-dataset", tmp_path / "run", opts)
     assert not (tmp_path / "run").exists()
 
@@ -176,10 +176,10 @@ def test_options_shared_by_several_strategies_are_split_and_checked():
     out = options_for(
         ["random", "usimf", "badge"], {"query_size": "1000", "seeding": "ash", "batch_uncertainty": "false"}
     )
-    assert out == {
-        "random": {"batch_uncertainty": "false"},
-        "usimf": {"query_size": "1000", "batch_uncertainty": "false"},
-        "badge": {"seeding": "ash", "batch_uncertainty": "false"},
+    assert out == {  # split, and typed as each strategy's options type them
+        "random": {"batch_uncertainty": False},
+        "usimf": {"query_size": 1000, "batch_uncertainty": False},
+        "badge": {"seeding": "ash", "batch_uncertainty": False},
     }
     with pytest.raises(AlsegError, match="unknown option quer_size for strategies random, usimf"):
         options_for(["random", "usimf"], {"quer_size": "5"})

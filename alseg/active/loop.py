@@ -47,7 +47,7 @@ from alseg.model.trainer import TrainerSettings, check_batch_memory, make_traine
 from alseg.progress import console, results
 from alseg.scoring.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.seeds import seed_for_round
-from alseg.strategies import get_strategy, parse_strategy_options
+from alseg.strategies import get_strategy
 
 __all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
 
@@ -128,8 +128,7 @@ class LoopDriver:
         self.run = RunDir(run_dir)
         self.workers = workers
         self.show_progress = show_progress
-        if not resume:  # a bad strategy name or option fails here, before planning or training
-            parse_strategy_options(settings.strategy, settings.strategy_options)
+        if not resume:  # a strategy that cannot work with these MC passes fails before planning or training
             check_mc_passes(settings.strategy, settings.mc_passes)
         if self.run.exists() and not resume:
             raise AlsegError("already holds a run — pass --resume to continue it, or choose another -o", self.run.path)
@@ -188,9 +187,7 @@ class LoopDriver:
                 agreement_cases=[] if self.ws.test_ids else agreement_cases(self.ws.train_ids, settings.seed),
             )
             self.state = RunState()
-        self.strategy = get_strategy(
-            self.config.strategy, parse_strategy_options(self.config.strategy, self.config.strategy_options)
-        )
+        self.strategy = get_strategy(self.config.strategy, self.config.strategy_settings())
         if self.strategy.simulation_only and not oracle_class(self.config.oracle).reveals_ground_truth:
             raise AlsegError(
                 f"strategy '{self.config.strategy}' reads the ground truth, so it only runs with --oracle simulated"

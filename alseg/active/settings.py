@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from alseg.active.oracles.registry import ORACLES, oracles_help, unknown_oracle
 from alseg.errors import AlsegError
 from alseg.seeds import MAX_SEED
+
+if TYPE_CHECKING:
+    from alseg.strategies import StrategyOptions
 
 __all__ = ["ConfigName", "LoopSettings", "RESUME_MAY_CHANGE", "settings_error", "load_settings_file"]
 
@@ -134,6 +137,28 @@ class LoopSettings(BaseModel):
                 raise ValueError(f"names case '{dup[0]}' twice")
         return v
 
+    @field_validator("strategy_options")
+    @classmethod
+    def _typed_options(cls, raw: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The one place ``--option`` values are parsed: strings (or a stored run's values) become
+        the strategy's typed values; an unknown key or a bad value fails here. A grid passes its
+        strategies as validation context (:meth:`checked`): each key must suit one of them."""
+        from alseg.strategies import typed_options  # lazy: the strategies load torch; 'alseg --help' stays fast
+
+        names = (info.context or {}).get("strategies") or ([info.data["strategy"]] if "strategy" in info.data else [])
+        if not names:
+            return raw  # the strategy itself was refused: that is the error to show
+        try:
+            return typed_options(names, raw)
+        except AlsegError as err:
+            raise ValueError(str(err)) from None
+
+    def strategy_settings(self) -> StrategyOptions:
+        """The strategy's typed options (its defaults where none was given)."""
+        from alseg.strategies import parse_strategy_options  # lazy, as in _typed_options
+
+        return parse_strategy_options(self.strategy, self.strategy_options)
+
     @property
     def round0_epochs(self) -> int:
         """Epochs of round 0: ``initial_epochs``, else ``epochs``."""
@@ -145,10 +170,11 @@ class LoopSettings(BaseModel):
         return self.round0_epochs + self.epochs * self.rounds
 
     @classmethod
-    def checked(cls, **values: Any) -> "LoopSettings":
-        """Validate user values; the first problem is one line naming the option (``--budget``)."""
+    def checked(cls, strategies: list[str] | None = None, **values: Any) -> "LoopSettings":
+        """Validate user values; the first problem is one line naming the option (``--budget``).
+        ``strategies``: a grid's, whose ``--option`` keys the settings share (``alseg compare``)."""
         try:
-            return cls(**values)
+            return cls.model_validate(values, context={"strategies": strategies} if strategies else None)
         except ValidationError as err:
             raise settings_error(err) from None
 
@@ -184,6 +210,8 @@ def settings_error(err: ValidationError, source: Path | None = None) -> AlsegErr
     if loc and loc[0] == "strategy_options":
         name = "--option " + ".".join(loc[1:]) if len(loc) > 1 else "--option"
     msg = first["msg"].removeprefix("Value error, ")
+    if loc == ["strategy_options"] and first["type"] == "value_error":
+        return AlsegError(msg, source)  # the registry's line names the option and the strategy already
     if first["type"] == "extra_forbidden":
         msg = f"is not a loop setting — valid ones: {', '.join(LoopSettings.model_fields)}"
     value = first.get("input")
@@ -191,8 +219,9 @@ def settings_error(err: ValidationError, source: Path | None = None) -> AlsegErr
     return AlsegError(f"{name}: {msg}{shown}", source)
 
 
-def load_settings_file(path: Path) -> LoopSettings:
-    """A settings JSON file (as ``alseg compare`` writes for its workers)."""
+def load_settings_file(path: Path, strategies: list[str] | None = None) -> LoopSettings:
+    """A settings JSON file (as ``alseg compare`` writes for its workers, or a grid's protocol:
+    then ``strategies`` are the grid's, whose options it may hold)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -201,6 +230,6 @@ def load_settings_file(path: Path) -> LoopSettings:
     except json.JSONDecodeError as e:
         raise AlsegError(f"is not valid JSON (line {e.lineno}: {e.msg}) — fix it or write it anew", path) from None
     try:
-        return LoopSettings.model_validate(data)
+        return LoopSettings.model_validate(data, context={"strategies": strategies} if strategies else None)
     except ValidationError as err:
         raise settings_error(err, path) from None

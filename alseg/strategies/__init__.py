@@ -22,6 +22,7 @@ __all__ = [
     "options_for",
     "parse_strategy_options",
     "select_batch",
+    "typed_options",
 ]
 
 _WHERE = {
@@ -37,6 +38,7 @@ _WHERE = {
     "options_for": "registry",
     "parse_strategy_options": "registry",
     "select_batch": "batch",
+    "typed_options": "registry",
 }
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "option_keys",
     "options_for",
     "parse_strategy_options",
+    "typed_options",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -119,9 +120,12 @@ def get_strategy(name: str, options: StrategyOptions | Mapping[str, Any] | None 
 
 def options_for(names: list[str] | tuple[str, ...], raw: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """One ``--option`` set shared by several strategies (``alseg compare``) split per strategy:
-    each gets the keys it accepts, validated. A key no strategy of ``names`` accepts is an
-    :class:`AlsegError` (a misspelling), raised before any run starts."""
+    each gets the keys it accepts, validated and typed (JSON values: ``"500"`` becomes ``500``).
+    A key no strategy of ``names`` accepts is an :class:`AlsegError` (a misspelling), raised
+    before any run starts."""
     raw = dict(raw or {})
+    if len(names) == 1:  # one strategy: its own message (the key, the strategy, its valid keys)
+        return {names[0]: parse_strategy_options(names[0], raw).model_dump(mode="json", include=set(raw))}
     accepted = {n: set(option_keys(n)) for n in names}
     stray = sorted(k for k in raw if not any(k in keys for keys in accepted.values()))
     if stray:
@@ -133,6 +137,15 @@ def options_for(names: list[str] | tuple[str, ...], raw: Mapping[str, Any] | Non
     out = {}
     for n in names:
         mine = {k: v for k, v in raw.items() if k in accepted[n]}
-        parse_strategy_options(n, mine)
-        out[n] = mine
+        out[n] = parse_strategy_options(n, mine).model_dump(mode="json", include=set(mine))
     return out
+
+
+def typed_options(names: list[str] | tuple[str, ...], raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``raw`` typed once for the strategies ``names`` (one strategy for a run, all of a grid's):
+    each key takes the type of the first strategy that accepts it (:func:`options_for`)."""
+    out: dict[str, Any] = {}
+    for mine in options_for(names, raw).values():
+        for k, v in mine.items():
+            out.setdefault(k, v)
+    return {k: out[k] for k in dict(raw or {})}
