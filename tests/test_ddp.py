@@ -109,13 +109,13 @@ def test_two_cpu_processes_share_the_pool_scoring_and_select_as_one_process_woul
     run = RunDir(tmp_path / "ddp")
     driver = LoopDriver(tmp_path / "plan", run.path, run.load_config().settings(), resume=True, show_progress=False)
     try:
-        driver.state.labelled = run.load_round(0)["selected"]  # the labelled set when round 1 was selected
-        again = driver.select(1, driver.load_module(0))  # one process, the round's seed and weights
+        driver.state.labelled = run.load_round(0).selected  # the labelled set when round 1 was selected
+        again, _ = driver.select(1, driver.load_module(0))  # one process, the round's seed and weights
     finally:
         driver.lock.release()
-    assert again["selected"] == stored["selected"]
-    assert again["scores"] == stored["scores"]
-    assert again["batch_uncertainty"] == stored["batch_uncertainty"] and stored["batch_uncertainty"] > 0
+    assert again.selected == stored["selected"]
+    assert again.scores == stored["scores"]
+    assert again.batch_uncertainty == stored["batch_uncertainty"] and stored["batch_uncertainty"] > 0
 
 
 def test_round_is_finished_on_the_training_device():

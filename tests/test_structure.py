@@ -313,6 +313,14 @@ FORMAT_OWNERS = {
         "alseg/model/train.py",
         "alseg/active/rundir.py",  # the run directory's RUN/checkpoints/round_XXX.ckpt
     },
+    # the run directory's records: round files (RoundRecord) and metrics.csv rows (MetricsRow), whose
+    # keys only their models spell; everyone else reads and writes the typed fields
+    re.compile(r"^labelled_voxels_per_class$"): {"alseg/active/rundir.py"},
+    re.compile(r"^agreement_mean$"): {"alseg/active/rundir.py"},
+    re.compile(r"^seconds_(train|eval|score|select)$"): {
+        "alseg/active/rundir.py",
+        "alseg/active/experiments/redundancy.py",  # the key of its own result JSON (--json), not metrics.csv's
+    },
     re.compile(r"\bmetrics\.csv\b"): {
         "alseg/active/rundir.py",
         "alseg/model/train.py",  # alseg train's output folder (OUT/metrics.csv), not the run directory's

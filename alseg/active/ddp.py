@@ -97,7 +97,7 @@ class FollowerDriver(LoopDriver):
         if k <= trained or state.pending is not None:
             return None
         record = self.run.load_round(k)
-        if record is None or not set(record["selected"]) <= set(state.labelled):
+        if record is None or not set(record.selected) <= set(state.labelled):
             return None
         return state
 

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from alseg.active.oracles.labels import LabelStore
-from alseg.active.rundir import AGREEMENT_COLUMN, RunDir
+from alseg.active.rundir import MetricsRow, RoundRecord, RunDir
 from alseg.active.workspace import Workspace
 from alseg.model.inference import predict_volume
 from alseg.model.metrics import dice_per_class, mean_dice
@@ -112,21 +112,23 @@ def save_pictures(module, ws: Workspace, test_ids: list[str], run: RunDir, round
     run.save_pictures(round_, cases, slices, arrays)
 
 
-def log_round(run: RunDir, ws: Workspace, labels: LabelStore, labelled: np.ndarray, round_: int, row: dict) -> None:
+def log_round(
+    run: RunDir, ws: Workspace, labels: LabelStore, labelled: np.ndarray, round_: int, row: MetricsRow
+) -> None:
     """Annotated voxels per class into the round file; the round's numbers (``row`` of
     ``metrics.csv``) into TensorBoard. ``labelled`` marks the pool's labelled items."""
     counts = labels.voxels_per_class(ws.pool, labelled, ws.plans.n_classes)
     names = {0: "background", **ws.foreground_labels}
-    record = run.load_round(round_) or {"round": round_}
-    record["labelled_voxels_per_class"] = {names.get(c, str(c)): int(n) for c, n in enumerate(counts)}
-    run.save_round(round_, record)
+    record = run.load_round(round_) or RoundRecord(round=round_)
+    record.labelled_voxels_per_class = {names.get(c, str(c)): int(n) for c, n in enumerate(counts)}
+    run.save_round(record)
     board = TensorBoardLogger(run.path, name=run.logs_dir.name, version=run.rounds_log_dir.name)
-    scalars = {f"test/{k}": float(v) for k, v in row.items() if k.startswith("dice_")}
-    if row.get(AGREEMENT_COLUMN):
-        scalars["agreement/between_rounds"] = float(row[AGREEMENT_COLUMN])
-    scalars.update({f"seconds/{k.removeprefix('seconds_')}": float(v) for k, v in row.items() if "seconds" in k})
+    scalars = {f"test/{k}": float(v) for k, v in row.dice.items()}
+    if row.agreement is not None:
+        scalars["agreement/between_rounds"] = float(row.agreement)
+    scalars.update({f"seconds/{k}": float(v) for k, v in row.seconds.items()})
     scalars["labelled/items"] = float(labelled.sum())
-    scalars.update({f"labelled/voxels_{k}": float(v) for k, v in record["labelled_voxels_per_class"].items()})
+    scalars.update({f"labelled/voxels_{k}": float(v) for k, v in record.labelled_voxels_per_class.items()})
     board.log_metrics(scalars, step=round_)
     board.finalize("success")
 
@@ -139,25 +141,27 @@ def measure_round(
     labelled: np.ndarray,
     seconds_train: float,
     agreement_with: list[str],
-) -> tuple[dict[str, float], dict]:
+) -> tuple[dict[str, float], MetricsRow]:
     """The round's test Dice per class and its ``metrics.csv`` row: labelled items (pool indices
     ``labelled``) and voxels, Dice, the agreement on ``agreement_with`` (runs without test labels),
     and the seconds of each phase (score and select from the round file)."""
     t0 = time.perf_counter()
     metrics = evaluate(module, ws, ws.test_ids, run, round_)
     seconds_eval = time.perf_counter() - t0
-    sec = (run.load_round(round_) or {}).get("seconds", {})
-    row = {"round": round_, "n_labelled_items": len(labelled), "n_labelled_voxels": ws.pool.voxels(labelled)}
-    row.update({k: f"{v:.6f}" for k, v in metrics.items()})
-    if agreement_with:  # no test labels: how much the predictions still change
-        agree = agreement(module, ws, agreement_with, run, round_)
-        row[AGREEMENT_COLUMN] = "" if agree is None else f"{agree:.6f}"
-    row.update(
-        {
-            "seconds_train": f"{seconds_train:.3f}",
-            "seconds_eval": f"{seconds_eval:.3f}",
-            "seconds_score": f"{sec.get('score', 0.0):.3f}",
-            "seconds_select": f"{sec.get('select', 0.0):.3f}",
-        }
+    record = run.load_round(round_)
+    sec = record.seconds if record is not None else {}
+    row = MetricsRow(
+        round=round_,
+        n_labelled_items=len(labelled),
+        n_labelled_voxels=ws.pool.voxels(labelled),
+        dice=metrics,
+        measures_agreement=bool(agreement_with),  # no test labels: how much the predictions still change
+        agreement=agreement(module, ws, agreement_with, run, round_) if agreement_with else None,
+        seconds={
+            "train": seconds_train,
+            "eval": seconds_eval,
+            "score": sec.get("score", 0.0),
+            "select": sec.get("select", 0.0),
+        },
     )
     return metrics, row

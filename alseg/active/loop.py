@@ -33,7 +33,7 @@ from alseg.active.oracles.base import OracleContext
 from alseg.active.oracles.labels import UNLABELLED, LabelStore
 from alseg.active.oracles.registry import oracle_class
 from alseg.active.resume import check_same_data, resumed_config, verify_run
-from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RunConfig, RunDir, RunState
+from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RoundRecord, RunConfig, RunDir, RunState
 from alseg.active.selection import RoundSelector
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
@@ -48,6 +48,7 @@ from alseg.progress import console, results
 from alseg.scoring.sharding import FileDoorbell, RankContext, ShardGroup, lead, serve
 from alseg.seeds import seed_for_round
 from alseg.strategies import get_strategy
+from alseg.strategies.base import EmbeddingMap
 
 __all__ = ["LoopDriver", "ActiveLoop", "AnnotationIncomplete", "trainer_settings"]
 
@@ -244,25 +245,25 @@ class LoopDriver:
         if record is None:
             if round_ > 0 and module is None:
                 module = self.load_module(round_ - 1)
-            record = self.select(round_, module)
-            embeddings = record.pop("embeddings", None)
+            record, embeddings = self.select(round_, module)
             if embeddings is not None:  # for the report's t-SNE map (paper Fig. 3)
-                self.run.save_embeddings(round_, embeddings["embeddings"], embeddings["role"])
-            self.run.save_round(round_, record)
+                self.run.save_embeddings(round_, embeddings.embeddings, embeddings.role)
+            self.run.save_round(record)
             if self.show_progress and round_ > 0:
-                sec = record.get("seconds", {})
-                extra = f", Q = {record['Q']}" if "Q" in record else ""
+                sec = record.seconds
+                q = (record.model_extra or {}).get("Q")
+                extra = f", Q = {q}" if q is not None else ""
                 shared = f" on {self.ranks.world_size} devices" if self.ranks is not None and self.ranks.passes else ""
                 console.print(
-                    f"round {round_}: {len(record['selected'])} items selected by {record['strategy']} "
+                    f"round {round_}: {len(record.selected)} items selected by {record.strategy} "
                     f"(score {sec.get('score', 0.0):.0f} s{shared}, select {sec.get('select', 0.0):.0f} s{extra})"
                 )
-        selected = [i for i in record["selected"] if i not in set(self.state.labelled)]
+        selected = [i for i in record.selected if i not in set(self.state.labelled)]
         if not selected:
             return True
         pending = self.state.pending
         earlier = set(pending.accepted) if pending is not None and pending.round == round_ else set()
-        self.state.pending = Pending(round=round_, selected=record["selected"], accepted=sorted(earlier))
+        self.state.pending = Pending(round=round_, selected=record.selected, accepted=sorted(earlier))
         self.run.save_state(self.state)
         t0 = time.perf_counter()
 
@@ -284,7 +285,7 @@ class LoopDriver:
         if problems or waiting:
             accepted = [self.pool[i].id for i in sorted(answer.masks)]
             self.state.pending = Pending(
-                round=round_, selected=record["selected"], accepted=sorted(earlier | set(accepted))
+                round=round_, selected=record.selected, accepted=sorted(earlier | set(accepted))
             )
             self.run.save_state(self.state)
             incomplete = AnnotationIncomplete(
@@ -295,8 +296,8 @@ class LoopDriver:
         self.state.labelled = self.state.labelled + selected
         self.state.pending = None
         self.run.save_state(self.state)
-        record.setdefault("seconds", {})["annotate"] = time.perf_counter() - t0
-        self.run.save_round(round_, record)
+        record.seconds["annotate"] = time.perf_counter() - t0
+        self.run.save_round(record)
         return True
 
     def train_round(self, round_: int) -> None:
@@ -340,15 +341,16 @@ class LoopDriver:
             if metrics:
                 shown = "Dice " + ", ".join(f"{k.removeprefix('dice_')} {v:.3f}" for k, v in metrics.items())
             else:
-                value = row.get(AGREEMENT_COLUMN) or "—"
+                value = row.columns().get(AGREEMENT_COLUMN) or "—"
                 shown = f"no test labels; agreement with the previous round {value}"
             results.print(f"round {round_}: {len(labelled)} items labelled — {shown}", soft_wrap=True)
         if round_ < self.config.rounds:
             self.prepare_batch(round_ + 1, module)
 
     # ----------------------------------------------------------------------------- the steps
-    def select(self, round_: int, module) -> dict:
-        """Choose round ``round_``'s batch (round 0: the random initial set); returns the record."""
+    def select(self, round_: int, module) -> tuple[RoundRecord, EmbeddingMap | None]:
+        """Choose round ``round_``'s batch (round 0: the random initial set): its record, and the
+        embeddings for the report's map when the strategy made some."""
         if round_ == 0:
             return self.selector.initial()
         return self.selector.select(round_, module, self.labelled_mask, self.ranks)

@@ -69,7 +69,8 @@ __all__ = [
     "RunDir",
     "AnnotationPackage",
     "RunSummary",
-    "RoundFile",
+    "RoundRecord",
+    "MetricsRow",
     "FULL_STRATEGY",
     "REQUIRED_COLUMNS",
     "AGREEMENT_COLUMN",
@@ -410,13 +411,14 @@ class RunDir:
         with self.metrics_path.open() as f:
             return list(csv.DictReader(f))
 
-    def load_round(self, k: int) -> dict | None:
+    def load_round(self, k: int) -> RoundRecord | None:
+        """Round ``k``'s record (None before its selection was written)."""
         p = self.round_path(k)
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
+            return RoundRecord.model_validate_json(p.read_text())
+        except (ValidationError, UnicodeDecodeError):
             raise AlsegError(
                 "is corrupt — delete it and run 'alseg loop --resume' to redo that round's selection", p
             ) from None
@@ -510,9 +512,8 @@ class RunDir:
             if not p.is_file():
                 raise AlsegError(f"missing ({what}) — restore it from a backup, or start a new run with another -o", p)
             try:
-                record = json.loads(p.read_text())
-                ok = isinstance(record, dict) and record.get("round") == k and isinstance(record.get("selected"), list)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                ok = RoundRecord.model_validate_json(p.read_text()).round == k
+            except (ValidationError, UnicodeDecodeError):
                 ok = False
             if not ok:
                 raise AlsegError(f"corrupt ({what}) — restore it from a backup, or start a new run with another -o", p)
@@ -602,8 +603,8 @@ class RunDir:
             split["rule"] = rule
         atomic_write_json(self.path / SPLIT, split)
 
-    def save_round(self, k: int, record: dict) -> None:
-        atomic_write_json(self.round_path(k), record)
+    def save_round(self, record: RoundRecord) -> None:
+        atomic_write_json(self.round_path(record.round), record.to_json())
 
     def save_embeddings(self, k: int, embeddings: np.ndarray, role: np.ndarray) -> None:
         atomic_save_npz(
@@ -645,12 +646,13 @@ class RunDir:
             )
         atomic_write_text(self.case_metrics_path(k), buf.getvalue())
 
-    def write_metrics_row(self, row: dict) -> None:
-        """Add or replace the row of ``row['round']`` (a redone round replaces its old row)."""
-        rows = [r for r in self.read_metrics() if int(r["round"]) != int(row["round"])]
-        rows.append({k: str(v) for k, v in row.items()})
+    def write_metrics_row(self, row: MetricsRow) -> None:
+        """Add or replace the row of ``row.round`` (a redone round replaces its old row)."""
+        new = row.columns()
+        rows = [r for r in self.read_metrics() if int(r["round"]) != row.round]
+        rows.append(new)
         rows.sort(key=lambda r: int(r["round"]))
-        fields = list(row.keys())
+        fields = list(new)
         for r in rows:
             fields.extend(k for k in r if k not in fields)
         buf = io.StringIO()
@@ -659,10 +661,11 @@ class RunDir:
         writer.writerows(rows)
         atomic_write_text(self.metrics_path, buf.getvalue())
 
-    def write_reference(self, summary: dict[str, Any], row: dict[str, Any]) -> None:
+    def write_reference(self, summary: dict[str, Any], row: MetricsRow) -> None:
         """A full-data reference: its summary config and one metrics row (metrics last: it marks it done)."""
         atomic_write_json(self.config_path, {"strategy": FULL_STRATEGY, **summary})
-        atomic_write_text(self.metrics_path, ",".join(row) + "\n" + ",".join(str(v) for v in row.values()) + "\n")
+        columns = row.columns()
+        atomic_write_text(self.metrics_path, ",".join(columns) + "\n" + ",".join(columns.values()) + "\n")
 
 
 # --- readers of finished runs (the report) --------------------------------------------------------
@@ -706,15 +709,78 @@ class RunSummary(BaseModel):
         return self
 
 
-class RoundFile(BaseModel):
-    """``rounds/round_XXX.json``, validated only as far as the report reads it."""
+class RoundRecord(BaseModel):
+    """``rounds/round_XXX.json``: what round k selected, by which strategy, each item's score
+    (JSON ``null`` for none or a non-finite one), the batch uncertainty, seconds per phase, and
+    once trained the annotated voxels per label name. A strategy's artefacts (USIM's ``Q`` and
+    query set, ClaSP PE's β, ...) are extra keys. The loop writes it; resume, the files oracle,
+    ``verify`` and the report read it (lenient: extra keys allowed, what the report needs typed)."""
 
     model_config = ConfigDict(extra="allow")
 
-    round: int
+    round: int = Field(ge=0)
+    strategy: str | None = None
+    selected: list[str] = Field(default_factory=list)
+    """Item ids, in the order the strategy chose them."""
+    scores: list[float | None] = Field(default_factory=list)
     batch_uncertainty: float | None = None
+    seconds: dict[str, float] = Field(default_factory=dict)
+    """``score``, ``select``, ``annotate``: wall seconds of each phase."""
+    n_candidates: int | None = None
+    """Unlabelled items shown to the strategy (``--candidates``); absent: the whole pool."""
     labelled_voxels_per_class: dict[str, int] | None = None
     """Annotated voxels per label name (background included) once the round's training set was fixed."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content: the optional keys only when known, then the strategy's artefacts."""
+        out = self.model_dump(mode="json")
+        for key in ("n_candidates", "labelled_voxels_per_class"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+
+class MetricsRow(BaseModel):
+    """One row of ``metrics.csv``: round k's labelled set, its test result and its timings.
+
+    Columns, in this order: ``round``, ``n_labelled_items``, ``n_labelled_voxels``, ``dice_mean``
+    and ``dice_<class>`` (runs with test labels), :data:`AGREEMENT_COLUMN` (runs without: empty in
+    round 0), then :data:`SECONDS_COLUMNS` (active-learning runs; the full-data reference has none).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=0)
+    n_labelled_items: int = Field(ge=0)
+    n_labelled_voxels: int = Field(ge=0)
+    dice: dict[str, float] = Field(default_factory=dict)
+    """Column name (``dice_mean``, ``dice_<class>``) → test Dice."""
+    measures_agreement: bool = False
+    """A run without test labels: the row has the agreement column."""
+    agreement: float | None = None
+    """Mean Dice with the previous round's predictions (None in round 0)."""
+    seconds: dict[str, float] = Field(default_factory=dict)
+    """``train``, ``eval``, ``score``, ``select`` → wall seconds (written as ``seconds_<phase>``)."""
+
+    @model_validator(mode="after")
+    def _dice_columns(self) -> MetricsRow:
+        wrong = [k for k in self.dice if not k.startswith("dice_")]
+        if wrong:
+            raise ValueError(f"Dice columns start with dice_: {', '.join(wrong)}")
+        return self
+
+    def columns(self) -> dict[str, str]:
+        """The row as ``metrics.csv`` writes it (Dice to 6 decimals, seconds to 3)."""
+        out = {
+            "round": str(self.round),
+            "n_labelled_items": str(self.n_labelled_items),
+            "n_labelled_voxels": str(self.n_labelled_voxels),
+        }
+        out.update({k: f"{v:.6f}" for k, v in self.dice.items()})
+        if self.measures_agreement:
+            out[AGREEMENT_COLUMN] = "" if self.agreement is None else f"{self.agreement:.6f}"
+        out.update({f"seconds_{k}": f"{v:.3f}" for k, v in self.seconds.items()})
+        return out
 
 
 def read_json(path: Path) -> object:
@@ -803,7 +869,7 @@ def read_batch_uncertainty(run_dir: Path, rounds: np.ndarray) -> np.ndarray:
         if r < 1 or not path.is_file():
             continue
         try:
-            record = RoundFile.model_validate(read_json(path))
+            record = RoundRecord.model_validate(read_json(path))
         except ValidationError as err:
             raise AlsegError(f"invalid round file ({_validation_line(err)})", path) from None
         if record.round != r:
@@ -863,7 +929,7 @@ def read_labelled_voxels(run_dir: Path, rounds: np.ndarray) -> dict[int, dict[st
         if not path.is_file():
             continue
         try:
-            record = RoundFile.model_validate(read_json(path))
+            record = RoundRecord.model_validate(read_json(path))
         except ValidationError as err:
             raise AlsegError(f"invalid round file ({_validation_line(err)})", path) from None
         if record.labelled_voxels_per_class is not None:

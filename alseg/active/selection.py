@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from alseg.active.oracles.labels import LabelStore
+from alseg.active.rundir import RoundRecord
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.data.pool import Pool
@@ -23,6 +24,7 @@ from alseg.scoring.pool_inference import inference_batch_size
 from alseg.scoring.sharding import ShardGroup
 from alseg.seeds import seed_for_round
 from alseg.strategies import SelectionContext, Strategy, select_batch
+from alseg.strategies.base import EmbeddingMap
 
 __all__ = ["CANDIDATE_STREAM", "RoundSelector", "candidate_items", "candidate_rng", "rng_of_round"]
 
@@ -67,23 +69,26 @@ class RoundSelector:
     run_path: Path
     show_progress: bool = True
 
-    def initial(self) -> dict:
+    def initial(self) -> tuple[RoundRecord, None]:
         """Round 0: ``--initial`` items drawn uniformly."""
         t0 = time.perf_counter()
         rng = rng_of_round(self.settings.seed, 0)
         idx = np.sort(rng.choice(len(self.pool), size=self.settings.initial, replace=False))
-        return {
-            "round": 0,
-            "strategy": "initial-random",
-            "selected": [self.pool[i].id for i in idx],
-            "scores": [None] * len(idx),
-            "batch_uncertainty": None,
-            "seconds": {"select": time.perf_counter() - t0},
-        }
+        record = RoundRecord(
+            round=0,
+            strategy="initial-random",
+            selected=[self.pool[i].id for i in idx],
+            scores=[None] * len(idx),
+            seconds={"select": time.perf_counter() - t0},
+        )
+        return record, None
 
-    def select(self, round_: int, module, labelled: np.ndarray, ranks: ShardGroup | None = None) -> dict:
+    def select(
+        self, round_: int, module, labelled: np.ndarray, ranks: ShardGroup | None = None
+    ) -> tuple[RoundRecord, EmbeddingMap | None]:
         """Round ``round_`` ≥ 1: the strategy's batch, scored with ``module`` (the previous round's
-        model); ``labelled`` marks the pool's labelled items; ``ranks`` share the pool passes."""
+        model), and the embeddings for the report's map when the strategy made some; ``labelled``
+        marks the pool's labelled items; ``ranks`` share the pool passes."""
         t0 = time.perf_counter()
         cfg, pool, ws = self.settings, self.pool, self.workspace
         if cfg.candidates is not None:  # the strategy chooses among the labelled items and the candidates
@@ -122,16 +127,14 @@ class RoundSelector:
                 self.run_path,
             )
         scores = [None if s is None or not math.isfinite(s) else float(s) for s in sel.scores]  # JSON: no NaN/inf
-        record = {
-            "round": round_,
-            "strategy": cfg.strategy,
-            "selected": [pool[int(i)].id for i in sel.indices],
-            "scores": scores,
-            "batch_uncertainty": sel.batch_uncertainty,
-            "seconds": seconds,
-            **({"n_candidates": int((~labelled).sum())} if cfg.candidates is not None else {}),
+        record = RoundRecord(
+            round=round_,
+            strategy=cfg.strategy,
+            selected=[pool[int(i)].id for i in sel.indices],
+            scores=scores,
+            batch_uncertainty=sel.batch_uncertainty,
+            seconds=seconds,
+            n_candidates=int((~labelled).sum()) if cfg.candidates is not None else None,
             **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
-        }
-        if sel.embedding_map is not None:
-            record["embeddings"] = {"embeddings": sel.embedding_map.embeddings, "role": sel.embedding_map.role}
-        return record
+        )
+        return record, sel.embedding_map

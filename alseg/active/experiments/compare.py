@@ -38,7 +38,7 @@ from alseg.active.checks import check_mc_passes, check_sizes
 from alseg.active.experiments.jobs import REQUEUED_NOTE, CellFailed, CellJob
 from alseg.active.loop import trainer_settings
 from alseg.active.oracles.registry import oracle_class
-from alseg.active.rundir import LOCK, RunDir, RunLock
+from alseg.active.rundir import LOCK, MetricsRow, RunDir, RunLock
 from alseg.active.settings import LoopSettings, load_settings_file
 from alseg.active.workspace import Workspace
 from alseg.atomic import atomic_write_text
@@ -178,13 +178,12 @@ def run_full_reference(
         f"dice_{n.replace(' ', '_')}": final.get(f"dice_{n.replace(' ', '_')}", float("nan")) for n in labels.values()
     }
     pool = ws.pool
-    row = {
-        "round": 0,
-        "n_labelled_items": len(pool),
-        "n_labelled_voxels": pool.voxels(range(len(pool))),
-        "dice_mean": final.get("dice_mean", float("nan")),
-        **dice_cols,
-    }
+    row = MetricsRow(
+        round=0,
+        n_labelled_items=len(pool),
+        n_labelled_voxels=pool.voxels(range(len(pool))),
+        dice={"dice_mean": final.get("dice_mean", float("nan")), **dice_cols},
+    )
     full.write_reference(
         {
             "dataset": ws.plans.dataset_name,

@@ -104,8 +104,8 @@ class FilesOracle:
 
     def export(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Path:
         """Write round ``round_``'s package; ``model`` gives the pre-segmentations (None: none)."""
-        record = self.run.load_round(round_) or {}  # the selection: why each item was chosen
-        recorded = dict(zip(record.get("selected", []), record.get("scores", [])))
+        record = self.run.load_round(round_)  # the selection: why each item was chosen
+        recorded = dict(zip(record.selected, record.scores)) if record is not None else {}
         requests = [
             CaseRequest(
                 self.case_files(case_id),
@@ -119,7 +119,15 @@ class FilesOracle:
         predict = None if module is None else (lambda case: presegment(module, case))
         package = self.run.package(round_)
         resampling = self.plans.configuration(self.config_name).resampling
-        write_package(package, round_, requests, self.labels, resampling, predict, strategy=record.get("strategy"))
+        write_package(
+            package,
+            round_,
+            requests,
+            self.labels,
+            resampling,
+            predict,
+            strategy=record.strategy if record is not None else None,
+        )
         return package.folder
 
     def annotate(self, round_: int, indices: np.ndarray, model: ModelSource = None) -> Annotation:
