@@ -52,7 +52,7 @@ def case_view(pool: Pool, volume: np.ndarray, indices: np.ndarray) -> CaseView:
     ``indices`` (all of that case) needs."""
     boxes = np.array([pool[int(i)].box for i in indices], dtype=np.int64).reshape(-1, 3, 2)
     if pool.config_name != "2d":
-        return CaseView(np.asarray(volume, dtype=np.float32)[None], boxes)
+        return CaseView(np.array(volume, dtype=np.float32, copy=True)[None], boxes)  # read now, writable
     rows = np.unique(boxes[:, 0, 0])
     images = np.ascontiguousarray(np.asarray(volume[:, rows], dtype=np.float32).swapaxes(0, 1))
     boxes[:, 0, 0] = np.searchsorted(rows, boxes[:, 0, 0])
