@@ -37,9 +37,9 @@ def tiny(config: str):
     return build_network(cfg, in_channels=1, n_classes=K), cfg
 
 
-def make_ctx(config: str = "3d_fullres", item=None, labelled=(), **kw) -> SelectionContext:
+def make_ctx(config: str = "3d_fullres", item=None, labelled=(), shapes=None, **kw) -> SelectionContext:
     net, cfg = tiny(config)
-    shapes = SHAPES[config]
+    shapes = shapes or SHAPES[config]
     rng = np.random.default_rng(0)
     volumes = {c: rng.normal(size=(1, *s)).astype(np.float32) for c, s in shapes.items()}
     truth = {c: (v[0] > 1.0).astype(np.uint8) + (v[0] > 1.8) for c, v in volumes.items()}
@@ -176,6 +176,16 @@ def test_sliding_window_scores_equal_a_reference_on_the_whole_case(config: str):
     for name, got in pairs.items():
         np.testing.assert_allclose(got, want[name], rtol=1e-5, atol=1e-7, err_msg=name)
     assert s.mean_std.min() > 0  # the MC passes differ: the comparison is not of zeros
+
+
+def test_a_case_smaller_than_the_patch_is_one_window_in_both_paths():
+    """The per-item window of a case smaller than the patch is the sliding window's single one
+    (centred, padded alike): the deterministic scores of both paths agree."""
+    ctx = make_ctx(shapes={"a": (6, 12, 14)})
+    assert len(sliding_windows((6, 12, 14), ctx.pool.patch_size)) == 1 and len(ctx.pool) > 1
+    by_case = score_pool(ctx, mc=False)
+    by_item = score_pool(ctx, mc=False, per_item=True)
+    np.testing.assert_allclose(by_case.entropy, by_item.entropy, rtol=1e-5)
 
 
 @pytest.mark.parametrize("config", ["3d_fullres", "2d"])
