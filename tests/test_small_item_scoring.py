@@ -202,9 +202,28 @@ def test_forwards_are_windows_times_passes_not_items_times_passes(config: str):
         score_pool(ctx, idx, seed=0)
     with counting(ctx.model) as by_item:
         score_pool(ctx, idx, seed=0, per_item=True)
-    assert by_case[0] == windows * (T + 1)  # T MC passes and the deterministic one
+    with counting(ctx.model) as grouped:  # 2 passes per sliding window: the copies share its batches
+        s = score_pool(ctx, idx, seed=0, passes_per_forward=2)
+    assert by_case[0] == windows * (T + 1) == grouped[0]  # T MC passes and the deterministic one
     assert by_item[0] == len(idx) * (T + 1)
     assert by_case[0] < by_item[0]
+    assert np.isfinite(s.bald).all() and s.mean_std.min() > 0
+
+
+def test_a_case_chunk_scores_alike_in_whichever_shard():
+    """Under --devices N each rank scores a run of whole case chunks: a case's numbers do not
+    depend on the cases scored before it (its masks are seeded by its chunk number)."""
+    from alseg.scoring.pool_inference import _score_cases
+    from alseg.scoring.sharding import shard_of
+
+    ctx = make_ctx()
+    chunks = list(enumerate(case_chunks(ctx, ctx.unlabelled)))
+    assert len(chunks) == len(SHAPES["3d_fullres"])
+    kw = dict(mc=True, deterministic=True, group=1, seed=4, what="")
+    full = dict(_score_cases(ctx, chunks, **kw))
+    for rank in range(2):
+        for c, (entropy, mc) in _score_cases(ctx, shard_of(chunks, rank, 2), **kw):
+            assert torch.equal(entropy, full[c][0]) and torch.equal(mc.bald, full[c][1].bald)
 
 
 # ----------------------------------------------------------------------------- embeddings
