@@ -129,7 +129,7 @@ class Pool:
     @property
     def small_items(self) -> bool:
         """Whether items are smaller than the patch (``--item-size``): training reads the image
-        around them and ignores unlabelled voxels, scoring reads a patch around each item."""
+        around them and ignores unlabelled voxels, scoring predicts each case by sliding window."""
         return self.item_size is not None
 
     def fingerprint(self) -> str:

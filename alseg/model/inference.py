@@ -21,16 +21,19 @@ The network runs in the mode it is in: eval for deterministic predictions, or in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
+from monai.inferers.utils import _get_scan_interval
 from torch import Tensor, nn
 
 from alseg.plans.models import Configuration
 
-__all__ = ["predict_volume"]
+__all__ = ["predict_volume", "sliding_window_logits", "sliding_windows"]
 
 OVERLAP = 0.5
 SIGMA_SCALE = 0.125  # nnU-Net's Gaussian: sigma = patch / 8
@@ -87,10 +90,30 @@ def predict_volume(
             out = out + torch.flip(forward(torch.flip(t, axes)), axes)
         return out / len(flips)
 
-    logits = sliding_window_inference(
+    logits = sliding_window_logits(predictor, batch, config.patch_size, sw_batch_size or config.batch_size, overlap)
+    logits = logits.movedim(0, 1) if dims == 2 else logits[0]  # (K, Z, Y, X)
+    if output == "logits":
+        return logits.float()
+    if output == "labels":
+        return logits.argmax(0)
+    return logits.float().softmax(0)
+
+
+def sliding_window_logits(
+    predictor: Callable[[Tensor], Tensor],
+    batch: Tensor,
+    patch_size: Sequence[int],
+    sw_batch_size: int,
+    overlap: float = OVERLAP,
+) -> Tensor:
+    """``predictor`` over windows of ``batch`` ``(B, C, *S)``, blended as nnU-Net blends them
+    (Gaussian weights, sigma = patch / 8; zero padding where ``S`` is smaller than the patch):
+    ``(B, K, *S)``. The one sliding window of evaluation, ``alseg predict`` and small-item scoring;
+    the windows are :func:`sliding_windows`."""
+    out = sliding_window_inference(
         batch,
-        roi_size=list(config.patch_size),
-        sw_batch_size=sw_batch_size or config.batch_size,
+        roi_size=list(patch_size),
+        sw_batch_size=sw_batch_size,
         predictor=predictor,
         overlap=overlap,
         mode="gaussian",
@@ -98,10 +121,21 @@ def predict_volume(
         padding_mode="constant",
         cval=0.0,
     )
-    logits = torch.as_tensor(logits)  # drop MetaTensor
-    logits = logits.movedim(0, 1) if dims == 2 else logits[0]  # (K, Z, Y, X)
-    if output == "logits":
-        return logits.float()
-    if output == "labels":
-        return logits.argmax(0)
-    return logits.float().softmax(0)
+    return torch.as_tensor(out)  # drop MetaTensor
+
+
+def sliding_windows(
+    shape: Sequence[int], patch_size: Sequence[int], overlap: float = OVERLAP
+) -> list[tuple[tuple[int, int], ...]]:
+    """The windows :func:`sliding_window_logits` predicts over spatial ``shape``, in its order, as
+    ``(start, stop)`` per axis. Where ``shape`` is smaller than the patch MONAI pads it (half
+    before, rounded down), so a window starts before 0 there and passes the border."""
+    shape, patch = [int(s) for s in shape], [int(p) for p in patch_size]
+    padded = [max(s, p) for s, p in zip(shape, patch)]
+    before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
+    # MONAI's own step (private): the grid must be the one sliding_window_inference walks
+    interval = _get_scan_interval(padded, patch, len(patch), (overlap,) * len(patch))
+    return [
+        tuple((sl.start - b, sl.stop - b) for sl, b in zip(window, before))
+        for window in dense_patch_slices(padded, patch, interval)
+    ]

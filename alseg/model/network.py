@@ -185,15 +185,19 @@ class SegNetwork(DynUNet):
             self.heads[i] = _EMPTY
         return h
 
-    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         """Global-average-pooled activation of the bottleneck block (Core-Set, Sener & Savarese 2018): ``(N, F_b)``.
 
         ``valid`` (``(N, *S)``, bool) marks real pixels of padded items: each bottleneck cell is
         then weighted by the share of valid pixels it covers, so padding does not dilute the mean.
+        ``rows`` (``(M,)``): item ``j`` lies in input ``rows[j]``, its pixels ``valid[j]``
+        (``(M, *S)``), so one forward of a window serves every small item in it; ``(M, F_b)``.
         """
         h = x
         for block in self.encoder_blocks():
             h = block(h)
+        if rows is not None:
+            h = h[rows]
         if valid is None:
             return h.flatten(2).mean(dim=2)
         pool = F.adaptive_avg_pool2d if h.ndim == 4 else F.adaptive_avg_pool3d
@@ -360,7 +364,9 @@ def per_sample_gradients(
     return flat[:, :max_dim] if max_dim is not None else flat
 
 
-def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = None) -> Tensor:
+def head_gradient_embedding(
+    model: nn.Module, x: Tensor, valid: Tensor | None = None, rows: Tensor | None = None
+) -> Tensor:
     """BADGE(LL) gradient embedding (Ash et al. 2020) in closed form: ``(N, K * (F_0 + 1))``.
 
     For the 1x1 head conv ``z = W h + b`` and the pseudo-label ``ŷ = argmax z`` the gradient
@@ -368,6 +374,8 @@ def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = 
     are the classes, each ``[dW_k (F_0 values), db_k]``, flattened class-major. Equal to
     ``per_sample_gradients(net, x, net.head_parameters())`` up to the order of the entries,
     without a backward pass. ``valid`` (``(N, *S)``, bool) drops the terms of padding pixels.
+    ``rows`` (``(M,)``): item ``j`` lies in input ``rows[j]``, its pixels ``valid[j]``, so one
+    forward of a window serves every small item in it; ``(M, K * (F_0 + 1))``.
     Runs in eval mode (restored afterwards), without gradients, in float32.
     """
     net = unwrap_network(model)
@@ -376,6 +384,8 @@ def head_gradient_embedding(model: nn.Module, x: Tensor, valid: Tensor | None = 
         z = net.output_block(h).float()
         p = z.softmax(1)
         residual = p - F.one_hot(z.argmax(1), z.shape[1]).movedim(-1, 1).to(p.dtype)
+        if rows is not None:
+            h, residual = h[rows], residual[rows]
         if valid is not None:
             residual = residual * valid.unsqueeze(1).to(p.dtype)
         dw = residual.flatten(2) @ h.flatten(2).transpose(1, 2)

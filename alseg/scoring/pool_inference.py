@@ -16,11 +16,14 @@ How the pass is organised:
 * **Padding**: an item smaller than the plan's patch (a slice smaller than the patch) is
   zero-padded to the patch, centred as training pads it (``datamodule._axis_start``), so the
   network always sees patch-sized inputs whose sizes the strides divide. A ``valid`` mask
-  marks the item's own pixels; every score is a mean (or sum) over those only. Items smaller
-  than the patch (``--item-size``) are read instead with the image around them: the patch-sized
-  window :meth:`Pool.context_window` centred on the item (moved inside the case), one forward
-  per item, ``valid`` marking the item's voxels in it — so the scores and the embeddings
-  (weighted by ``valid``) are the item's, seen with the context training sees.
+  marks the item's own pixels; every score is a mean (or sum) over those only.
+* **Items smaller than the patch** (``--item-size``) are scored case by case instead
+  (:mod:`alseg.scoring.case_windows`): one chunk per case holding requested items, the case
+  predicted once per pass by the plan's sliding window and the voxel scores summed over the
+  item boxes, so a pass costs the case's windows, not one forward per item. Per-item reading
+  stays for USIM's gradients and as the reference (``score_pool(per_item=True)``): the
+  patch-sized window :meth:`Pool.context_window` centred on the item, ``valid`` marking the
+  item's voxels in it.
 * **One deterministic pass** (eval mode, dropout off) gives Max Entropy.
 * **T MC dropout passes** (:func:`alseg.model.network.mc_dropout` at ``ctx.dropout_mc``) are
   streamed through :class:`alseg.scoring.scores.MCDropoutAccumulator`. Several passes run
@@ -60,6 +63,14 @@ from torch import Tensor, nn
 from alseg.data.pool import Pool, read_window
 from alseg.model.network import eval_mode, mc_dropout
 from alseg.progress import console, make_progress
+from alseg.scoring.case_windows import (
+    CaseView,
+    case_entropy,
+    case_mc_scores,
+    case_view,
+    embedding_windows,
+    window_valid,
+)
 from alseg.scoring.scores import MCDropoutAccumulator, MCScores, item_entropy
 from alseg.scoring.sharding import Numbered, map_chunks
 
@@ -70,6 +81,8 @@ __all__ = [
     "eval_mode",
     "measure_batch_uncertainty",
     "batch_uncertainty",
+    "case_batches",
+    "case_chunks",
     "chunk_batches",
     "chunk_seed",
     "inference_batch_size",
@@ -77,6 +90,7 @@ __all__ = [
     "pool_chunks",
     "score_pool",
     "seeded_torch_from",
+    "window_batches",
 ]
 
 #: Most samples (items x passes) in one forward, as a multiple of ``ctx.batch_size``: T passes
@@ -263,6 +277,64 @@ def pool_chunks(ctx: ScoringContext, indices: np.ndarray, batch_size: int | None
     return [order[start : start + bs] for start in range(0, len(order), bs)]
 
 
+def case_chunks(ctx: ScoringContext, indices: np.ndarray) -> list[np.ndarray]:
+    """The chunks of a pass over small items: one per case holding requested items (the cases
+    in the order of their first item, each case's items in the order given). Like
+    :func:`pool_chunks`, fixed by the items alone."""
+    order = _group_by_case(ctx, np.asarray(indices, dtype=np.int64).reshape(-1))
+    if len(order) == 0:
+        return []
+    cases = [ctx.pool[int(i)].case_id for i in order]
+    return np.split(order, [j for j in range(1, len(order)) if cases[j] != cases[j - 1]])
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
+    """A host array on ``device`` (through pinned memory to a GPU)."""
+    t = torch.from_numpy(a)
+    pin = device.type == "cuda"
+    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+
+def case_batches(ctx: ScoringContext, numbered: Numbered) -> Iterator[tuple[int, np.ndarray, CaseView, Tensor]]:
+    """``(chunk number, pool indices, the case's view, view.images on ctx.device)`` for each
+    case chunk of :func:`case_chunks`; a background thread reads the next cases."""
+    device = torch.device(ctx.device)
+
+    def host() -> Iterator[CaseView]:
+        for _, idx in numbered:
+            yield case_view(ctx.pool, ctx.load_image(ctx.pool[int(idx[0])].case_id), idx)
+
+    for (c, idx), view in zip(numbered, _prefetch(host(), PREFETCH_CHUNKS)):
+        yield c, idx, view, _to_device(view.images, device)
+
+
+def window_batches(
+    ctx: ScoringContext, numbered: Numbered
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, Tensor, Tensor, Tensor]]:
+    """Small items' embedding inputs, case chunk by case chunk (:func:`case_chunks`), at most
+    ``ctx.batch_size`` windows at a time: ``(chunk number, the chunk's pool indices, positions
+    in them of this batch's items, windows (n, C, *patch), rows (m,), valid (m, *patch))``, the
+    tensors on ``ctx.device``; item ``pos[j]`` lies in window ``rows[j]``, its voxels
+    ``valid[j]`` (:func:`alseg.scoring.case_windows.embedding_windows`)."""
+    device = torch.device(ctx.device)
+    pool, bs = ctx.pool, max(1, int(ctx.batch_size))
+    two_d = len(pool.patch_size) == 2
+
+    def host() -> Iterator[tuple]:
+        for c, idx in numbered:
+            volume = ctx.load_image(pool[int(idx[0])].case_id)
+            windows, which = embedding_windows(pool, idx, tuple(volume.shape[1:]))
+            for w0 in range(0, len(windows), bs):
+                x = np.stack([read_window(volume, w) for w in windows[w0 : w0 + bs]]).astype(np.float32, copy=False)
+                x = x[:, :, 0] if two_d else x
+                pos = np.flatnonzero((which >= w0) & (which < w0 + bs))
+                valid = window_valid(pool, idx[pos], windows, which[pos])
+                yield c, idx, pos, x, which[pos] - w0, valid
+
+    for c, idx, pos, x, rows, valid in _prefetch(host(), PREFETCH_CHUNKS):
+        yield c, idx, pos, _to_device(x, device), _to_device(rows, device), _to_device(valid, device)
+
+
 def chunk_batches(ctx: ScoringContext, numbered: Numbered) -> Iterator[tuple[int, np.ndarray, Tensor, Tensor]]:
     """``(chunk number, pool indices, images, valid)`` for each ``(number, indices)`` of
     ``numbered``, on ``ctx.device`` (see :func:`item_batches`); a background thread prepares
@@ -371,6 +443,38 @@ def _score_chunks(
                 bar.advance(task, len(chunk))
 
 
+def _score_cases(
+    ctx: ScoringContext, numbered: Numbered, *, mc: bool, deterministic: bool, group: int, seed: int, what: str
+) -> Iterator[tuple[int, tuple[Tensor | None, MCScores | None]]]:
+    """Chunk function of :func:`score_pool` for small items: per case chunk ``(entropy, MC
+    aggregates)`` from sliding windows over the case (:mod:`alseg.scoring.case_windows`), MC
+    masks seeded by :func:`chunk_seed` of the case chunk."""
+    net = ctx.model
+    patch = tuple(ctx.pool.patch_size)
+    bs = max(1, int(ctx.batch_size))
+    n = sum(len(idx) for _, idx in numbered)
+    show = bool(ctx.show_progress and console.is_terminal and n)
+    with (
+        make_progress() if show else nullcontext() as bar,
+        torch.inference_mode(),
+        eval_mode(net),
+        _forked_rng(ctx.device),
+    ):
+        task = bar.add_task(f"scoring {n} items by case ({what})", total=n) if show else None
+        for c, idx, view, images in case_batches(ctx, numbered):
+            entropy = mc_scores = None
+            if deterministic:
+                net.eval()
+                entropy = case_entropy(net, view, images, patch, bs)
+            if mc:
+                torch.manual_seed(chunk_seed(seed, c))
+                with mc_dropout(net, ctx.dropout_mc):
+                    mc_scores = case_mc_scores(net, view, images, patch, bs, int(ctx.mc_passes), group)
+            yield c, (entropy, mc_scores)
+            if show:
+                bar.advance(task, len(idx))
+
+
 def score_pool(
     ctx: ScoringContext,
     indices: np.ndarray | None = None,
@@ -379,6 +483,7 @@ def score_pool(
     *,
     passes_per_forward: int = DEFAULT_PASSES_PER_FORWARD,
     seed: int | None = None,
+    per_item: bool = False,
 ) -> PoolScores:
     """Score pool items in one pass (see the module docstring).
 
@@ -393,6 +498,9 @@ def score_pool(
             ``[1, T]``; measured in ``benchmarks/scoring.py``.
         seed: seeds the dropout masks (chunk by chunk, :func:`chunk_seed`); default one draw
             from ``ctx.rng``.
+        per_item: items smaller than the patch each in its own window (one forward per item and
+            pass), not by sliding window per case: the reference for tests and benchmarks.
+            Default items are always read one by one.
 
     Returns per-item aggregates aligned with ``indices`` (fields not computed are None).
     """
@@ -414,9 +522,11 @@ def score_pool(
     class_entropy = np.zeros((n, ctx.n_classes), np.float32) if mc else None
     group = max(1, min(int(passes_per_forward), max(int(ctx.mc_passes), 1)))
     what = " + ".join(([f"{ctx.mc_passes} MC passes"] if mc else []) + (["deterministic"] if deterministic else []))
-    chunks = pool_chunks(ctx, idx)
+    by_case = ctx.pool.small_items and not per_item
+    chunks = case_chunks(ctx, idx) if by_case else pool_chunks(ctx, idx)
+    work = _score_cases if by_case else _score_chunks
     kwargs = dict(mc=mc, deterministic=deterministic, group=group, seed=seed, what=what)
-    for c, (e, s) in map_chunks(ctx, list(enumerate(chunks)), _score_chunks, **kwargs):
+    for c, (e, s) in map_chunks(ctx, list(enumerate(chunks)), work, **kwargs):
         rows = np.fromiter((pos[int(i)] for i in chunks[c]), dtype=np.int64, count=len(chunks[c]))
         if deterministic:
             entropy[rows] = e.cpu().numpy()

@@ -44,8 +44,9 @@ class FeatureNetwork(Protocol):
 
     * ``forward(x)``: logits ``(N, K, *S)`` (a list whose first entry is that, under deep
       supervision); every strategy's probabilities are its softmax.
-    * ``bottleneck_features(x, valid)``: ``(N, F)`` pooled activation of the deepest encoder
-      stage, padding (``~valid``) weighted out (Core-Set).
+    * ``bottleneck_features(x, valid, rows)``: ``(N, F)`` pooled activation of the deepest
+      encoder stage, padding (``~valid``) weighted out (Core-Set); with ``rows`` one row per
+      small item, item ``j`` read from input ``rows[j]``.
     * ``head_parameters() / bottleneck_parameters() / decoder_parameters()``: names (in
       ``named_parameters()``) of the parameter groups whose per-sample gradients embed items:
       the segmentation head (BADGE), the bottleneck convs (USIMC), the decoder convs (USIMF).
@@ -63,7 +64,7 @@ class FeatureNetwork(Protocol):
 
     def __call__(self, x: Tensor) -> Tensor | list[Tensor]: ...
 
-    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None) -> Tensor: ...
+    def bottleneck_features(self, x: Tensor, valid: Tensor | None = None, rows: Tensor | None = None) -> Tensor: ...
 
     def head_parameters(self) -> list[str]: ...
 

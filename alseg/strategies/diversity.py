@@ -2,7 +2,9 @@
 
 Both map items to vectors with one deterministic pass over the pool (through pool inference's
 :func:`alseg.scoring.pool_inference.chunk_batches`, so padding is masked the same way; sharded
-over the ranks under ``--devices N``, :mod:`alseg.scoring.sharding`) and then
+over the ranks under ``--devices N``, :mod:`alseg.scoring.sharding`; items smaller than the
+patch case by case, each from a sliding window of its case that holds it,
+:func:`alseg.scoring.pool_inference.window_batches`, one forward per window) and then
 select with a rule that is its own tested function: k-center greedy
 (:mod:`alseg.strategies.kcenter`) and BADGE's k-means++ seeding (:func:`badge_seeding`).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +33,14 @@ from torch import Tensor
 
 from alseg.model.network import head_gradient_embedding, unwrap_network
 from alseg.progress import console, make_progress
-from alseg.scoring.pool_inference import ScoringContext, chunk_batches, eval_mode, pool_chunks
+from alseg.scoring.pool_inference import (
+    ScoringContext,
+    case_chunks,
+    chunk_batches,
+    eval_mode,
+    pool_chunks,
+    window_batches,
+)
 from alseg.scoring.sharding import Numbered, map_chunks
 from alseg.strategies.base import Artefacts, Selection, SelectionContext, Strategy, StrategyOptions
 from alseg.strategies.kcenter import k_center_greedy
@@ -39,8 +49,8 @@ __all__ = ["BadgeOptions", "BadgeStrategy", "CoreSetStrategy", "EmbeddingArtefac
 
 
 # ----------------------------------------------------------------------------- embeddings
-def _bottleneck(net, x: Tensor, valid: Tensor) -> Tensor:
-    return net.bottleneck_features(x, valid)
+def _bottleneck(net, x: Tensor, valid: Tensor, rows: Tensor | None = None) -> Tensor:
+    return net.bottleneck_features(x, valid) if rows is None else net.bottleneck_features(x, valid, rows)
 
 
 def _embed_chunks(ctx: ScoringContext, numbered: Numbered, *, fn, what: str) -> Iterator[tuple[int, Tensor]]:
@@ -63,18 +73,46 @@ def _embed_chunks(ctx: ScoringContext, numbered: Numbered, *, fn, what: str) -> 
                 bar.stop()
 
 
+def _embed_cases(ctx: ScoringContext, numbered: Numbered, *, fn, what: str) -> Iterator[tuple[int, Tensor]]:
+    """Chunk function of :func:`embed_items` for small items: per case chunk, ``fn`` once per
+    batch of the case's windows (:func:`window_batches`), rows in the chunk's order."""
+    net = unwrap_network(ctx.model)
+    n = sum(len(idx) for _, idx in numbered)
+    show = bool(ctx.show_progress and console.is_terminal and n)
+    with make_progress() if show else nullcontext() as bar, torch.inference_mode(), eval_mode(net):
+        task = bar.add_task(f"{what} of {n} items by case", total=n) if show else None
+        current, out = None, None
+        for c, idx, pos, x, rows, valid in window_batches(ctx, numbered):
+            if c != current:
+                if out is not None:
+                    yield current, out
+                current, out = c, None
+            e = fn(net, x, valid, rows=rows).float()
+            if out is None:
+                out = torch.empty((len(idx), e.shape[1]), dtype=torch.float32, device=e.device)
+            out[torch.as_tensor(pos, device=e.device)] = e
+            if show:
+                bar.advance(task, len(pos))
+        if out is not None:
+            yield current, out
+
+
 def embed_items(ctx: ScoringContext, indices: np.ndarray, fn, what: str) -> tuple[Tensor, float]:
     """``fn(net, x, valid)`` for every item of ``indices``, rows in the order given, kept on
     ``ctx.device``; returns the ``(N, D)`` embeddings and the seconds taken. ``fn`` is a
-    module-level function, so that a sharded pass (``ctx.ranks``) can send it to the other ranks."""
+    module-level function, so that a sharded pass (``ctx.ranks``) can send it to the other ranks.
+    Items smaller than the patch are read from their case's windows: ``fn(net, x, valid,
+    rows=rows)``, item ``j`` in window ``rows[j]`` (:func:`window_batches`)."""
     t0 = time.perf_counter()
     indices = np.asarray(indices, dtype=np.int64)
     pos = {int(i): j for j, i in enumerate(indices)}
-    chunks = pool_chunks(ctx, indices)
+    by_case = ctx.pool.small_items
+    chunks = case_chunks(ctx, indices) if by_case else pool_chunks(ctx, indices)
+    work = _embed_cases if by_case else _embed_chunks
     device = torch.device(ctx.device)
     out: Tensor | None = None
     with torch.inference_mode():
-        for c, e in map_chunks(ctx, list(enumerate(chunks)), _embed_chunks, fn=fn, what=what):
+        for c, e in map_chunks(ctx, list(enumerate(chunks)), work, fn=fn, what=what):
             e = e.to(device)
             if out is None:
                 out = torch.empty((len(indices), e.shape[1]), dtype=torch.float32, device=device)

@@ -2,7 +2,10 @@
 
 Padding: items smaller than the patch are zero-padded by pool inference's ``chunk_batches``;
 their padded pixels get the target ``IGNORE_INDEX`` so they add nothing to an item's loss (and
-gradient), exactly as the scores ignore them.
+gradient), exactly as the scores ignore them. Items smaller than the patch (``--item-size``) are
+read each in the patch-sized window centred on it, its own voxels valid (the per-item path of
+pool inference): a per-item gradient needs a backward of its own, so sharing the case's
+windows, as their scores do, would save the forwards only.
 
 Every pass runs chunk by chunk through :func:`alseg.scoring.sharding.map_chunks`, so under
 ``alseg loop --devices N`` the ranks share it and rank 0 gets the single-process result.
