@@ -5,6 +5,7 @@ re-runs a cell giving the cell's numbers."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -157,10 +158,15 @@ def test_with_candidates_a_strategy_sees_the_annotated_voxels_of_the_whole_label
     reads (USIM's class weights) are those of the labelled set, not of other items."""
     from alseg.active.loop import LoopDriver
     from alseg.active.oracles.labels import LabelStore
-    from alseg.strategies.base import Selection, Strategy
+    from alseg.strategies.base import Artefacts, Selection, Strategy
     from alseg.strategies.registry import STRATEGIES
 
     seen = {}
+
+    @dataclasses.dataclass(frozen=True)
+    class Counted(Artefacts):  # as USIM's: its own count of the candidates it kept
+        n_candidates: int
+        note: str
 
     class Recording(Strategy):
         name = "recording"
@@ -170,7 +176,7 @@ def test_with_candidates_a_strategy_sees_the_annotated_voxels_of_the_whole_label
             seen["counts"] = np.asarray(ctx.labelled_voxels_per_class).copy()
             seen["n_pool"] = len(ctx.pool)
             pick = ctx.unlabelled[: ctx.budget]
-            return Selection(pick, [None] * len(pick))
+            return Selection(pick, [None] * len(pick), artefacts=Counted(n_candidates=7, note="kept"))
 
     STRATEGIES["recording"] = Recording
     try:
@@ -185,3 +191,5 @@ def test_with_candidates_a_strategy_sees_the_annotated_voxels_of_the_whole_label
     expected = labels.voxels_per_class(driver.pool, driver.pool.mask(round0), driver.ws.plans.n_classes)
     assert expected[1:].sum() > 0
     np.testing.assert_array_equal(seen["counts"], expected)
+    record = json.loads((tmp_path / "run" / "rounds" / "round_001.json").read_text())
+    assert record["n_candidates"] == 7 and record["note"] == "kept"  # a strategy's artefacts win over the loop's

@@ -127,14 +127,15 @@ class RoundSelector:
                 self.run_path,
             )
         scores = [None if s is None or not math.isfinite(s) else float(s) for s in sel.scores]  # JSON: no NaN/inf
-        record = RoundRecord(
-            round=round_,
-            strategy=cfg.strategy,
-            selected=[pool[int(i)].id for i in sel.indices],
-            scores=scores,
-            batch_uncertainty=sel.batch_uncertainty,
-            seconds=seconds,
-            n_candidates=int((~labelled).sum()) if cfg.candidates is not None else None,
-            **(sel.artefacts.to_record() if sel.artefacts is not None else {}),
-        )
+        fields = {
+            "round": round_,
+            "strategy": cfg.strategy,
+            "selected": [pool[int(i)].id for i in sel.indices],
+            "scores": scores,
+            "batch_uncertainty": sel.batch_uncertainty,
+            "seconds": seconds,
+            **({"n_candidates": int((~labelled).sum())} if cfg.candidates is not None else {}),
+            **(sel.artefacts.to_record() if sel.artefacts is not None else {}),  # a strategy's own count wins
+        }
+        record = RoundRecord(**fields)
         return record, sel.embedding_map
