@@ -397,6 +397,22 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+@contextmanager
+def _scoring_pass(ctx: ScoringContext, n: int, label: str) -> Iterator[Callable[[int], None]]:
+    """What every scoring pass runs in: inference mode, the network in eval mode (each module's
+    mode restored after), a forked RNG (the MC masks leave the caller's stream alone) and a
+    progress bar over ``n`` items on a terminal; yields ``advance(k)``."""
+    show = bool(ctx.show_progress and console.is_terminal and n)
+    with (
+        make_progress() if show else nullcontext() as bar,
+        torch.inference_mode(),
+        eval_mode(ctx.model),
+        _forked_rng(ctx.device),
+    ):
+        task = bar.add_task(label, total=n) if show else None
+        yield (lambda k: bar.advance(task, k)) if show else (lambda k: None)
+
+
 def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int) -> MCScores:
     """T MC passes over one chunk (dropout already on): the per-item aggregates."""
     acc = MCDropoutAccumulator()
@@ -419,14 +435,7 @@ def _score_chunks(
     ``(entropy, MC aggregates)``, MC masks seeded by :func:`chunk_seed`."""
     net = ctx.model
     n = sum(len(idx) for _, idx in numbered)
-    show = bool(ctx.show_progress and console.is_terminal and n)
-    with (
-        make_progress() if show else nullcontext() as bar,
-        torch.inference_mode(),
-        eval_mode(net),
-        _forked_rng(ctx.device),
-    ):
-        task = bar.add_task(f"scoring {n} items ({what})", total=n) if show else None
+    with _scoring_pass(ctx, n, f"scoring {n} items ({what})") as advance:
         for c, chunk, x, valid in chunk_batches(ctx, numbered):
             entropy = mc_scores = None
             if deterministic:
@@ -439,8 +448,7 @@ def _score_chunks(
                 with mc_dropout(net, ctx.dropout_mc):
                     mc_scores = _mc_chunk(net, x, valid, int(ctx.mc_passes), group)
             yield c, (entropy, mc_scores)
-            if show:
-                bar.advance(task, len(chunk))
+            advance(len(chunk))
 
 
 def _score_cases(
@@ -453,14 +461,7 @@ def _score_cases(
     patch = tuple(ctx.pool.patch_size)
     bs = max(1, int(ctx.batch_size))
     n = sum(len(idx) for _, idx in numbered)
-    show = bool(ctx.show_progress and console.is_terminal and n)
-    with (
-        make_progress() if show else nullcontext() as bar,
-        torch.inference_mode(),
-        eval_mode(net),
-        _forked_rng(ctx.device),
-    ):
-        task = bar.add_task(f"scoring {n} items by case ({what})", total=n) if show else None
+    with _scoring_pass(ctx, n, f"scoring {n} items by case ({what})") as advance:
         for c, idx, view, images in case_batches(ctx, numbered):
             entropy = mc_scores = None
             if deterministic:
@@ -471,8 +472,7 @@ def _score_cases(
                 with mc_dropout(net, ctx.dropout_mc):
                     mc_scores = case_mc_scores(net, view, images, patch, bs, int(ctx.mc_passes), group)
             yield c, (entropy, mc_scores)
-            if show:
-                bar.advance(task, len(idx))
+            advance(len(idx))
 
 
 def score_pool(
