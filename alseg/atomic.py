@@ -19,7 +19,6 @@ set it outside tests.
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,14 +66,24 @@ def is_temp_file(path: Path) -> bool:
     return bool(_TEMP.match(Path(path).name))
 
 
-def remove_temp_files_of(path: Path) -> list[Path]:
-    """Delete the temp files a killed write of ``path`` left beside it (``.<name>.<random>.tmp*``);
-    returns them. Safe while nobody else writes ``path`` (e.g. the cases of one predict part)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    mine = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?")
-    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if mine.fullmatch(p.name) and p.is_file()]
+_TEMP_OF = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+
+
+def remove_temp_files_of(targets: Iterable[Path]) -> list[Path]:
+    """Delete the temp files killed writes of ``targets`` left beside them
+    (``.<name>.<random>.tmp*``), listing each folder once; returns them. Safe while nobody else
+    writes those targets (e.g. the cases of one predict part)."""
+    by_folder: dict[Path, set[str]] = {}
+    for t in targets:
+        by_folder.setdefault(Path(t).parent, set()).add(Path(t).name)
+    stale = []
+    for folder, names in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TEMP_OF.match(p.name)
+            if m and m["target"] in names and p.is_file():
+                stale.append(p)
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

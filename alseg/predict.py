@@ -213,9 +213,8 @@ def predict(
                 out_dir,
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for case in cases:  # debris of a killed earlier run: only this part writes these cases' files
-        for path in output_paths(out_dir, case.case_id):
-            remove_temp_files_of(path)
+    # debris of a killed earlier run: only this part writes these cases' files
+    remove_temp_files_of(path for case in cases for path in output_paths(out_dir, case.case_id))
     if skip_existing:
         cases = [c for c in cases if not _written(out_dir, c.case_id, save_probabilities)]
     written = []

@@ -340,15 +340,10 @@ def chunk_batches(ctx: ScoringContext, numbered: Numbered) -> Iterator[tuple[int
     ``numbered``, on ``ctx.device`` (see :func:`item_batches`); a background thread prepares
     the next chunks."""
     device = torch.device(ctx.device)
-    pin = device.type == "cuda"
     numbers = [c for c, _ in numbered]
     host = _prefetch(_host_chunks(ctx, [idx for _, idx in numbered]), PREFETCH_CHUNKS)
     for j, (idx, images, valid) in enumerate(host):
-        c = numbers[j]
-        x, v = torch.from_numpy(images), torch.from_numpy(valid)
-        if pin:
-            x, v = x.pin_memory(), v.pin_memory()
-        yield c, idx, x.to(device, non_blocking=pin), v.to(device, non_blocking=pin)
+        yield numbers[j], idx, _to_device(images, device), _to_device(valid, device)
 
 
 def item_batches(
