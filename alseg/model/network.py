@@ -71,6 +71,7 @@ __all__ = [
     "build_network",
     "head_gradient_embedding",
     "mc_dropout",
+    "output_logits",
     "per_sample_gradients",
     "unwrap_network",
 ]
@@ -302,7 +303,8 @@ def eval_mode(net: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _logits(out: Tensor | list[Tensor]) -> Tensor:
+def output_logits(out: Tensor | list[Tensor]) -> Tensor:
+    """The full-resolution logits of a forward: the first head under deep supervision, else ``out``."""
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
@@ -346,7 +348,7 @@ def per_sample_gradients(
     with eval_mode(net):
         if targets is None:
             with torch.no_grad():
-                targets = _logits(net(x)).argmax(1)
+                targets = output_logits(net(x)).argmax(1)
         targets = targets.long()
         wrt = {n: all_params[n].detach() for n in names}
         frozen = {n: p.detach() for n, p in all_params.items() if n not in wrt}
@@ -357,7 +359,7 @@ def per_sample_gradients(
             # swapping the parameter on the one module object under one name covers both paths,
             # while torch's weight tying would swap it twice and restore the wrong tensor.
             out = torch.func.functional_call(net, (w, frozen, buffers), (xi.unsqueeze(0),), tie_weights=False)
-            return F.cross_entropy(_logits(out), yi.unsqueeze(0), reduction="sum", ignore_index=IGNORE_INDEX)
+            return F.cross_entropy(output_logits(out), yi.unsqueeze(0), reduction="sum", ignore_index=IGNORE_INDEX)
 
         grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(wrt, x, targets)
     flat = torch.cat([grads[n].reshape(len(x), -1) for n in names], dim=1)

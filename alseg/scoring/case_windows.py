@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from alseg.data.pool import Pool
 from alseg.model.inference import sliding_window_logits, sliding_windows
+from alseg.model.network import output_logits
 from alseg.scoring.scores import MCDropoutAccumulator, MCScores, box_means, entropy_map
 
 __all__ = ["CaseView", "case_entropy", "case_mc_scores", "case_view", "embedding_windows", "window_valid"]
@@ -60,18 +61,14 @@ def case_view(pool: Pool, volume: np.ndarray, indices: np.ndarray) -> CaseView:
     return CaseView(images, boxes)
 
 
-def _logits(out: Tensor | list[Tensor]) -> Tensor:
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    return out.float()  # blend in float32 even under autocast
-
-
 def _probabilities(
     net: nn.Module, images: Tensor, patch: tuple[int, ...], sw_batch_size: int, copies: int = 1
 ) -> Tensor:
     """Softmax of the blended logits of ``copies`` passes of the network in its current mode (eval
     or MC dropout): ``(copies, K, Z', Y, X)``. The copies share the window batches."""
     batch = images.repeat(copies, *([1] * (images.ndim - 1))) if copies > 1 else images
-    p = sliding_window_logits(lambda t: _logits(net(t)), batch, patch, sw_batch_size).softmax(1)
+    # blend in float32 even under autocast
+    p = sliding_window_logits(lambda t: output_logits(net(t)).float(), batch, patch, sw_batch_size).softmax(1)
     if len(patch) == 3:
         return p
     # 2D: (copies * S, K, Y, X) -> (copies, K, S, Y, X)

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from alseg.data.pool import Pool, read_window
-from alseg.model.network import eval_mode, mc_dropout
+from alseg.model.network import eval_mode, mc_dropout, output_logits
 from alseg.progress import console, make_progress
 from alseg.scoring.case_windows import (
     CaseView,
@@ -362,10 +362,6 @@ def item_batches(
 
 
 # ----------------------------------------------------------------------------- network passes
-def _logits(out: Tensor | list[Tensor]) -> Tensor:
-    return out[0] if isinstance(out, (list, tuple)) else out
-
-
 @contextmanager
 def _forked_rng(device: torch.device | str) -> Iterator[None]:
     """Torch's generators (CPU and ``device``) restored on exit."""
@@ -416,7 +412,7 @@ def _mc_chunk(net: nn.Module, x: Tensor, valid: Tensor, passes: int, group: int)
     while done < passes:
         g = min(group, passes - done)
         xg = x if g == 1 else x.repeat(g, *([1] * (x.ndim - 1)))
-        p = _logits(net(xg)).float().softmax(1)
+        p = output_logits(net(xg)).float().softmax(1)
         for t in range(g):
             acc.update(p[t * n : (t + 1) * n])
         done += g
@@ -435,7 +431,7 @@ def _score_chunks(
             entropy = mc_scores = None
             if deterministic:
                 net.eval()
-                p = _logits(net(x)).float().softmax(1)
+                p = output_logits(net(x)).float().softmax(1)
                 entropy = item_entropy(p, valid)
                 del p
             if mc:
