@@ -753,12 +753,15 @@ def strategies() -> None:
 def report(
     exp_dirs: list[Path] = typer.Argument(..., help="Run or experiment directories (searched recursively)."),
     out_dir: Path = typer.Option(..., "-o", "--out", help="Report folder: report.html, summary.json, PNGs."),
+    finished_only: bool = typer.Option(
+        False, "--finished-only", help="Leave out runs still in progress (a grid not finished yet)."
+    ),
 ) -> None:
-    """Learning curves, AUC, pairwise penalty matrix and figures from finished runs."""
+    """Learning curves, AUC, pairwise penalty matrix and figures from the runs' recorded rounds."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.report import build_report
 
-    build_report(list(exp_dirs), out_dir)
+    build_report(list(exp_dirs), out_dir, finished_only=finished_only)
     out.print(f"wrote {out_dir / 'report.html'} and {out_dir / 'summary.json'}")
 
 

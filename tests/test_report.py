@@ -330,3 +330,33 @@ def test_a_loop_records_each_rounds_metrics_per_test_case(finished_run, tmp_path
     (setting,) = summary["settings"].values()
     assert set(setting["strategies"]["random"]["final_hd95_per_class"]) == {"Anterior", "Posterior"}
     assert (tmp_path / "report" / "per_case.csv").is_file()
+
+
+def test_unfinished_runs_shorten_the_comparison_with_a_note_and_finished_only_leaves_them_out(tmp_path):
+    """A grid in progress: one seed-1 run has only round 0. By default every strategy's numbers stop
+    at round 0 and a note names the run; --finished-only compares the finished runs over all rounds."""
+    exp = tmp_path / "exp"
+    _write_experiment(exp)
+    late = exp / "random" / "seed1"
+    metrics = (late / "metrics.csv").read_text().splitlines()
+    (late / "metrics.csv").write_text("\n".join(metrics[:2]) + "\n")
+    (late / "state.json").write_text(json.dumps({"round": 0, "labelled": [], "finished": False}))
+
+    cut = build_report([exp], tmp_path / "all")
+    assert cut["settings"]["Dataset004_Hippocampus/2d"]["rounds"] == [0]
+    assert any("1 run(s) have not finished (random seed 1)" in n and "--finished-only" in n for n in cut["notes"])
+
+    kept = build_report([exp], tmp_path / "finished", finished_only=True)
+    setting = kept["settings"]["Dataset004_Hippocampus/2d"]
+    assert setting["rounds"] == [0, 1, 2, 3]
+    assert setting["strategies"]["random"]["seeds"] == [0, 2]
+    assert setting["strategies"]["usim"]["seeds"] == [0, 1, 2]
+    assert setting["full_dice"] == pytest.approx(0.85)  # the full-data run has no state and stays
+    assert any(n == "Left out 1 unfinished run(s) (--finished-only): random seed 1." for n in kept["notes"])
+
+
+def test_finished_only_with_no_finished_run_is_one_line(tmp_path):
+    _write_run(tmp_path / "exp" / "r", "random", 0, [0.5])
+    (tmp_path / "exp" / "r" / "state.json").write_text(json.dumps({"round": 0, "labelled": [], "finished": False}))
+    with pytest.raises(AlsegError, match="no active-learning run below it has finished"):
+        build_report([tmp_path / "exp"], tmp_path / "report", finished_only=True)

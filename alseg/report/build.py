@@ -706,12 +706,32 @@ def _setting_figures(
     return found
 
 
-def build_report(exp_dirs: list[Path], out: Path) -> dict:
+def _unfinished_note(unfinished: list[RunRecord], left_out: bool) -> str:
+    """One line naming the active-learning runs whose loop has not finished (a grid in progress)."""
+    names = ", ".join(
+        f"{r.strategy} seed {r.seed}" for r in sorted(unfinished, key=lambda r: (r.strategy, r.seed or 0))
+    )
+    if left_out:
+        return f"Left out {len(unfinished)} unfinished run(s) (--finished-only): {names}."
+    return (
+        f"{len(unfinished)} run(s) have not finished ({names}): the numbers of their setting stop at the last "
+        "round every run reached; 'alseg report --finished-only' leaves them out."
+    )
+
+
+def build_report(exp_dirs: list[Path], out: Path, finished_only: bool = False) -> dict:
     """Read every run below ``exp_dirs`` and write figures, ``summary.json`` and ``report.html`` to ``out``.
 
+    ``finished_only`` leaves out active-learning runs whose ``state.json`` says they have not
+    finished (a grid still running), so the finished cells are compared over all their rounds.
     Returns the summary as a JSON-compatible dict (the content of ``summary.json``).
     """
     loaded = load_runs(exp_dirs)
+    unfinished = [r for r in loaded if not r.is_full and r.finished is False]
+    if finished_only:
+        loaded = [r for r in loaded if r.is_full or r.finished is not False]
+        if not any(not r.is_full for r in loaded):
+            raise AlsegError("no active-learning run below it has finished; leave out --finished-only", exp_dirs[0])
     runs = [r for r in loaded if r.has_dice]
     agreement = _agreement_runs([r for r in loaded if not r.has_dice and not r.is_full])
     curves = learning_curves(runs)
@@ -728,6 +748,8 @@ def build_report(exp_dirs: list[Path], out: Path) -> dict:
     notes += [
         f"{s}: full-data run without active-learning runs, ignored." for s in sorted(set(references) - set(curves))
     ]
+    if unfinished:
+        notes.append(_unfinished_note(unfinished, finished_only))
 
     settings: dict[str, SettingSummary] = {}
     figure_paths: dict[str, dict[str, list[Path]]] = {}
