@@ -756,12 +756,20 @@ def report(
     finished_only: bool = typer.Option(
         False, "--finished-only", help="Leave out runs still in progress (a grid not finished yet)."
     ),
+    x_axis: str = typer.Option(
+        "items",
+        "--x-axis",
+        help="items: curves and AUC vs labelled items; voxels: vs annotated voxels (to compare --item-size runs).",
+    ),
 ) -> None:
     """Learning curves, AUC, pairwise penalty matrix and figures from the runs' recorded rounds."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
     from alseg.report import build_report
+    from alseg.report.curves import X_AXES
 
-    build_report(list(exp_dirs), out_dir, finished_only=finished_only)
+    if x_axis not in X_AXES:
+        raise AlsegError(f"--x-axis must be one of {', '.join(X_AXES)}, got {x_axis!r}")
+    build_report(list(exp_dirs), out_dir, finished_only=finished_only, x_axis=x_axis)
     out.print(f"wrote {out_dir / 'report.html'} and {out_dir / 'summary.json'}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import run_cli
 from matplotlib.image import imread
 
 from alseg.errors import AlsegError
@@ -360,3 +361,64 @@ def test_finished_only_with_no_finished_run_is_one_line(tmp_path):
     (tmp_path / "exp" / "r" / "state.json").write_text(json.dumps({"round": 0, "labelled": [], "finished": False}))
     with pytest.raises(AlsegError, match="no active-learning run below it has finished"):
         build_report([tmp_path / "exp"], tmp_path / "report", finished_only=True)
+
+
+def _set_item_size(run_dir: Path, size: list[int], voxels_per_round: int) -> None:
+    """Mark ``run_dir`` as a ``--item-size`` run whose rounds annotate ``voxels_per_round`` each."""
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "item_size": size}))
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    rows = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        cells[2] = str(voxels_per_round * (int(cells[0]) + 1))
+        rows.append(",".join(cells))
+    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_item_size_runs_are_their_own_setting_and_voxels_axis_integrates_over_annotated_voxels(tmp_path):
+    """Two arms of one strategy (patch-size items and 20x20 items) report side by side: the
+    small-item runs form their own setting (the same strategy name may appear in both), share
+    the full-data reference, and with x_axis='voxels' AUC and "to target" run along annotated voxels."""
+    exp = tmp_path / "exp"
+    for seed in range(2):
+        _write_run(exp / "patch" / f"seed{seed}", "random", seed, [0.5, 0.6, 0.7, 0.8])  # 4096 voxels/round
+        small = exp / "small" / f"seed{seed}"
+        _write_run(small, "random", seed, [0.5, 0.7, 0.8, 0.9])
+        _set_item_size(small, [20, 20], 1000)
+    (exp / "full").mkdir()
+    (exp / "full" / "config.json").write_text(
+        json.dumps({"strategy": "full", "dataset": "Dataset004_Hippocampus", "config": "2d", "labels": LABELS})
+    )
+    (exp / "full" / "metrics.csv").write_text(HEADER + "\n0,400,16384,0.900000,0.9,0.9,100.0,0,0\n")
+
+    summary = build_report([exp], tmp_path / "report", x_axis="voxels")
+    patch = summary["settings"]["Dataset004_Hippocampus/2d"]
+    small = summary["settings"]["Dataset004_Hippocampus/2d items 20x20"]
+    assert (patch["item_size"], small["item_size"]) == (None, [20, 20])
+    assert patch["x_axis"] == small["x_axis"] == "voxels"
+    assert patch["full_dice"] == small["full_dice"] == pytest.approx(0.9)
+    # small arm: Dice 0.5, 0.7, 0.8, 0.9 at 1000..4000 voxels: trapezoids (0.6 + 0.75 + 0.85) / 3
+    small_random, patch_random = small["strategies"]["random"], patch["strategies"]["random"]
+    assert small_random["auc_mean"] == pytest.approx((0.6 + 0.75 + 0.85) / 3)
+    assert small_random["final_n_voxels"] == 4000 and patch_random["final_n_voxels"] == 4 * 4096
+    # target 0.95 x 0.9 = 0.855: between 0.8 at 3000 and 0.9 at 4000 voxels; items: 300 -> 400
+    assert small_random["voxels_to_target"] == pytest.approx(3550.0)
+    assert small_random["items_to_target"] == pytest.approx(355.0)
+    assert patch_random["voxels_to_target"] is None  # the patch arm ends at 0.8
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "normalised AUC vs annotated voxels" in html and "Dataset004_Hippocampus/2d items 20x20" in html
+
+    by_items = build_report([exp], tmp_path / "items")  # the default axis: labelled items
+    assert by_items["settings"]["Dataset004_Hippocampus/2d items 20x20"]["strategies"]["random"][
+        "auc_mean"
+    ] == pytest.approx((0.6 + 0.75 + 0.85) / 3)  # items 100..400 are evenly spaced too
+    assert by_items["settings"]["Dataset004_Hippocampus/2d"]["x_axis"] == "items"
+
+
+def test_report_refuses_an_unknown_x_axis_in_one_line(tmp_path, capsys):
+    _write_run(tmp_path / "exp" / "r", "random", 0, [0.5, 0.6])
+    code, _, err = run_cli(["report", str(tmp_path / "exp"), "-o", str(tmp_path / "rep"), "--x-axis", "mm"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == ["error: --x-axis must be one of items, voxels, got 'mm'"]
+    assert not (tmp_path / "rep").exists()

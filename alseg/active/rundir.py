@@ -698,6 +698,8 @@ class RunSummary(BaseModel):
     seed: int | None = None
     budget: int | None = None
     initial: int | None = None
+    item_size: list[int] | None = None
+    """Annotation items smaller than the patch (``--item-size``); None: items of the patch size."""
 
     @model_validator(mode="after")
     def _active_runs_are_complete(self) -> RunSummary:

@@ -48,6 +48,10 @@ class StrategySummary(BaseModel):
     auc_std: float
     items_to_target: float | None
     final_n_items: float
+    final_n_voxels: float | None = None
+    """Annotated voxels at the last round, mean over seeds."""
+    voxels_to_target: float | None = None
+    """Annotated voxels at which the seed-mean Dice first reaches the target (interpolated)."""
     final_dice_mean: float
     final_dice_std: float
     final_dice_per_class: dict[str, float]
@@ -74,6 +78,10 @@ class PenaltySummary(BaseModel):
 class SettingSummary(BaseModel):
     dataset: str
     config: str
+    item_size: list[int] | None = None
+    """The runs' annotation items when smaller than the patch (``--item-size``)."""
+    x_axis: str = "items"
+    """What the curves and the AUC run along: labelled ``items`` or annotated ``voxels``."""
     full_dice: float | None
     target_dice: float | None
     rounds: list[int]
@@ -170,14 +178,18 @@ def _penalty(setting_curves: dict[str, dict[str, Curve]], strategies: list[str])
 def _strategy_summary(
     curve: Curve, target: float | None, phi: float, run_seconds: dict[str, float | None]
 ) -> StrategySummary:
-    aucs = np.array([normalised_auc(curve.n_items[k], curve.dice[k]) for k in range(len(curve.seeds))])
+    aucs = np.array([normalised_auc(curve.x_per_seed[k], curve.dice[k]) for k in range(len(curve.seeds))])
     mean_dice = curve.dice.mean(axis=0)
+    items = curve.n_items.mean(axis=0)
+    voxels = None if curve.n_voxels is None else curve.n_voxels.mean(axis=0)
     return StrategySummary(
         seeds=list(curve.seeds),
         auc_mean=float(aucs.mean()),
         auc_std=_std(aucs),
-        items_to_target=None if target is None else items_to_reach(curve.x, mean_dice, target),
-        final_n_items=float(curve.x[-1]),
+        items_to_target=None if target is None else items_to_reach(items, mean_dice, target),
+        final_n_items=float(items[-1]),
+        final_n_voxels=None if voxels is None else float(voxels[-1]),
+        voxels_to_target=None if target is None or voxels is None else items_to_reach(voxels, mean_dice, target),
         final_dice_mean=float(mean_dice[-1]),
         final_dice_std=_std(curve.dice[:, -1]),
         final_dice_per_class={name: float(v[:, -1].mean()) for name, v in curve.dice_per_class.items()},
@@ -342,22 +354,26 @@ def _img(path: Path) -> str:
 
 def _strategy_table(setting: SettingSummary) -> str:
     target = "" if setting.target_dice is None else f" (Dice ≥ {setting.target_dice:.3f})"
+    unit = "annotated voxels" if setting.x_axis == "voxels" else "items"
     head = (
-        "<tr><th>strategy</th><th>seeds</th><th>normalised AUC (mean ± std)</th>"
-        f"<th>items to {TARGET_FRACTION:.0%} of full-data Dice{target}</th><th>final items</th>"
+        f"<tr><th>strategy</th><th>seeds</th><th>normalised AUC vs {unit} (mean ± std)</th>"
+        f"<th>{unit} to {TARGET_FRACTION:.0%} of full-data Dice{target}</th><th>final {unit}</th>"
         "<th>final Dice (mean ± std)</th>"
         "<th>Φ (lower is better)</th></tr>"
     )
     best_auc = max(s.auc_mean for s in setting.strategies.values())
     rows = []
     for name, s in setting.strategies.items():
-        items = "not reached" if s.items_to_target is None else f"{s.items_to_target:.0f}"
+        to_target, final = s.items_to_target, s.final_n_items
+        if setting.x_axis == "voxels":
+            to_target, final = s.voxels_to_target, s.final_n_voxels or float("nan")
+        items = "not reached" if to_target is None else f"{to_target:,.0f}"
         if setting.target_dice is None:
             items = "no full-data run"
         cls = ' class="best"' if s.auc_mean == best_auc else ""
         rows.append(
             f"<tr{cls}><td>{html.escape(name)}</td><td>{len(s.seeds)}</td>"
-            f"<td>{_fmt(s.auc_mean)} ± {_fmt(s.auc_std)}</td><td>{items}</td><td>{s.final_n_items:.0f}</td>"
+            f"<td>{_fmt(s.auc_mean)} ± {_fmt(s.auc_std)}</td><td>{items}</td><td>{final:,.0f}</td>"
             f"<td>{_fmt(s.final_dice_mean)} ± {_fmt(s.final_dice_std)}</td><td>{_fmt(s.phi, 1)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
@@ -530,9 +546,12 @@ def _setting_summary(
         )
         for s in strategies
     }
+    first = next(iter(by_strategy.values()))
     summary = SettingSummary(
         dataset=group[0].dataset,
         config=group[0].config,
+        item_size=None if group[0].item_size is None else list(group[0].item_size),
+        x_axis=first.x_axis,
         full_dice=full,
         target_dice=target,
         rounds=rounds.tolist(),
@@ -646,6 +665,7 @@ def _learning_curves_figure(view: SettingView) -> list[Path]:
             full_dice=view.summary.full_dice,
             x_unit=figures.X_UNITS[view.summary.config],
             colours=view.colours,
+            x_label="annotated voxels" if view.summary.x_axis == "voxels" else None,
         )
     ]
 
@@ -719,11 +739,14 @@ def _unfinished_note(unfinished: list[RunRecord], left_out: bool) -> str:
     )
 
 
-def build_report(exp_dirs: list[Path], out: Path, finished_only: bool = False) -> dict:
+def build_report(exp_dirs: list[Path], out: Path, finished_only: bool = False, x_axis: str = "items") -> dict:
     """Read every run below ``exp_dirs`` and write figures, ``summary.json`` and ``report.html`` to ``out``.
 
     ``finished_only`` leaves out active-learning runs whose ``state.json`` says they have not
     finished (a grid still running), so the finished cells are compared over all their rounds.
+    ``x_axis``: ``items`` (labelled items, the paper's axis) or ``voxels`` (annotated voxels, the
+    cost when runs annotate items of different sizes, ``--item-size``); curves, AUC and the
+    table's "to target" column run along it.
     Returns the summary as a JSON-compatible dict (the content of ``summary.json``).
     """
     loaded = load_runs(exp_dirs)
@@ -734,7 +757,7 @@ def build_report(exp_dirs: list[Path], out: Path, finished_only: bool = False) -
             raise AlsegError("no active-learning run below it has finished; leave out --finished-only", exp_dirs[0])
     runs = [r for r in loaded if r.has_dice]
     agreement = _agreement_runs([r for r in loaded if not r.has_dice and not r.is_full])
-    curves = learning_curves(runs)
+    curves = learning_curves(runs, x_axis)
     if not curves and not agreement:
         raise AlsegError("only full-data runs found; the report needs active-learning runs", exp_dirs[0])
     references = full_data_dice(runs)
@@ -770,7 +793,8 @@ def build_report(exp_dirs: list[Path], out: Path, finished_only: bool = False) -
         notes.append(SURFACE_NOTE)
     case_tables: dict[str, tuple[list[str], list[dict]]] = {}
     for key, by_strategy in curves.items():
-        settings[key] = _setting_summary(key, by_strategy, runs, references.get(key), notes, case_rows)
+        data_setting = next(r.data_setting for r in runs if r.setting == key)
+        settings[key] = _setting_summary(key, by_strategy, runs, references.get(data_setting), notes, case_rows)
         figure_paths[key] = _setting_figures(key, settings[key], by_strategy, runs, out, colours)
         first = {(r.strategy, r.seed) for r in _first_seed_runs([r for r in runs if r.setting == key]).values()}
         last = settings[key].rounds[-1]

@@ -15,6 +15,7 @@ from alseg.report.runs import RunRecord
 __all__ = [
     "CONFIDENCE",
     "Curve",
+    "X_AXES",
     "common_rounds",
     "full_data_dice",
     "items_to_reach",
@@ -88,11 +89,25 @@ class Curve:
     dice_per_class: dict[str, np.ndarray]
     batch_uncertainty: np.ndarray
     """(seeds, rounds); NaN at round 0 and where not recorded."""
+    n_voxels: np.ndarray | None = None
+    """(seeds, rounds) annotated voxels (``n_labelled_voxels``)."""
+    x_axis: str = "items"
+    """What the curve is drawn and integrated against: ``items`` (labelled items) or ``voxels``
+    (annotated voxels: the cost when item sizes differ, as nnActive counts it)."""
+
+    @property
+    def x_per_seed(self) -> np.ndarray:
+        """(seeds, rounds) values of the x axis: labelled items or annotated voxels."""
+        if self.x_axis == "voxels":
+            if self.n_voxels is None:
+                raise ValueError("this curve has no annotated-voxel counts")
+            return self.n_voxels
+        return self.n_items
 
     @property
     def x(self) -> np.ndarray:
-        """Labelled items per round, averaged over seeds (the learning-curve x axis)."""
-        return self.n_items.mean(axis=0)
+        """The x axis per round, averaged over seeds (labelled items or annotated voxels)."""
+        return self.x_per_seed.mean(axis=0)
 
     def restricted(self, rounds: np.ndarray) -> Curve:
         """The same curve on a subset of its rounds, so settings compare strategies on equal budgets."""
@@ -106,6 +121,8 @@ class Curve:
             dice=self.dice[:, keep],
             dice_per_class={k: v[:, keep] for k, v in self.dice_per_class.items()},
             batch_uncertainty=self.batch_uncertainty[:, keep],
+            n_voxels=None if self.n_voxels is None else self.n_voxels[:, keep],
+            x_axis=self.x_axis,
         )
 
     def seed_rows(self, seeds: Sequence[int]) -> np.ndarray:
@@ -125,8 +142,15 @@ def _stack(runs: Sequence[RunRecord], rounds: np.ndarray, field: str) -> np.ndar
     return np.stack([getattr(r, field)[np.isin(r.rounds, rounds)] for r in runs])
 
 
-def learning_curves(runs: Iterable[RunRecord]) -> dict[str, dict[str, Curve]]:
-    """Group active runs by setting and strategy, aligning seeds on the rounds they all reached."""
+X_AXES = ("items", "voxels")
+"""Learning-curve x axes: labelled items (the paper's) or annotated voxels (nnActive's)."""
+
+
+def learning_curves(runs: Iterable[RunRecord], x_axis: str = "items") -> dict[str, dict[str, Curve]]:
+    """Group active runs by setting and strategy, aligning seeds on the rounds they all reached;
+    ``x_axis`` (:data:`X_AXES`) is what the curves are drawn and integrated against."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"x_axis must be one of {', '.join(X_AXES)}, got {x_axis!r}")
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for run in runs:
         if not run.is_full:
@@ -148,14 +172,17 @@ def learning_curves(runs: Iterable[RunRecord]) -> dict[str, dict[str, Curve]]:
                 for name in class_names
             },
             batch_uncertainty=_stack(members, rounds, "batch_uncertainty"),
+            n_voxels=_stack(members, rounds, "n_voxels"),
+            x_axis=x_axis,
         )
     return dict(curves)
 
 
 def full_data_dice(runs: Iterable[RunRecord]) -> dict[str, float]:
-    """Reference Dice per setting: the last row of each full-data run, averaged over such runs."""
+    """Reference Dice per dataset and configuration (:attr:`RunRecord.data_setting`, whatever the
+    item size): the last row of each full-data run, averaged over such runs."""
     finals: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         if run.is_full:
-            finals[run.setting].append(float(run.dice_mean[-1]))
+            finals[run.data_setting].append(float(run.dice_mean[-1]))
     return {setting: float(np.mean(values)) for setting, values in finals.items()}

@@ -65,8 +65,10 @@ def plot_learning_curves(
     full_dice: float | None = None,
     x_unit: str = "items",
     colours: Mapping[str, tuple[float, ...]] | None = None,
+    x_label: str | None = None,
 ) -> Path:
-    """Dice vs labelled items per strategy: the mean foreground Dice, then one panel per class.
+    """Dice vs labelled items (or ``x_label``: what the curves' x is) per strategy: the mean
+    foreground Dice, then one panel per class.
 
     Lines are means over seeds with a 95% CI band; a strategy with one seed has no band, and the
     legend and title say "one seed" (a band there would promise a spread nobody measured). The
@@ -91,7 +93,7 @@ def plot_learning_curves(
         if key is None and full_dice is not None:
             ax.axhline(full_dice, color="black", ls="--", lw=1.2, label=f"full data ({full_dice:.3f})")
         ax.set_title(f"Dice: {panel}", fontsize=10)
-        ax.set_xlabel(f"labelled items ({x_unit})")
+        ax.set_xlabel(x_label or f"labelled items ({x_unit})")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice (test set)")

@@ -64,6 +64,8 @@ class RunRecord:
     their ``dice_mean`` and ``dice_per_class`` are NaN. None for runs with Dice."""
     case_metrics: dict[int, Path] = field(default_factory=dict)
     """Round → ``round_XXX_cases.csv``: Dice, HD95 and surface Dice per test case and class."""
+    item_size: tuple[int, ...] | None = None
+    """The run's annotation items when smaller than the patch (``--item-size``), else None."""
 
     @property
     def has_dice(self) -> bool:
@@ -72,7 +74,15 @@ class RunRecord:
 
     @property
     def setting(self) -> str:
-        """Runs are compared only within one dataset and one plan configuration."""
+        """Runs are compared only within one dataset, one plan configuration and one item size:
+        ``Hippocampus/2d``, or ``Hippocampus/2d items 20x20`` for runs with ``--item-size 20,20``."""
+        if self.item_size is None:
+            return self.data_setting
+        return f"{self.data_setting} items {'x'.join(map(str, self.item_size))}"
+
+    @property
+    def data_setting(self) -> str:
+        """Dataset and configuration only: the full-data reference serves every item size."""
         return f"{self.dataset}/{self.config}"
 
     @property
@@ -121,6 +131,7 @@ def load_run(run_dir: Path) -> RunRecord:
         labelled_voxels=read_labelled_voxels(run_dir, rounds),
         agreement=agreement,
         case_metrics=case_metric_files(run_dir),
+        item_size=None if cfg.item_size is None else tuple(cfg.item_size),
     )
 
 
