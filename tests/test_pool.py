@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alseg.data.pool import Pool, tile_starts, window_starts
+from alseg.data.pool import Pool, tile_starts, union_volume, window_starts
 
 
 def test_window_starts_cover_with_half_overlap():
@@ -96,3 +96,39 @@ def test_small_items_are_windows_of_one_slice_in_2d():
 def test_item_size_larger_than_the_patch_is_refused():
     with pytest.raises(ValueError, match="does not fit the patch size"):
         Pool.build({"a": (36, 50, 35)}, "3d_fullres", (40, 56, 40), item_size=(41, 20, 20))
+
+
+def test_union_volume_counts_overlaps_once():
+    assert union_volume([((0, 2), (0, 3), (0, 4))]) == 24
+    assert union_volume([((0, 1), (0, 20), (0, 20)), ((0, 1), (15, 35), (0, 20))]) == 35 * 20  # 5 rows shared
+    assert union_volume([((0, 1), (0, 20), (0, 20)), ((1, 2), (0, 20), (0, 20))]) == 800  # other slice: disjoint
+    assert union_volume([((0, 4), (0, 4), (0, 4)), ((1, 3), (1, 3), (1, 3))]) == 64  # nested
+
+
+def test_pool_voxels_are_the_union_of_the_items_against_a_painted_mask():
+    """Border tiles of --item-size overlap; the annotated voxels are the union of the boxes."""
+    shapes = {"a": (3, 50, 35), "b": (2, 48, 40)}
+    pool = Pool.build(shapes, "2d", (56, 40), item_size=(20, 20))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        chosen = rng.choice(len(pool), size=12, replace=False)
+        painted = {c: np.zeros(s, dtype=bool) for c, s in shapes.items()}
+        for i in chosen:
+            painted[pool[int(i)].case_id][tuple(slice(a, b) for a, b in pool[int(i)].box)] = True
+        assert pool.voxels(chosen) == sum(int(m.sum()) for m in painted.values())
+    whole_slice = [pool.index[f"a:2d:1:{y}:{x}"] for y in (0, 15, 30) for x in (0, 15)]
+    assert pool.voxels(whole_slice) == 50 * 35 < sum(pool[i].n_voxels for i in whole_slice) == 6 * 400
+    default = Pool.build(shapes, "2d", (56, 40))  # one item per slice: the sum, as before
+    assert default.voxels(range(len(default))) == 3 * 50 * 35 + 2 * 48 * 40
+
+
+def test_label_store_counts_overlapping_items_voxels_once(tmp_path):
+    from alseg.active.oracles.labels import UNLABELLED, LabelStore
+
+    pool = Pool.build({"a": (1, 50, 35)}, "2d", (56, 40), item_size=(20, 20))
+    store = LabelStore(tmp_path, {"a": (1, 50, 35)})
+    vol = np.full((1, 50, 35), UNLABELLED, dtype=np.uint8)
+    vol[0, 0:35, 0:20] = 1  # the union of tiles (0, 0) and (15, 0), 35 x 20 voxels of class 1
+    np.save(tmp_path / "a.npy", vol)
+    labelled = pool.mask(["a:2d:0:0:0", "a:2d:0:15:0"])
+    np.testing.assert_array_equal(store.voxels_per_class(pool, labelled, 3), [0, 35 * 20, 0])

@@ -25,7 +25,7 @@ import numpy as np
 
 from alseg.data.cache import CaseCache
 
-__all__ = ["Item", "Pool", "normalise_item_size", "read_window", "tile_starts", "window_starts"]
+__all__ = ["Item", "Pool", "normalise_item_size", "read_window", "tile_starts", "union_volume", "window_starts"]
 
 
 def window_starts(size: int, patch: int) -> list[int]:
@@ -113,7 +113,14 @@ class Pool:
         return sorted({it.case_id for it in self.items})
 
     def voxels(self, indices: np.ndarray | list[int]) -> int:
-        return int(sum(self.items[i].n_voxels for i in indices))
+        """Voxels inside the union of the items' boxes: what an annotator labels. Overlapping
+        items (half-overlapping patch windows, the border tiles of ``--item-size``) count their
+        shared voxels once."""
+        by_case: dict[str, list[tuple[tuple[int, int], ...]]] = {}
+        for i in indices:
+            item = self.items[int(i)]
+            by_case.setdefault(item.case_id, []).append(item.box)
+        return sum(union_volume(boxes) for boxes in by_case.values())
 
     def items_per_case(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -250,6 +257,25 @@ def _tiles(case_shapes: dict[str, tuple[int, ...]], config_name: str, item_size:
                     box = tuple((a, min(a + p, s)) for a, p, s in zip((z0, y0, x0), size, shape))
                     items.append(Item(f"{case_id}:{tag}:{z0}:{y0}:{x0}", case_id, box))
     return items
+
+
+def union_volume(boxes: list[tuple[tuple[int, int], ...]]) -> int:
+    """Voxels in the union of axis-aligned ``(start, stop)`` boxes, exactly, without a volume:
+    the boxes' edges cut each axis into intervals, and the covered cells of that (small) grid
+    are summed by their sizes."""
+    if len(boxes) == 1:
+        return int(np.prod([b - a for a, b in boxes[0]]))
+    arr = np.asarray(boxes, dtype=np.int64)  # (n, axes, 2)
+    edges = [np.unique(arr[:, d, :]) for d in range(arr.shape[1])]
+    covered = np.zeros([len(e) - 1 for e in edges], dtype=bool)
+    for box in arr:
+        covered[tuple(slice(*np.searchsorted(e, box[d])) for d, e in enumerate(edges))] = True
+    sizes = np.ones(covered.shape, dtype=np.int64)
+    for d, e in enumerate(edges):
+        shape = [1] * len(edges)
+        shape[d] = len(e) - 1
+        sizes = sizes * np.diff(e).reshape(shape)
+    return int(sizes[covered].sum())
 
 
 def read_window(volume: np.ndarray, box: tuple[tuple[int, int], ...]) -> np.ndarray:

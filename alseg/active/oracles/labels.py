@@ -61,7 +61,9 @@ class LabelStore:
             by_case.setdefault(pool[i].case_id, []).append(int(i))
         for case_id, idx in by_case.items():
             vol = self.load(case_id)
+            inside = np.zeros(vol.shape, dtype=bool)  # the union of the items: overlaps count once
             for i in idx:
-                patch = vol[tuple(slice(a, b) for a, b in pool[i].box)]
-                counts += np.bincount(patch[patch != UNLABELLED].ravel(), minlength=n_classes)[:n_classes]
+                inside[tuple(slice(a, b) for a, b in pool[i].box)] = True
+            values = vol[inside & (vol != UNLABELLED)]
+            counts += np.bincount(values.ravel(), minlength=n_classes)[:n_classes]
         return counts
