@@ -6,7 +6,8 @@ run with ``--item-size 20,20`` at the same voxel budget (docs/small-items.md), a
 markdown row per run and round: labelled items, annotated voxels, foreground voxels annotated,
 test Dice. Annotated voxels are recomputed from the round files as the union of the labelled
 items' boxes (``Pool.voxels``), so runs recorded before overlapping border tiles were counted
-once read the same as runs recorded after. ``--csv`` writes the rows too.
+once read the same as runs recorded after. ``--csv`` writes the rows too, ``--figure`` draws
+test Dice against annotated voxels, one line per run.
 
     python benchmarks/small_items_2d.py --plan PLAN GRID/random/seed_0 GRID/bald/seed_0 \
         SMALL/random/seed_0 SMALL/bald/seed_0 --csv docs/figures/small_items_2d.csv
@@ -59,11 +60,37 @@ def run_rows(run: Path, plan_dir: Path) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], out: Path) -> None:
+    """Test Dice against annotated voxels, one line per (arm, strategy, seed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    runs = sorted({(r["arm"], r["strategy"], r["seed"]) for r in rows})
+    strategies = sorted({strategy for _, strategy, _ in runs})
+    for arm, strategy, seed in runs:
+        mine = [r for r in rows if (r["arm"], r["strategy"], r["seed"]) == (arm, strategy, seed)]
+        ax.plot(
+            [r["annotated_voxels"] for r in mine],
+            [r["dice_mean"] for r in mine],
+            marker="o" if arm.startswith("patch") else "s",
+            ls="-" if arm.startswith("patch") else "--",
+            color=f"C{strategies.index(strategy)}",
+            label=f"{strategy}, {arm} (seed {seed})",
+        )
+    ax.set(xlabel="annotated voxels", ylabel="mean test Dice", title="Dice per annotated voxel, by item size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.json, rounds/, metrics.csv)")
     parser.add_argument("--plan", type=Path, required=True, help="the plan folder the runs trained from")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
+    parser.add_argument("--figure", type=Path, help="also draw Dice against annotated voxels to this PNG")
     args = parser.parse_args()
     rows = [row for run in args.runs for row in run_rows(run, args.plan)]
     print("| arm | strategy | round | items | annotated voxels | foreground voxels | test Dice |")
@@ -79,6 +106,8 @@ def main() -> None:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if args.figure:
+        plot(rows, args.figure)
 
 
 if __name__ == "__main__":
