@@ -20,6 +20,8 @@ import csv
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from alseg.active.rundir import read_metrics
 from alseg.data.cache import CaseCache
 from alseg.data.pool import Pool
@@ -62,8 +64,6 @@ def run_rows(run: Path, plan_dir: Path) -> list[dict]:
 
 def plot(rows: list[dict], out: Path) -> None:
     """Test Dice against annotated voxels, one line per (arm, strategy, seed)."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     runs = sorted({(r["arm"], r["strategy"], r["seed"]) for r in rows})
