@@ -193,3 +193,18 @@ def test_with_candidates_a_strategy_sees_the_annotated_voxels_of_the_whole_label
     np.testing.assert_array_equal(seen["counts"], expected)
     record = json.loads((tmp_path / "run" / "rounds" / "round_001.json").read_text())
     assert record["n_candidates"] == 7 and record["note"] == "kept"  # a strategy's artefacts win over the loop's
+
+
+def test_the_committed_protocols_load_and_the_item_size_arm_differs_only_in_item_size_and_budgets():
+    """The files docs/hippocampus-grid.md and docs/small-items.md run: valid loop settings, and
+    the 20 x 20 arm is the grid's protocol with the item size and voxel-matched budgets."""
+    from alseg.active.settings import load_settings_file
+
+    results = BENCHMARKS / "results" / "hippocampus_2d"
+    grid = load_settings_file(results / "protocol.json", ["random", "bald"])
+    small = load_settings_file(results / "protocol_items_20x20.json", ["random", "bald"])
+    assert grid.item_size is None and list(small.item_size) == [20, 20]
+    changed = {k for k in LoopSettings.model_fields if getattr(grid, k) != getattr(small, k)}
+    assert changed == {"item_size", "initial", "budget", "candidates"}
+    # equal voxels: a median slice holds about 4.4 windows of 20 x 20
+    assert small.initial / grid.initial == small.budget / grid.budget == pytest.approx(4.4)
