@@ -375,7 +375,13 @@ def with_loop_options(fn):
 
 OracleOpt = Annotated[OracleName, typer.Option("--oracle", help=_h("oracle"))]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", min=0, help="Data loader processes (this process only; not stored).")
+    Optional[int],
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Data loader processes (default: 2 on CPU; not stored). Each draws its own seeded patches: "
+        "re-run with the same value to get the same numbers.",
+    ),
 ]
 OptionOpt = Annotated[list[str], typer.Option("--option", help=_h("strategy_options"))]
 
