@@ -48,9 +48,9 @@ class StrategySummary(BaseModel):
     auc_std: float
     items_to_target: float | None
     final_n_items: float
-    final_n_voxels: float | None = None
+    final_n_voxels: float
     """Annotated voxels at the last round, mean over seeds."""
-    voxels_to_target: float | None = None
+    voxels_to_target: float | None
     """Annotated voxels at which the seed-mean Dice first reaches the target (interpolated)."""
     final_dice_mean: float
     final_dice_std: float
@@ -180,16 +180,15 @@ def _strategy_summary(
 ) -> StrategySummary:
     aucs = np.array([normalised_auc(curve.x_per_seed[k], curve.dice[k]) for k in range(len(curve.seeds))])
     mean_dice = curve.dice.mean(axis=0)
-    items = curve.n_items.mean(axis=0)
-    voxels = None if curve.n_voxels is None else curve.n_voxels.mean(axis=0)
+    items, voxels = curve.n_items.mean(axis=0), curve.n_voxels.mean(axis=0)
     return StrategySummary(
         seeds=list(curve.seeds),
         auc_mean=float(aucs.mean()),
         auc_std=_std(aucs),
         items_to_target=None if target is None else items_to_reach(items, mean_dice, target),
         final_n_items=float(items[-1]),
-        final_n_voxels=None if voxels is None else float(voxels[-1]),
-        voxels_to_target=None if target is None or voxels is None else items_to_reach(voxels, mean_dice, target),
+        final_n_voxels=float(voxels[-1]),
+        voxels_to_target=None if target is None else items_to_reach(voxels, mean_dice, target),
         final_dice_mean=float(mean_dice[-1]),
         final_dice_std=_std(curve.dice[:, -1]),
         final_dice_per_class={name: float(v[:, -1].mean()) for name, v in curve.dice_per_class.items()},
@@ -366,7 +365,7 @@ def _strategy_table(setting: SettingSummary) -> str:
     for name, s in setting.strategies.items():
         to_target, final = s.items_to_target, s.final_n_items
         if setting.x_axis == "voxels":
-            to_target, final = s.voxels_to_target, s.final_n_voxels or float("nan")
+            to_target, final = s.voxels_to_target, s.final_n_voxels
         items = "not reached" if to_target is None else f"{to_target:,.0f}"
         if setting.target_dice is None:
             items = "no full-data run"

@@ -89,7 +89,7 @@ class Curve:
     dice_per_class: dict[str, np.ndarray]
     batch_uncertainty: np.ndarray
     """(seeds, rounds); NaN at round 0 and where not recorded."""
-    n_voxels: np.ndarray | None = None
+    n_voxels: np.ndarray
     """(seeds, rounds) annotated voxels (``n_labelled_voxels``)."""
     x_axis: str = "items"
     """What the curve is drawn and integrated against: ``items`` (labelled items) or ``voxels``
@@ -98,11 +98,7 @@ class Curve:
     @property
     def x_per_seed(self) -> np.ndarray:
         """(seeds, rounds) values of the x axis: labelled items or annotated voxels."""
-        if self.x_axis == "voxels":
-            if self.n_voxels is None:
-                raise ValueError("this curve has no annotated-voxel counts")
-            return self.n_voxels
-        return self.n_items
+        return self.n_voxels if self.x_axis == "voxels" else self.n_items
 
     @property
     def x(self) -> np.ndarray:
@@ -121,7 +117,7 @@ class Curve:
             dice=self.dice[:, keep],
             dice_per_class={k: v[:, keep] for k, v in self.dice_per_class.items()},
             batch_uncertainty=self.batch_uncertainty[:, keep],
-            n_voxels=None if self.n_voxels is None else self.n_voxels[:, keep],
+            n_voxels=self.n_voxels[:, keep],
             x_axis=self.x_axis,
         )
 

@@ -60,10 +60,12 @@ class LabelStore:
         for i in np.flatnonzero(labelled):
             by_case.setdefault(pool[i].case_id, []).append(int(i))
         for case_id, idx in by_case.items():
-            vol = self.load(case_id)
+            boxes = np.array([pool[i].box for i in idx], dtype=np.int64)  # (n, 3, 2)
+            lo, hi = boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)
+            vol = self.load(case_id)[tuple(slice(a, b) for a, b in zip(lo, hi))]  # the items' bounding box
             inside = np.zeros(vol.shape, dtype=bool)  # the union of the items: overlaps count once
-            for i in idx:
-                inside[tuple(slice(a, b) for a, b in pool[i].box)] = True
+            for box in boxes - lo[None, :, None]:
+                inside[tuple(slice(a, b) for a, b in box)] = True
             values = vol[inside & (vol != UNLABELLED)]
             counts += np.bincount(values.ravel(), minlength=n_classes)[:n_classes]
         return counts
