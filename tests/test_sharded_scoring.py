@@ -121,6 +121,7 @@ def _rank(rank: int, world: int, folder: str) -> None:
                 )
 
             torch.save(serve(make_context), folder_path / f"served_{rank}.pt")
+        dist.barrier()  # both ranks are done with the group before either tears it down (gloo aborts otherwise)
     finally:
         dist.destroy_process_group()
 
