@@ -202,6 +202,25 @@ def test_checkpoint_without_a_recorded_hash_is_still_checked_when_loaded(data, c
         driver.load_module(1)
 
 
+def test_a_resume_with_another_loader_worker_count_warns_and_records_it(data, copy: Path, capsys):
+    """Each data-loader process draws its own seeded patches: a resume that changes their number
+    cannot continue the run exactly, and says so (it still runs: another machine may need it)."""
+    run = RunDir(copy)
+    assert [run.load_round(k).loader_workers for k in (0, 1)] == [0, 0]  # the fit's count, recorded
+    _driver(data[1], copy, resume=True, rounds=2)  # the same count: nothing to say
+    assert "warning" not in capsys.readouterr().err
+    settings = LoopSettings(**{**TINY, "rounds": 2})
+    driver = LoopDriver(data[1], copy, settings, resume=True, workers=1, show_progress=False, given={"rounds"})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [
+        f"warning: {copy}: round(s) 0, 1 trained with 0 data-loader worker(s) and this process uses 1: the rounds "
+        "trained now draw other random patches than an uninterrupted run would (resume with --workers 0 to "
+        "continue it exactly)"
+    ]
+    driver.run_all()
+    assert [run.load_round(k).loader_workers for k in (0, 1, 2)] == [0, 0, 1]
+
+
 def test_dataset_changed_in_place_is_refused_before_planning(data, tmp_path: Path):
     dataset = tmp_path / "data"
     shutil.copytree(data[0], dataset)

@@ -113,14 +113,22 @@ def save_pictures(module, ws: Workspace, test_ids: list[str], run: RunDir, round
 
 
 def log_round(
-    run: RunDir, ws: Workspace, labels: LabelStore, labelled: np.ndarray, round_: int, row: MetricsRow
+    run: RunDir,
+    ws: Workspace,
+    labels: LabelStore,
+    labelled: np.ndarray,
+    round_: int,
+    row: MetricsRow,
+    loader_workers: int | None = None,
 ) -> None:
-    """Annotated voxels per class into the round file; the round's numbers (``row`` of
-    ``metrics.csv``) into TensorBoard. ``labelled`` marks the pool's labelled items."""
+    """Annotated voxels per class and the data-loader processes of the fit into the round file; the
+    round's numbers (``row`` of ``metrics.csv``) into TensorBoard. ``labelled`` marks the pool's
+    labelled items."""
     counts = labels.voxels_per_class(ws.pool, labelled, ws.plans.n_classes)
     names = {0: "background", **ws.foreground_labels}
     record = run.load_round(round_) or RoundRecord(round=round_)
     record.labelled_voxels_per_class = {names.get(c, str(c)): int(n) for c, n in enumerate(counts)}
+    record.loader_workers = loader_workers
     run.save_round(record)
     board = TensorBoardLogger(run.path, name=run.logs_dir.name, version=run.rounds_log_dir.name)
     scalars = {f"test/{k}": float(v) for k, v in row.dice.items()}

@@ -32,13 +32,13 @@ from alseg.active.evaluation import agreement_cases, log_round, measure_round, s
 from alseg.active.oracles.base import OracleContext
 from alseg.active.oracles.labels import UNLABELLED, LabelStore
 from alseg.active.oracles.registry import oracle_class
-from alseg.active.resume import check_same_data, resumed_config, verify_run
+from alseg.active.resume import check_same_data, loader_workers_warning, resumed_config, verify_run
 from alseg.active.rundir import AGREEMENT_COLUMN, Pending, RoundRecord, RunConfig, RunDir, RunState
 from alseg.active.selection import RoundSelector
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
-from alseg.data.datamodule import Region, SegDataModule
+from alseg.data.datamodule import Region, SegDataModule, default_num_workers
 from alseg.errors import AlsegError
 from alseg.model.module import SegmentationModule
 from alseg.model.progress_bar import RoundProgressBar
@@ -114,6 +114,7 @@ class LoopDriver:
     """
 
     ranks: ShardGroup | None = None  # rank 0 of several devices, between fits: the ranks share its pool passes
+    loader_workers: int | None = None  # data-loader processes of the last fit (recorded in its round file)
 
     def __init__(
         self,
@@ -176,6 +177,10 @@ class LoopDriver:
             verify_run(self.run, self.ws, self.state, self.labels)
             if self.config.rounds > self.state.round and self.state.finished:
                 self.state.finished = False
+            workers = default_num_workers() if self.workers is None else self.workers
+            warning = loader_workers_warning(self.run, self.state, workers)
+            if warning is not None:
+                console.print(warning, markup=False, highlight=False, soft_wrap=True)
         else:
             self.config = RunConfig(
                 **settings.model_dump(),
@@ -315,6 +320,7 @@ class LoopDriver:
             seed=seed,
             ignore_label=self.ignore_label,
         )
+        self.loader_workers = dm.num_workers
         epochs = self.config.round0_epochs if round_ == 0 else self.config.epochs
         bar = self.show_progress and _terminal()  # a log file gets the round lines, not a bar's redraws
         callbacks = [ActiveLoop(self, round_)] + ([RoundProgressBar(round_, epochs)] if bar else [])
@@ -332,7 +338,7 @@ class LoopDriver:
             module, self.ws, self.run, round_, labelled, seconds_train, self.config.agreement_cases
         )
         save_pictures(module, self.ws, self.test_ids, self.run, round_)
-        log_round(self.run, self.ws, self.labels, self.labelled_mask, round_, row)
+        log_round(self.run, self.ws, self.labels, self.labelled_mask, round_, row, self.loader_workers)
         self.run.write_metrics_row(row)
         self.state.round = round_
         self.state.finished = round_ >= self.config.rounds

@@ -11,7 +11,7 @@ from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace
 from alseg.errors import AlsegError
 
-__all__ = ["check_same_data", "resumed_config", "verify_run"]
+__all__ = ["check_same_data", "loader_workers_warning", "resumed_config", "verify_run"]
 
 
 def check_same_data(run: RunDir, stored: RunConfig, target: Path, data_hash: str | None) -> None:
@@ -68,3 +68,27 @@ def verify_run(run: RunDir, ws: Workspace, state: RunState, labels: LabelStore) 
     pending = state.pending.selected if state.pending else []
     rewritten = {labels.path(pool[i].case_id) for i in pool.indices(pending)}
     run.verify(state, {labels.path(c): n for c, n in per_case.items()}, rewritten)
+
+
+def loader_workers_warning(run: RunDir, state: RunState, workers: int) -> str | None:
+    """A warning when the finished rounds were trained with another number of data-loader processes
+    than ``workers`` (this process's): each process draws its own seeded patch stream, so the rounds
+    trained now will not equal those of an uninterrupted run. None when they match or nothing is
+    recorded (rounds written before the count was stored)."""
+    if state.finished:
+        return None
+    used = {}
+    for k in range(state.round + 1):
+        record = run.load_round(k)
+        if record is not None and record.loader_workers is not None:
+            used[k] = record.loader_workers
+    others = sorted({n for n in used.values() if n != workers})
+    if not others:
+        return None
+    rounds = [k for k, n in used.items() if n != workers]
+    counts = " or ".join(str(n) for n in others)
+    return (
+        f"warning: {run.path}: round(s) {', '.join(map(str, rounds))} trained with {counts} data-loader worker(s) and "
+        f"this process uses {workers}: the rounds trained now draw other random patches than an uninterrupted run "
+        f"would (resume with --workers {others[-1]} to continue it exactly)"
+    )

@@ -732,11 +732,14 @@ class RoundRecord(BaseModel):
     """Unlabelled items shown to the strategy (``--candidates``); absent: the whole pool."""
     labelled_voxels_per_class: dict[str, int] | None = None
     """Annotated voxels per label name (background included) once the round's training set was fixed."""
+    loader_workers: int | None = Field(default=None, ge=0)
+    """Data-loader processes that fed the round's training: each draws its own seeded patch stream,
+    so another count trains on other patches (absent: not recorded, runs before this field)."""
 
     def to_json(self) -> dict[str, Any]:
         """The file's content: the optional keys only when known, then the strategy's artefacts."""
         out = self.model_dump(mode="json")
-        for key in ("n_candidates", "labelled_voxels_per_class"):
+        for key in ("n_candidates", "labelled_voxels_per_class", "loader_workers"):
             if out[key] is None:
                 del out[key]
         return out
