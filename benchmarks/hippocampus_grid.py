@@ -12,7 +12,9 @@ Collect what has finished so far into the committed results (run it as often as 
 
 It writes ``curves.csv`` (one row per strategy, seed and round: labelled items, annotated voxels
 and foreground voxels, Dice mean and per class, batch uncertainty, seconds per phase),
-``cost.csv`` (seconds per phase and round, per strategy, and the grid's total) and
+``cost.csv`` (seconds per phase and round, per strategy, and the grid's total),
+``ranking.csv`` (per strategy over its finished seeds: final Dice and normalised AUC, mean and sd,
+and each strategy against the two baselines, random and random-fg, paired by seed) and
 ``cells/<strategy>/seed_<s>/`` (each cell's config.json, metrics.csv and round records without
 the embeddings), so that the evidence survives the machine the grid ran on. ``alseg report
 grid/exp -o ...`` draws the figures and the summary from the same run directories.
@@ -27,8 +29,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import ttest_rel
 
 from alseg.active.rundir import RunDir, find_run_dirs
+from alseg.report.curves import normalised_auc
+from alseg.report.penalty import ALPHA, pairwise_wins
 from alseg.report.runs import RunRecord, load_run
 
 PHASES = ("train", "eval", "score", "select")
@@ -44,6 +49,8 @@ CURVE_COLUMNS = [
     "batch_uncertainty",
     *(f"seconds_{p}" for p in PHASES),
 ]
+BASELINES = ("random", "random-fg")
+"""What every strategy is ranked against: uniform random, and nnActive's foreground-aware random."""
 
 
 def curve_rows(run: RunRecord) -> list[dict[str, object]]:
@@ -101,6 +108,62 @@ def cost_rows(runs: list[RunRecord]) -> list[dict[str, object]]:
     return out
 
 
+def _fmt(value: float, digits: int = 4) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def ranking_rows(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) -> list[dict[str, object]]:
+    """Per strategy (``curves``: strategy → seed → (labelled items, Dice) per round of a finished
+    cell): final Dice and normalised AUC over its seeds (mean, sd), and against each of
+    :data:`BASELINES` on the seeds both have: the mean paired AUC difference, its paired t-test p,
+    and in how many selection rounds (round 0 is shared, so left out) the strategy's Dice was
+    significantly above or below the baseline's (paired t-test, p < 0.05: the penalty matrix's
+    test). Fewer than 2 shared seeds leave the tests blank: one seed ranks nothing. Best AUC first."""
+    rows = []
+    for strategy, by_seed in curves.items():
+        seeds = sorted(by_seed)
+        auc = {s: normalised_auc(*by_seed[s]) for s in seeds}
+        final = np.array([by_seed[s][1][-1] for s in seeds])
+        aucs = np.array([auc[s] for s in seeds])
+        row: dict[str, object] = {
+            "strategy": strategy,
+            "seeds": ";".join(map(str, seeds)),
+            "final_dice_mean": _fmt(final.mean()),
+            "final_dice_sd": _fmt(final.std(ddof=1) if len(seeds) > 1 else float("nan")),
+            "auc_mean": _fmt(aucs.mean()),
+            "auc_sd": _fmt(aucs.std(ddof=1) if len(seeds) > 1 else float("nan")),
+        }
+        for base in BASELINES:
+            shared = sorted(set(seeds) & set(curves.get(base, {}))) if base != strategy else []
+            key = f"vs_{base}"
+            row[f"{key}_seeds"] = len(shared)
+            if len(shared) < 2:
+                row.update(
+                    {f"{key}_auc_diff": "", f"{key}_auc_p": "", f"{key}_rounds_better": "", f"{key}_rounds_worse": ""}
+                )
+                continue
+            mine = np.array([auc[s] for s in shared])
+            theirs = np.array([normalised_auc(*curves[base][s]) for s in shared])
+            dice = np.stack([[by_seed[s][1][1:] for s in shared], [curves[base][s][1][1:] for s in shared]])
+            wins = pairwise_wins(dice, ALPHA) * dice.shape[2]  # rounds, not shares
+            p = ttest_rel(mine, theirs).pvalue if np.any(mine != theirs) else float("nan")
+            row[f"{key}_auc_diff"] = _fmt(float((mine - theirs).mean()))
+            row[f"{key}_auc_p"] = f"{p:.2g}" if np.isfinite(p) else ""
+            row[f"{key}_rounds_better"] = f"{round(wins[0, 1])}/{dice.shape[2]}"
+            row[f"{key}_rounds_worse"] = f"{round(wins[1, 0])}/{dice.shape[2]}"
+        rows.append(row)
+    return sorted(rows, key=lambda r: -float(r["auc_mean"]))
+
+
+def finished_curves(cells: list[RunRecord]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """strategy → seed → (labelled items, Dice) per round, of the finished cells only."""
+    out: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for r in cells:
+        if r.finished and r.seed is not None:
+            out.setdefault(r.strategy, {})[r.seed] = (r.n_items.astype(float), r.dice_mean.astype(float))
+    return out
+
+
 def keep_cell(run_dir: Path, dest: Path) -> None:
     """The small files of a cell (config, metrics, round records without embeddings) under ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -130,6 +193,7 @@ def collect(exp_dir: Path, out: Path) -> dict[str, int]:
     rows = [row for r in sorted(cells, key=lambda r: (r.strategy, r.seed or 0)) for row in curve_rows(r)]
     write_csv(out / "curves.csv", rows, CURVE_COLUMNS)
     write_csv(out / "cost.csv", cost_rows(cells))
+    write_csv(out / "ranking.csv", ranking_rows(finished_curves(cells)))
     for r in cells:
         keep_cell(r.path, out / "cells" / r.strategy / f"seed_{r.seed}")
     full = [r for r in runs if r.is_full]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -149,6 +150,14 @@ def test_shared_round_zero_forks_equal_the_one_command_rerun(synthetic_plan, pro
         cost = list(csv.DictReader(f))
     assert cost[0]["strategy"] == "bald" and cost[-1]["strategy"].startswith("ALL")
     assert (out / "cells" / "bald" / "seed_0" / "rounds" / "round_001.json").is_file()
+    with (out / "ranking.csv").open() as f:
+        (ranked,) = list(csv.DictReader(f))  # the one finished cell; one seed, so no test against a baseline
+    assert (ranked["strategy"], ranked["seeds"], ranked["final_dice_mean"]) == (
+        "bald",
+        "0",
+        f"{float(rows[-1]['dice_mean']):.4f}",
+    )
+    assert ranked["vs_random_seeds"] == "0" and ranked["vs_random_auc_p"] == ""
     assert LoopSettings(epochs=2, initial_epochs=5, rounds=3).total_epochs == 11
     assert LoopSettings(epochs=2, rounds=3).total_epochs == 8
 
@@ -208,3 +217,37 @@ def test_the_committed_protocols_load_and_the_item_size_arm_differs_only_in_item
     assert changed == {"item_size", "initial", "budget", "candidates"}
     # equal voxels: a median slice holds about 4.4 windows of 20 x 20
     assert small.initial / grid.initial == small.budget / grid.budget == pytest.approx(4.4)
+
+
+def _grid_module():
+    """benchmarks/hippocampus_grid.py as a module (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("hippocampus_grid", BENCHMARKS / "hippocampus_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ranking_against_the_baselines_pairs_seeds_and_counts_significant_rounds():
+    items = np.array([10.0, 20.0, 30.0])
+    random = {0: [0.5, 0.60, 0.70], 1: [0.4, 0.62, 0.69], 2: [0.45, 0.58, 0.71]}
+    better = {s: [d[0], d[1] + 0.05 + 0.001 * s, d[2] + 0.05 + 0.002 * s] for s, d in random.items()}
+    curves = {
+        "random": {s: (items, np.array(d)) for s, d in random.items()},
+        "better": {s: (items, np.array(d)) for s, d in better.items()},
+        "same": {s: (items, np.array(d)) for s, d in random.items()},
+        "one-seed": {0: (items, np.array(better[0]))},
+    }
+    rows = {r["strategy"]: r for r in _grid_module().ranking_rows(curves)}
+    assert list(rows) == ["one-seed", "better", "random", "same"]  # best normalised AUC first
+    # AUC of random seed 0: ((0.5 + 0.6) / 2 * 10 + (0.6 + 0.7) / 2 * 10) / 20 = 0.6; mean over seeds 0.5875
+    assert rows["random"]["auc_mean"] == "0.5875" and rows["random"]["seeds"] == "0;1;2"
+    assert rows["random"]["vs_random_seeds"] == 0 and rows["random"]["vs_random_auc_p"] == ""  # not against itself
+    b = rows["better"]
+    assert b["vs_random_auc_diff"] == "0.0385"  # (10 d1 + 5 d2) / 20 per seed: 0.0375, 0.0385, 0.0395
+    assert 0 < float(b["vs_random_auc_p"]) < 0.01
+    assert (b["vs_random_rounds_better"], b["vs_random_rounds_worse"]) == ("2/2", "0/2")  # round 0 is shared
+    s = rows["same"]
+    assert (s["vs_random_auc_diff"], s["vs_random_auc_p"], s["vs_random_rounds_better"]) == ("0.0000", "", "0/2")
+    one = rows["one-seed"]
+    assert one["vs_random_seeds"] == 1 and one["vs_random_auc_p"] == "" and one["final_dice_sd"] == ""
+    assert all(r["vs_random-fg_seeds"] == 0 for r in rows.values())  # no random-fg cells: nothing to pair
