@@ -217,6 +217,18 @@ def test_the_committed_protocols_load_and_the_item_size_arm_differs_only_in_item
     assert changed == {"item_size", "initial", "budget", "candidates"}
     # equal voxels: a median slice holds about 4.4 windows of 20 x 20
     assert small.initial / grid.initial == small.budget / grid.budget == pytest.approx(4.4)
+    # the 3D arms (docs/small-items.md): 20³ boxes against patch-size items, a median case holding ~7.9 boxes
+    results_3d = BENCHMARKS / "results" / "hippocampus_3d"
+    patch = load_settings_file(results_3d / "protocol_patch.json", ["random", "bald"])
+    boxes = load_settings_file(results_3d / "protocol_items_20.json", ["random", "bald"])
+    assert patch.config == boxes.config == "3d_fullres" and patch.candidates is None
+    assert patch.item_size is None and list(boxes.item_size) == [20, 20, 20]
+    assert {k for k in LoopSettings.model_fields if getattr(patch, k) != getattr(boxes, k)} == {
+        "item_size",
+        "initial",
+        "budget",
+    }
+    assert boxes.initial / patch.initial == boxes.budget / patch.budget == pytest.approx(36 * 50 * 35 / 20**3, rel=0.01)
 
 
 def _grid_module():
