@@ -173,14 +173,22 @@ def test_the_scores_do_not_depend_on_which_chunks_a_process_runs_before(world: i
             assert torch.equal(r[1].classwise_std_sum, full[c])
 
 
+TIMEOUT_S = 4
+
+
 def _slow_leader(rank: int, world: int, folder: str, use_doorbell: bool) -> None:
-    """Rank 0 works alone for twice the process group's timeout before its pass (a long evaluation)."""
+    """Rank 0 works alone for twice the process group's timeout before its pass (a long evaluation).
+    The timeout also bounds each collective of the pass itself, so it leaves room for loaded cores."""
     from datetime import timedelta
 
     torch.set_num_threads(1)
     path = Path(folder)
     dist.init_process_group(
-        "gloo", init_method=f"file://{path / 'rendezvous'}", rank=rank, world_size=world, timeout=timedelta(seconds=2)
+        "gloo",
+        init_method=f"file://{path / 'rendezvous'}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=TIMEOUT_S),
     )
     doorbell = FileDoorbell(path / "doorbell", poll_seconds=0.05) if use_doorbell else None
     ctx = _ctx(path / "weights.pt")
@@ -189,7 +197,7 @@ def _slow_leader(rank: int, world: int, folder: str, use_doorbell: bool) -> None
             doorbell and doorbell.reset()
             with lead(doorbell) as group:
                 ctx.ranks = group
-                time.sleep(4.0)
+                time.sleep(2 * TIMEOUT_S)
                 bald = score_pool(ctx, seed=1).bald
             np.save(path / "bald.npy", bald)
         else:
