@@ -384,7 +384,7 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path: Path):
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.time() + 10
+    deadline = time.time() + 30  # an upper bound only: loaded cores may delay the workers' watch
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
@@ -456,7 +456,7 @@ def test_a_compare_cell_stops_when_compare_is_killed():
         time.sleep(1.5)
         assert cell.poll() is None  # runs while its starter runs
         starter.kill()  # left a zombie until waited for: it counts as gone
-        assert cell.wait(timeout=10) == 1
+        assert cell.wait(timeout=30) == 1  # an upper bound only (loaded cores)
         assert f"(pid {starter.pid}) is gone" in cell.stderr.read()
     finally:
         for p in (starter, cell):
