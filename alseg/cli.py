@@ -588,7 +588,7 @@ def status(
 ) -> None:
     """Where each cell of an 'alseg compare' grid stands: rounds finished, running, failed (last log line)."""
     # lazy: each command loads only what it needs, so 'alseg --help' and option errors stay fast
-    from alseg.active.experiments.compare import grid_status
+    from alseg.active.experiments.compare import SHARED_ROUND0, grid_status
 
     rows = grid_status(exp_dir)
     table = Table(title=str(exp_dir))
@@ -598,8 +598,16 @@ def status(
         rounds = f"{r.rounds_done}/{r.rounds_total}" if r.rounds_total is not None else f"{r.rounds_done}/?"
         table.add_row(r.strategy, "" if r.seed is None else str(r.seed), rounds, r.state, r.last_line)
     out.print(table)
-    counts = {s: sum(r.state == s for r in rows) for s in ("finished", "running", "failed", "requeued", "waiting")}
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), markup=False, highlight=False)
+    states = ("finished", "running", "failed", "requeued", "waiting", "damaged")
+    parts = []
+    for label, group in (
+        ("cells", [r for r in rows if r.strategy != SHARED_ROUND0]),
+        ("shared round 0", [r for r in rows if r.strategy == SHARED_ROUND0]),
+    ):
+        counts = {s: sum(r.state == s for r in group) for s in states}
+        if group:
+            parts.append(f"{label}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    out.print("; ".join(parts), markup=False, highlight=False)
 
 
 @app.command("redundancy-check")

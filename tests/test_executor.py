@@ -124,6 +124,33 @@ def test_status_of_a_partly_finished_grid(grid: dict, capsys):
     assert "2 finished" in text and "2/2" in text
 
 
+def test_status_names_the_shared_round_0_and_a_forked_cell_not_yet_launched_waits(grid: dict, tmp_path: Path, capsys):
+    """With --shared-initial-round every cell of a seed is forked from EXP/.round0 before it is
+    launched: such a cell has round 0 but no log, and waits (it used to read as failed)."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(grid["exp"], exp)
+    shutil.copytree(exp / "random" / "seed_0", exp / ".round0" / "seed_0")
+    RunDir(exp / ".round0" / "seed_0").fork(exp / "bald" / "seed_0", strategy="bald", rounds=3)
+    by = {(r.strategy, r.seed): r for r in grid_status(exp)}
+    assert by[("(shared round 0)", 0)].state == "finished" and (".round0", 0) not in by
+    forked = by[("bald", 0)]
+    assert (forked.state, forked.rounds_done, forked.rounds_total, forked.last_line) == ("waiting", 2, 4, "")
+    (exp / "bald" / "seed_0.log").write_text("alseg loop: error: something broke\n")  # launched, then stopped
+    assert {(r.strategy, r.state) for r in grid_status(exp)} >= {("bald", "failed")}
+    (exp / "bald" / "seed_0.log").unlink()
+    sys_argv = sys.argv
+    sys.argv = ["alseg", "status", str(exp)]
+    try:
+        main()
+    finally:
+        sys.argv = sys_argv
+    assert (
+        capsys.readouterr().out.strip().splitlines()[-1] == "cells: 2 finished, 1 waiting; shared round 0: 1 finished"
+    )
+
+
 def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
     """'srun' and 'sbatch' that only keep the script submitit writes (no cluster here)."""
     bin_dir, kept = tmp_path / "bin", tmp_path / "sbatch_scripts"

@@ -53,6 +53,7 @@ __all__ = [
     "Cell",
     "CellFailed",
     "ROUND0_DIR",
+    "SHARED_ROUND0",
     "fork_initial_rounds",
     "CellJob",
     "CellStatus",
@@ -467,6 +468,10 @@ class FullReference(Checkpointable):
         run_full_reference(self.plan_dir, self.exp_dir, self.settings, self.workers)
 
 
+SHARED_ROUND0 = "(shared round 0)"
+"""How ``alseg status`` names the runs in :data:`ROUND0_DIR`: not cells, the round 0 the cells of a seed fork."""
+
+
 @dataclass
 class CellStatus:
     """Where one cell of a grid stands (``alseg status``)."""
@@ -490,7 +495,8 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
         m = seeds.fullmatch(path.name)
         if m and (path.is_dir() or path.is_file()):
             seed = int(m.group(1))
-            found[(path.parent.name, seed)] = Cell(path.parent.name, seed, path.parent / f"seed_{seed}")
+            name = SHARED_ROUND0 if path.parent.name == ROUND0_DIR else path.parent.name
+            found[(path.parent.name, seed)] = Cell(name, seed, path.parent / f"seed_{seed}")
     if not found:
         raise AlsegError("holds no 'alseg compare' grid (no <strategy>/seed_<n>)", exp_dir)
     out: list[CellStatus] = []
@@ -507,8 +513,8 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
             state = "finished"
         elif run.running():
             state = "running"
-        elif not last and progress is None:
-            state = "waiting"  # not started yet (e.g. a SLURM task still queued)
+        elif not cell.log_path.is_file() or (not last and progress is None):
+            state = "waiting"  # never launched (a cell forked from a shared round 0), or a SLURM task still queued
         elif last == REQUEUED_NOTE:
             state = "requeued"
         else:
