@@ -137,6 +137,8 @@ def test_status_names_the_shared_round_0_and_a_forked_cell_not_yet_launched_wait
     assert by[("(shared round 0)", 0)].state == "finished" and (".round0", 0) not in by
     forked = by[("bald", 0)]
     assert (forked.state, forked.rounds_done, forked.rounds_total, forked.last_line) == ("waiting", 2, 4, "")
+    (exp / "bald" / "seed_0.log").write_text("")  # launched, still importing: not a failure
+    assert {(r.strategy, r.state) for r in grid_status(exp)} >= {("bald", "waiting")}
     (exp / "bald" / "seed_0.log").write_text("alseg loop: error: something broke\n")  # launched, then stopped
     assert {(r.strategy, r.state) for r in grid_status(exp)} >= {("bald", "failed")}
     (exp / "bald" / "seed_0.log").unlink()

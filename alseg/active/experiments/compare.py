@@ -513,8 +513,8 @@ def grid_status(exp_dir: Path) -> list[CellStatus]:
             state = "finished"
         elif run.running():
             state = "running"
-        elif not cell.log_path.is_file() or (not last and progress is None):
-            state = "waiting"  # never launched (a cell forked from a shared round 0), or a SLURM task still queued
+        elif not last:  # no log line yet: never launched (forked from a shared round 0), queued, or starting
+            state = "waiting"
         elif last == REQUEUED_NOTE:
             state = "requeued"
         else:
