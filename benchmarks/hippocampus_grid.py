@@ -109,7 +109,12 @@ def cost_rows(runs: list[RunRecord]) -> list[dict[str, object]]:
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return "" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return "" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _sd(values: np.ndarray) -> float:
+    """Sample standard deviation over seeds; NaN (a blank cell) for one seed."""
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
 def ranking_rows(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) -> list[dict[str, object]]:
@@ -119,19 +124,19 @@ def ranking_rows(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) ->
     and in how many selection rounds (round 0 is shared, so left out) the strategy's Dice was
     significantly above or below the baseline's (paired t-test, p < 0.05: the penalty matrix's
     test). Fewer than 2 shared seeds leave the tests blank: one seed ranks nothing. Best AUC first."""
+    auc = {name: {s: normalised_auc(*curve) for s, curve in by_seed.items()} for name, by_seed in curves.items()}
     rows = []
     for strategy, by_seed in curves.items():
         seeds = sorted(by_seed)
-        auc = {s: normalised_auc(*by_seed[s]) for s in seeds}
         final = np.array([by_seed[s][1][-1] for s in seeds])
-        aucs = np.array([auc[s] for s in seeds])
+        aucs = np.array([auc[strategy][s] for s in seeds])
         row: dict[str, object] = {
             "strategy": strategy,
             "seeds": ";".join(map(str, seeds)),
             "final_dice_mean": _fmt(final.mean()),
-            "final_dice_sd": _fmt(final.std(ddof=1) if len(seeds) > 1 else float("nan")),
+            "final_dice_sd": _fmt(_sd(final)),
             "auc_mean": _fmt(aucs.mean()),
-            "auc_sd": _fmt(aucs.std(ddof=1) if len(seeds) > 1 else float("nan")),
+            "auc_sd": _fmt(_sd(aucs)),
         }
         for base in BASELINES:
             shared = sorted(set(seeds) & set(curves.get(base, {}))) if base != strategy else []
@@ -142,8 +147,8 @@ def ranking_rows(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) ->
                     {f"{key}_auc_diff": "", f"{key}_auc_p": "", f"{key}_rounds_better": "", f"{key}_rounds_worse": ""}
                 )
                 continue
-            mine = np.array([auc[s] for s in shared])
-            theirs = np.array([normalised_auc(*curves[base][s]) for s in shared])
+            mine = np.array([auc[strategy][s] for s in shared])
+            theirs = np.array([auc[base][s] for s in shared])
             dice = np.stack([[by_seed[s][1][1:] for s in shared], [curves[base][s][1][1:] for s in shared]])
             wins = pairwise_wins(dice, ALPHA) * dice.shape[2]  # rounds, not shares
             p = ttest_rel(mine, theirs).pvalue if np.any(mine != theirs) else float("nan")

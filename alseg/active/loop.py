@@ -38,7 +38,7 @@ from alseg.active.selection import RoundSelector
 from alseg.active.settings import LoopSettings
 from alseg.active.workspace import Workspace, dataset_hash
 from alseg.atomic import atomic_torch_save
-from alseg.data.datamodule import Region, SegDataModule, default_num_workers
+from alseg.data.datamodule import Region, SegDataModule, resolve_num_workers
 from alseg.errors import AlsegError
 from alseg.model.module import SegmentationModule
 from alseg.model.progress_bar import RoundProgressBar
@@ -177,8 +177,7 @@ class LoopDriver:
             verify_run(self.run, self.ws, self.state, self.labels)
             if self.config.rounds > self.state.round and self.state.finished:
                 self.state.finished = False
-            workers = default_num_workers() if self.workers is None else self.workers
-            warning = loader_workers_warning(self.run, self.state, workers)
+            warning = loader_workers_warning(self.run, self.state, resolve_num_workers(self.workers))
             if warning is not None:
                 console.print(warning, markup=False, highlight=False, soft_wrap=True)
         else:

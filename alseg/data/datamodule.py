@@ -69,7 +69,9 @@ __all__ = [
     "PatchDataset",
     "Region",
     "SegDataModule",
+    "default_num_workers",
     "rank_batch_size",
+    "resolve_num_workers",
     "whole_case_region",
 ]
 
@@ -370,6 +372,11 @@ def default_num_workers() -> int:
     return min(8 if torch.cuda.is_available() else 2, cpus)
 
 
+def resolve_num_workers(num_workers: int | None) -> int:
+    """The loader processes a data module uses for ``num_workers`` (None: :func:`default_num_workers`)."""
+    return default_num_workers() if num_workers is None else num_workers
+
+
 class SegDataModule(LightningDataModule):
     """Patches from ``train_regions`` for training, whole cases for validation and test.
 
@@ -407,7 +414,7 @@ class SegDataModule(LightningDataModule):
         self.val_cases = list(val_cases)
         self.test_cases = list(val_cases if test_cases is None else test_cases)
         self.label_dir = label_dir
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.num_workers = resolve_num_workers(num_workers)
         self.augment = augment
         self.seed = seed
         self.ignore_label = ignore_label
